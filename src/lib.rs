@@ -1,0 +1,13 @@
+//! vmscript drives QEMU virtual machines from Rhai scripts.
+//!
+//! The crate is layered, and each layer knows only those below it:
+//!
+//! - [`qmp`]: the QMP wire protocol on one socket (no processes).
+//! - [`machine`]: a QEMU process with its QMP monitor, events and serial
+//!   console, as a plain Rust API modelled on QEMU's Python `QEMUMachine`.
+//! - `script`: the Rhai bindings over [`machine`].
+//!
+//! The first two are usable from Rust without Rhai.
+
+pub mod machine;
+pub mod qmp;

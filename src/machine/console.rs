@@ -1,0 +1,1291 @@
+//! The guest's serial console on one connected unix socket, drained by a
+//! background thread into a transcript; knows nothing of QEMU processes or
+//! QMP.
+//!
+//! A [`Console`] owns the socket. By default one thread, `console-drain`,
+//! owns its read side: it appends everything to an in-memory transcript
+//! and to the log files, then wakes the waiters. It never stops for long,
+//! because QEMU's serial emulation sends one byte per `sendmsg` and only
+//! about 290 bytes fit in the socket at once, so a reader that pauses for
+//! more than ~0.4 ms stalls the guest. It does nap 150 µs after each read:
+//! that measured faster than reading eagerly, since every wake-up of ours
+//! costs QEMU's sending thread too.
+//!
+//! Waits ([`Console::wait_for`], [`Console::wait_for_regex`],
+//! [`Console::expect`], [`Console::wait_for_either`]) match on the byte
+//! stream, not on lines (busybox's prompt `/ # ` is followed by `ESC[6n`
+//! and no newline). They start at a cursor that marks what earlier reads
+//! and waits consumed, and move it past their match. They sleep on a
+//! condition variable with a deadline, and fail at once with
+//! [`ConsoleError::Closed`] when the peer hangs up, after a last look at
+//! what had already arrived.
+//!
+//! Without the drain thread (`drain = false`) the waits read the socket
+//! themselves, so output only moves while someone waits or reads.
+//!
+//! Memory: the transcript kept in memory is capped at 64 MiB. Past that the
+//! oldest bytes are dropped (consumed ones first, as they are the oldest),
+//! so [`Console::output`] returns the last 48-64 MiB; the log files keep
+//! everything.
+//!
+//! Start reading at [`Console::start`] and [`Console::wait_for`].
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::Shutdown;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, TryLockError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::sys::socket::{recv, send, MsgFlags};
+
+/// The most transcript kept in memory; see the module documentation.
+const TRANSCRIPT_CAP: usize = 64 << 20;
+/// How much of the transcript an error carries.
+const ERROR_TAIL: usize = 2 << 10;
+/// The read buffer, far larger than what the socket ever holds.
+const READ_BUF: usize = 64 << 10;
+/// The drain thread's nap after each read (see the module documentation).
+const NAP: Duration = Duration::from_micros(150);
+/// How long a send may wait for the guest to take its input.
+const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+/// Unconsumed output below this size is searched by regex on every wake-up.
+const REGEX_RESCAN_FREE: usize = 64 << 10;
+/// Above that, a regex is searched again only after this many nanoseconds
+/// per unconsumed byte, or when the output grew by 1/16: searching then
+/// costs at most a fraction of a core, and the transcript is not scanned
+/// from the cursor on each of QEMU's thousands of writes per second.
+const REGEX_RESCAN_NS_PER_BYTE: u64 = 4;
+
+/// What went wrong on the console.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ConsoleError {
+    /// What was awaited did not arrive before the deadline.
+    #[error("timed out after {after:?} {what}; last output: {}", brief(.tail))]
+    Timeout {
+        what: String,
+        after: Duration,
+        /// The last 2 KiB of the transcript (lossy UTF-8).
+        tail: String,
+    },
+    /// The peer (QEMU) hung up, or the console was closed.
+    #[error("console closed while {what}; last output: {}", brief(.tail))]
+    Closed { what: String, tail: String },
+    /// A failure pattern appeared before the success pattern.
+    #[error("console showed failure pattern {pattern:?}; last output: {}", brief(.tail))]
+    Failure { pattern: String, tail: String },
+    /// An operating system error on the socket.
+    #[error("console socket error while {what}: {message}")]
+    Io { what: String, message: String },
+    /// A pattern that does not compile.
+    #[error("invalid console regex {pattern:?}: {message}")]
+    BadRegex { pattern: String, message: String },
+}
+
+/// The end of `tail` as one quoted line, for error messages; the whole
+/// tail stays in the error's field.
+fn brief(tail: &str) -> String {
+    const KEEP: usize = 160;
+    if tail.is_empty() {
+        return "(none)".to_string();
+    }
+    let count = tail.chars().count();
+    if count <= KEEP {
+        return format!("{tail:?}");
+    }
+    let cut: String = tail.chars().skip(count - KEEP).collect();
+    format!("…{cut:?}")
+}
+
+/// A serial console; clones share it. The last clone dropped closes it.
+#[derive(Clone)]
+pub struct Console {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Console {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let st = self.inner.shared.lock();
+        f.debug_struct("Console")
+            .field("received", &st.end())
+            .field("consumed", &st.cursor)
+            .field("closed", &st.ended.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    /// The socket; sends go through it, and `close` shuts it down.
+    stream: UnixStream,
+    /// Keeps concurrent sends from interleaving.
+    send_lock: Mutex<()>,
+    mode: Mode,
+}
+
+enum Mode {
+    /// A drain thread owns the read side.
+    Drained { thread: Mutex<Option<JoinHandle<()>>> },
+    /// Whoever holds this reads the socket; the others wait on the condvar.
+    Direct { reader: Mutex<Reader> },
+}
+
+/// The read side's buffer and log files.
+struct Reader {
+    buf: Vec<u8>,
+    logs: Vec<File>,
+}
+
+impl Reader {
+    fn new(log: Option<File>, extra_log: Option<File>) -> Reader {
+        Reader {
+            buf: vec![0; READ_BUF],
+            logs: log.into_iter().chain(extra_log).collect(),
+        }
+    }
+
+    /// Writes one chunk to every log. A log that fails (a full disk) is
+    /// dropped: the guest must not stall for it, and the transcript goes on.
+    fn log(&mut self, bytes: &[u8]) {
+        self.logs.retain_mut(|f| f.write_all(bytes).is_ok());
+    }
+}
+
+/// Why the read side stopped.
+#[derive(Debug, Clone)]
+enum Ended {
+    /// The peer hung up, or `close` shut the socket down.
+    Closed,
+    /// An operating system error.
+    Failed(String),
+}
+
+struct State {
+    /// The transcript kept in memory: absolute offsets `base..end()`.
+    buf: Vec<u8>,
+    base: usize,
+    /// Absolute offset of the first byte not yet consumed; `>= base`.
+    cursor: usize,
+    cap: usize,
+    ended: Option<Ended>,
+}
+
+impl State {
+    /// Absolute offset just past the last byte received.
+    fn end(&self) -> usize {
+        self.base + self.buf.len()
+    }
+
+    /// The retained transcript from absolute offset `at` (clamped to what
+    /// is kept) on.
+    fn from(&self, at: usize) -> &[u8] {
+        let i = at.saturating_sub(self.base).min(self.buf.len());
+        &self.buf[i..]
+    }
+
+    fn append(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+        if self.buf.len() > self.cap {
+            // Down to 3/4 of the cap, so trimming happens once per quarter.
+            let drop = self.buf.len() - self.cap / 4 * 3;
+            self.buf.drain(..drop);
+            self.base += drop;
+            self.cursor = self.cursor.max(self.base);
+        }
+    }
+
+    /// Consumes output up to absolute offset `to` and returns it.
+    fn take_to(&mut self, to: usize) -> String {
+        let n = to.saturating_sub(self.cursor);
+        let text = String::from_utf8_lossy(&self.from(self.cursor)[..n]).into_owned();
+        self.cursor = self.cursor.max(to);
+        text
+    }
+
+    /// The last `max_bytes` of the transcript, not starting inside a character.
+    fn tail(&self, max_bytes: usize) -> String {
+        let mut start = self.buf.len().saturating_sub(max_bytes);
+        let limit = (start + 3).min(self.buf.len());
+        while start < limit && self.buf[start] & 0xC0 == 0x80 {
+            start += 1;
+        }
+        String::from_utf8_lossy(&self.buf[start..]).into_owned()
+    }
+
+    fn closed_error(&self, what: &str) -> ConsoleError {
+        match &self.ended {
+            Some(Ended::Failed(message)) => ConsoleError::Io {
+                what: what.to_string(),
+                message: message.clone(),
+            },
+            _ => ConsoleError::Closed {
+                what: what.to_string(),
+                tail: self.tail(ERROR_TAIL),
+            },
+        }
+    }
+}
+
+/// The length of `bytes` without a trailing, still incomplete UTF-8
+/// character (its other bytes may be on their way).
+fn complete_utf8_len(bytes: &[u8]) -> usize {
+    for back in 1..=bytes.len().min(4) {
+        let byte = bytes[bytes.len() - back];
+        if byte & 0xC0 != 0x80 {
+            let need = match byte {
+                0xC2..=0xDF => 2,
+                0xE0..=0xEF => 3,
+                0xF0..=0xF4 => 4,
+                _ => 1,
+            };
+            return if need > back {
+                bytes.len() - back
+            } else {
+                bytes.len()
+            };
+        }
+    }
+    bytes.len()
+}
+
+struct Shared {
+    state: Mutex<State>,
+    cond: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A poisoned lock means a panic elsewhere already; every update
+        // leaves the transcript consistent.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Logs one chunk, appends it to the transcript and wakes the waiters.
+    /// The log comes first, so whoever sees a match can find it there too.
+    fn deliver(&self, bytes: &[u8], reader: &mut Reader) {
+        reader.log(bytes);
+        self.lock().append(bytes);
+        self.cond.notify_all();
+    }
+
+    /// Records why reading stopped (the first reason wins) and wakes the waiters.
+    fn finish(&self, why: Ended) {
+        self.lock().ended.get_or_insert(why);
+        self.cond.notify_all();
+    }
+}
+
+/// Marks the console ended when the drain thread stops, even by a panic.
+struct FinishOnDrop(Arc<Shared>);
+
+impl Drop for FinishOnDrop {
+    fn drop(&mut self) {
+        self.0
+            .finish(Ended::Failed("the console drain thread stopped".into()));
+    }
+}
+
+/// The drain thread: reads until the peer hangs up or `close` shuts the
+/// socket down.
+fn drain(mut stream: UnixStream, shared: &Shared, mut reader: Reader) {
+    let mut buf = std::mem::take(&mut reader.buf);
+    let why = loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break Ended::Closed,
+            Ok(n) => {
+                shared.deliver(&buf[..n], &mut reader);
+                std::thread::sleep(NAP);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if is_hangup(&e) => break Ended::Closed,
+            Err(e) => break Ended::Failed(e.to_string()),
+        }
+    };
+    shared.finish(why);
+}
+
+fn is_hangup(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::BrokenPipe
+            | std::io::ErrorKind::NotConnected
+    )
+}
+
+/// Waits until `fd` is ready for `events` or `until` passes (`None`: no
+/// limit); false when it was not ready (or a signal interrupted).
+fn poll_until(fd: BorrowedFd<'_>, events: PollFlags, until: Option<Instant>) -> nix::Result<bool> {
+    let timeout = match until {
+        None => PollTimeout::NONE,
+        Some(t) => {
+            // Rounded up, so a wait never ends just short of its deadline.
+            let micros = t.saturating_duration_since(Instant::now()).as_micros();
+            PollTimeout::try_from(micros.div_ceil(1000)).unwrap_or(PollTimeout::MAX)
+        }
+    };
+    let mut fds = [PollFd::new(fd, events)];
+    match nix::poll::poll(&mut fds, timeout) {
+        Ok(n) => Ok(n > 0),
+        Err(Errno::EINTR) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// The earlier of two optional instants (`None` is "never").
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, None) => a,
+        (None, b) => b,
+    }
+}
+
+/// What a wait's matcher found on one look at the transcript.
+enum Step<T> {
+    Done(T),
+    NotYet,
+    /// Not searched this time; look again by then even without new output.
+    LookAgainAt(Instant),
+}
+
+/// Finds a plain text, searching each byte about once across repeated looks.
+struct Finder {
+    text: String,
+    re: regex::bytes::Regex,
+    /// Absolute offset up to which the transcript was searched in vain.
+    searched: usize,
+}
+
+impl Finder {
+    fn new(text: &str) -> Result<Finder, ConsoleError> {
+        // An escaped literal: the regex crate searches it with memchr/memmem.
+        let re = regex::bytes::Regex::new(&regex::escape(text)).map_err(|e| {
+            ConsoleError::BadRegex {
+                pattern: text.to_string(),
+                message: e.to_string(),
+            }
+        })?;
+        Ok(Finder {
+            text: text.to_string(),
+            re,
+            searched: 0,
+        })
+    }
+
+    /// The absolute end of the first occurrence after the cursor.
+    fn find(&mut self, st: &State) -> Option<usize> {
+        // A match can straddle the old end by at most len - 1 bytes.
+        let overlap = self.text.len().saturating_sub(1);
+        let start = self
+            .searched
+            .saturating_sub(overlap)
+            .max(st.cursor)
+            .max(st.base);
+        match self.re.find(st.from(start)) {
+            Some(m) => Some(start + m.end()),
+            None => {
+                self.searched = st.end();
+                None
+            }
+        }
+    }
+}
+
+/// Of several texts, the one complete first in the stream (the earliest
+/// end; ties go to the earlier text), so the answer does not depend on how
+/// the output was chunked. Returns its index and absolute end.
+fn first_complete(finders: &mut [Finder], st: &State) -> Option<(usize, usize)> {
+    let mut best: Option<(usize, usize)> = None;
+    for (i, f) in finders.iter_mut().enumerate() {
+        if let Some(end) = f.find(st) {
+            if best.is_none_or(|(_, e)| end < e) {
+                best = Some((i, end));
+            }
+        }
+    }
+    best
+}
+
+impl Console {
+    /// Takes over a connected console socket. With `drain`, a thread reads
+    /// it continuously (what QEMU needs); without, waits read it
+    /// themselves. Every byte received goes to `log` and `extra_log`.
+    pub fn start(
+        stream: UnixStream,
+        log: Option<File>,
+        extra_log: Option<File>,
+        drain: bool,
+    ) -> std::io::Result<Console> {
+        Self::start_capped(stream, log, extra_log, drain, TRANSCRIPT_CAP)
+    }
+
+    fn start_capped(
+        stream: UnixStream,
+        log: Option<File>,
+        extra_log: Option<File>,
+        drain: bool,
+        cap: usize,
+    ) -> std::io::Result<Console> {
+        stream.set_nonblocking(false)?;
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                buf: Vec::new(),
+                base: 0,
+                cursor: 0,
+                cap,
+                ended: None,
+            }),
+            cond: Condvar::new(),
+        });
+        let reader = Reader::new(log, extra_log);
+        let mode = if drain {
+            let read_side = stream.try_clone()?;
+            let guard = FinishOnDrop(shared.clone());
+            let thread = std::thread::Builder::new()
+                .name("console-drain".into())
+                .stack_size(128 << 10)
+                .spawn(move || {
+                    let guard = guard;
+                    drain(read_side, &guard.0, reader);
+                })?;
+            Mode::Drained {
+                thread: Mutex::new(Some(thread)),
+            }
+        } else {
+            Mode::Direct {
+                reader: Mutex::new(reader),
+            }
+        };
+        Ok(Console {
+            inner: Arc::new(Inner {
+                shared,
+                stream,
+                send_lock: Mutex::new(()),
+                mode,
+            }),
+        })
+    }
+
+    /// Sends `text` to the guest as is.
+    pub fn send(&self, text: &str) -> Result<(), ConsoleError> {
+        self.inner.send_bytes(text.as_bytes())
+    }
+
+    /// Sends `text` followed by `"\n"`.
+    pub fn send_line(&self, text: &str) -> Result<(), ConsoleError> {
+        let mut line = String::with_capacity(text.len() + 1);
+        line.push_str(text);
+        line.push('\n');
+        self.inner.send_bytes(line.as_bytes())
+    }
+
+    /// The output since the last read or wait (lossy UTF-8), consumed. A
+    /// character whose last bytes have not arrived yet is left for the
+    /// next read.
+    pub fn read(&self) -> String {
+        self.inner.pump_now();
+        let mut st = self.inner.shared.lock();
+        let pending = st.from(st.cursor);
+        let end = if st.ended.is_some() {
+            st.end()
+        } else {
+            st.cursor + complete_utf8_len(pending)
+        };
+        st.take_to(end)
+    }
+
+    /// Waits for `text` and returns the output from the cursor up to and
+    /// including it, consumed.
+    pub fn wait_for(&self, text: &str, timeout: Duration) -> Result<String, ConsoleError> {
+        let what = format!("waiting for console text {text:?}");
+        let mut finder = Finder::new(text)?;
+        self.inner.wait(&what, timeout, |st, _| {
+            Ok(match finder.find(st) {
+                Some(end) => Step::Done(st.take_to(end)),
+                None => Step::NotYet,
+            })
+        })
+    }
+
+    /// Waits for a match of the regex `re` (on bytes) and returns its
+    /// captures, index 0 being the whole match (lossy UTF-8; `None` for a
+    /// group that did not take part). Consumes up to the end of the match.
+    /// A pattern that can match more as output arrives (`\d+`) matches
+    /// what is there when it is searched.
+    pub fn wait_for_regex(
+        &self,
+        re: &str,
+        timeout: Duration,
+    ) -> Result<Vec<Option<String>>, ConsoleError> {
+        let regex = regex::bytes::Regex::new(re).map_err(|e| ConsoleError::BadRegex {
+            pattern: re.to_string(),
+            message: e.to_string(),
+        })?;
+        let what = format!("waiting for console regex {re:?}");
+        let mut last: Option<(Instant, usize)> = None;
+        self.inner.wait(&what, timeout, |st, final_look| {
+            let start = st.cursor;
+            let window = st.end() - start;
+            if let (false, true, Some((at, searched_end))) =
+                (final_look, window > REGEX_RESCAN_FREE, last)
+            {
+                let due = at + Duration::from_nanos(window as u64 * REGEX_RESCAN_NS_PER_BYTE);
+                let grew = st.end().saturating_sub(searched_end);
+                if grew < window / 16 && Instant::now() < due {
+                    return Ok(Step::LookAgainAt(due));
+                }
+            }
+            last = Some((Instant::now(), st.end()));
+            let Some(caps) = regex.captures(st.from(start)) else {
+                return Ok(Step::NotYet);
+            };
+            let groups = caps
+                .iter()
+                .map(|g| g.map(|m| String::from_utf8_lossy(m.as_bytes()).into_owned()))
+                .collect();
+            let end = start + caps.get(0).map_or(0, |m| m.end());
+            st.cursor = end;
+            Ok(Step::Done(groups))
+        })
+    }
+
+    /// Waits for any of the plain texts `patterns` and returns the index of
+    /// the one complete first in the stream (ties go to the earlier in the
+    /// list). Consumes up to its end.
+    pub fn expect(&self, patterns: &[&str], timeout: Duration) -> Result<usize, ConsoleError> {
+        let what = format!("waiting for any of console texts {patterns:?}");
+        let mut finders = patterns
+            .iter()
+            .map(|p| Finder::new(p))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.inner.wait(&what, timeout, |st, _| {
+            Ok(match first_complete(&mut finders, st) {
+                Some((i, end)) => {
+                    st.cursor = end;
+                    Step::Done(i)
+                }
+                None => Step::NotYet,
+            })
+        })
+    }
+
+    /// [`Console::wait_for`] `success`, unless `failure` is complete first:
+    /// then [`ConsoleError::Failure`], with the output consumed up to it.
+    pub fn wait_for_either(
+        &self,
+        success: &str,
+        failure: Option<&str>,
+        timeout: Duration,
+    ) -> Result<String, ConsoleError> {
+        let what = match failure {
+            Some(f) => format!("waiting for console text {success:?} (failure: {f:?})"),
+            None => format!("waiting for console text {success:?}"),
+        };
+        let mut finders = vec![Finder::new(success)?];
+        if let Some(f) = failure {
+            finders.push(Finder::new(f)?);
+        }
+        self.inner.wait(&what, timeout, |st, _| {
+            match first_complete(&mut finders, st) {
+                Some((0, end)) => Ok(Step::Done(st.take_to(end))),
+                Some((_, end)) => {
+                    st.cursor = end;
+                    Err(ConsoleError::Failure {
+                        pattern: failure.unwrap_or_default().to_string(),
+                        tail: st.tail(ERROR_TAIL),
+                    })
+                }
+                None => Ok(Step::NotYet),
+            }
+        })
+    }
+
+    /// The whole transcript kept in memory (lossy UTF-8); consumes nothing.
+    pub fn output(&self) -> String {
+        self.inner.pump_now();
+        let st = self.inner.shared.lock();
+        String::from_utf8_lossy(&st.buf).into_owned()
+    }
+
+    /// The last `max_bytes` of the transcript (lossy UTF-8); consumes nothing.
+    pub fn tail(&self, max_bytes: usize) -> String {
+        self.inner.pump_now();
+        self.inner.shared.lock().tail(max_bytes)
+    }
+
+    /// Whether the peer hung up or the console was closed.
+    pub fn is_closed(&self) -> bool {
+        self.inner.pump_now();
+        self.inner.shared.lock().ended.is_some()
+    }
+
+    /// Shuts the socket down and joins the drain thread, so the log files
+    /// are complete when it returns. Idempotent; the transcript stays
+    /// readable.
+    pub fn close(&self) {
+        self.inner.close();
+    }
+}
+
+impl Inner {
+    fn send_bytes(&self, mut bytes: &[u8]) -> Result<(), ConsoleError> {
+        const WHAT: &str = "sending to the console";
+        {
+            let st = self.shared.lock();
+            if st.ended.is_some() {
+                return Err(st.closed_error(WHAT));
+            }
+        }
+        let _turn = self.send_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let deadline = Instant::now() + SEND_TIMEOUT;
+        let fd = self.stream.as_fd();
+        let io = |e: Errno| ConsoleError::Io {
+            what: WHAT.to_string(),
+            message: e.desc().to_string(),
+        };
+        while !bytes.is_empty() {
+            // MSG_NOSIGNAL: a peer that hung up is an error, not a SIGPIPE.
+            match send(
+                fd.as_raw_fd(),
+                bytes,
+                MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+            ) {
+                Ok(n) => bytes = &bytes[n..],
+                Err(Errno::EINTR) => {}
+                Err(Errno::EAGAIN) => {
+                    if Instant::now() >= deadline {
+                        return Err(ConsoleError::Timeout {
+                            what: WHAT.to_string(),
+                            after: SEND_TIMEOUT,
+                            tail: self.shared.lock().tail(ERROR_TAIL),
+                        });
+                    }
+                    poll_until(fd, PollFlags::POLLOUT, Some(deadline)).map_err(io)?;
+                }
+                Err(Errno::EPIPE | Errno::ECONNRESET | Errno::ENOTCONN) => {
+                    return Err(ConsoleError::Closed {
+                        what: WHAT.to_string(),
+                        tail: self.shared.lock().tail(ERROR_TAIL),
+                    });
+                }
+                Err(e) => return Err(io(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Looks at the transcript with `matcher` until it is done, the
+    /// deadline passes or the read side ends. `matcher` gets the state and
+    /// whether this is the last look (then it must search everything).
+    fn wait<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut matcher: impl FnMut(&mut State, bool) -> Result<Step<T>, ConsoleError>,
+    ) -> Result<T, ConsoleError> {
+        // `None`: a timeout too large to represent, i.e. no deadline.
+        let deadline = Instant::now().checked_add(timeout);
+        self.pump_now();
+        let mut st = self.shared.lock();
+        loop {
+            let expired = deadline.is_some_and(|d| Instant::now() >= d);
+            let final_look = expired || st.ended.is_some();
+            let look_again = match matcher(&mut st, final_look)? {
+                Step::Done(v) => return Ok(v),
+                Step::NotYet => None,
+                Step::LookAgainAt(t) => Some(t),
+            };
+            if st.ended.is_some() {
+                return Err(st.closed_error(what));
+            }
+            if expired {
+                return Err(ConsoleError::Timeout {
+                    what: what.to_string(),
+                    after: timeout,
+                    tail: st.tail(ERROR_TAIL),
+                });
+            }
+            st = self.block(st, earliest(deadline, look_again));
+        }
+    }
+
+    /// Sleeps until new output, the read side ending, or `until`. In direct
+    /// mode the first waiter to get here reads the socket for everyone.
+    fn block<'a>(
+        &'a self,
+        st: MutexGuard<'a, State>,
+        until: Option<Instant>,
+    ) -> MutexGuard<'a, State> {
+        if let Mode::Direct { reader } = &self.mode {
+            let reader = match reader.try_lock() {
+                Ok(r) => Some(r),
+                Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
+                Err(TryLockError::WouldBlock) => None,
+            };
+            if let Some(mut reader) = reader {
+                drop(st);
+                self.pump(&mut reader, until);
+                drop(reader);
+                // Taking the state lock before notifying: a waiter that
+                // found the reader busy is then already asleep on the
+                // condvar, and wakes up to take over reading.
+                let st = self.shared.lock();
+                self.shared.cond.notify_all();
+                return st;
+            }
+        }
+        let cond = &self.shared.cond;
+        match until {
+            None => cond.wait(st).unwrap_or_else(|e| e.into_inner()),
+            Some(t) => {
+                let left = t.saturating_duration_since(Instant::now());
+                cond.wait_timeout(st, left)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0
+            }
+        }
+    }
+
+    /// In direct mode, takes in what has arrived, without waiting (and not
+    /// at all while someone else is reading).
+    fn pump_now(&self) {
+        if let Mode::Direct { reader } = &self.mode {
+            let reader = match reader.try_lock() {
+                Ok(r) => Some(r),
+                Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
+                Err(TryLockError::WouldBlock) => None,
+            };
+            if let Some(mut reader) = reader {
+                self.pump(&mut reader, Some(Instant::now()));
+            }
+        }
+    }
+
+    /// Direct mode: waits until `until` for output, then reads what is there.
+    fn pump(&self, reader: &mut Reader, until: Option<Instant>) {
+        let fd = self.stream.as_fd();
+        match poll_until(fd, PollFlags::POLLIN, until) {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => return self.shared.finish(Ended::Failed(e.desc().to_string())),
+        }
+        let mut buf = std::mem::take(&mut reader.buf);
+        let mut got = 0;
+        let ended = loop {
+            if got == buf.len() {
+                break None;
+            }
+            match recv(fd.as_raw_fd(), &mut buf[got..], MsgFlags::MSG_DONTWAIT) {
+                Ok(0) => break Some(Ended::Closed),
+                Ok(n) => got += n,
+                Err(Errno::EAGAIN) => break None,
+                Err(Errno::EINTR) => {}
+                Err(Errno::ECONNRESET | Errno::EPIPE | Errno::ENOTCONN) => {
+                    break Some(Ended::Closed)
+                }
+                Err(e) => break Some(Ended::Failed(e.desc().to_string())),
+            }
+        };
+        if got > 0 {
+            self.shared.deliver(&buf[..got], reader);
+        }
+        reader.buf = buf;
+        if let Some(why) = ended {
+            self.shared.finish(why);
+        }
+    }
+
+    fn close(&self) {
+        // Direct mode: what already arrived still goes to the log.
+        self.pump_now();
+        // Wakes the drain thread's read with end-of-file; errors mean the
+        // socket is already down.
+        let _ = self.stream.shutdown(Shutdown::Both);
+        if let Mode::Drained { thread } = &self.mode {
+            // Held while joining, so a concurrent close returns only once
+            // the thread is gone too.
+            let mut thread = thread.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(handle) = thread.take() {
+                // A panic in the thread was already recorded by its guard.
+                let _ = handle.join();
+            }
+        }
+        self.shared.finish(Ended::Closed);
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    const LONG: Duration = Duration::from_secs(10);
+
+    fn console(drain: bool) -> (Console, UnixStream) {
+        let (ours, peer) = UnixStream::pair().unwrap();
+        (Console::start(ours, None, None, drain).unwrap(), peer)
+    }
+
+    /// A file path unique to this test, removed when dropped.
+    struct TempPath(PathBuf);
+
+    impl TempPath {
+        fn new(name: &str) -> TempPath {
+            TempPath(std::env::temp_dir().join(format!(
+                "vmscript-console-{}-{name}",
+                std::process::id()
+            )))
+        }
+        fn create(&self) -> File {
+            File::create(&self.0).unwrap()
+        }
+        fn read(&self) -> Vec<u8> {
+            std::fs::read(&self.0).unwrap()
+        }
+    }
+
+    impl Drop for TempPath {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    /// Waits until the transcript holds `len` bytes.
+    fn wait_len(con: &Console, len: usize) {
+        let deadline = Instant::now() + LONG;
+        while con.output().len() < len {
+            assert!(Instant::now() < deadline, "only got {:?}", con.output());
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn wait_for_matches_text_split_across_writes() {
+        let (con, mut peer) = console(true);
+        let writer = std::thread::spawn(move || {
+            for part in ["boot...lo", "gi", "n: more"] {
+                peer.write_all(part.as_bytes()).unwrap();
+                std::thread::sleep(Duration::from_millis(30));
+            }
+            peer
+        });
+        assert_eq!(con.wait_for("login:", LONG).unwrap(), "boot...login:");
+        let _peer = writer.join().unwrap();
+        wait_len(&con, "boot...login: more".len());
+        assert_eq!(con.read(), " more");
+    }
+
+    #[test]
+    fn wait_for_sees_prompt_without_newline() {
+        let (con, mut peer) = console(true);
+        peer.write_all(b"Welcome\r\n/ # \x1b[6n").unwrap();
+        assert_eq!(con.wait_for("/ # ", LONG).unwrap(), "Welcome\r\n/ # ");
+        wait_len(&con, 17);
+        assert_eq!(con.read(), "\x1b[6n");
+    }
+
+    #[test]
+    fn read_returns_only_new_output() {
+        let (con, mut peer) = console(true);
+        assert_eq!(con.read(), "");
+        peer.write_all(b"hello").unwrap();
+        wait_len(&con, 5);
+        assert_eq!(con.read(), "hello");
+        assert_eq!(con.read(), "");
+        peer.write_all(b" world").unwrap();
+        wait_len(&con, 11);
+        assert_eq!(con.read(), " world");
+        assert_eq!(con.output(), "hello world");
+    }
+
+    #[test]
+    fn read_keeps_an_incomplete_character_for_later() {
+        let (con, mut peer) = console(true);
+        peer.write_all(b"caf\xC3").unwrap();
+        wait_len(&con, 4);
+        assert_eq!(con.read(), "caf");
+        peer.write_all(b"\xA9!").unwrap();
+        wait_len(&con, "café!".len());
+        assert_eq!(con.read(), "é!");
+    }
+
+    #[test]
+    fn expect_picks_the_pattern_complete_first() {
+        let (con, mut peer) = console(true);
+        peer.write_all(b"boot\nPassword: x\nlogin: y\n# ").unwrap();
+        let pats = ["login:", "Password:", "# "];
+        assert_eq!(con.expect(&pats, LONG).unwrap(), 1);
+        assert_eq!(con.expect(&pats, LONG).unwrap(), 0);
+        assert_eq!(con.expect(&pats, LONG).unwrap(), 2);
+        // "b" is complete before "abc" is, whatever the chunking.
+        peer.write_all(b"abc").unwrap();
+        assert_eq!(con.expect(&["abc", "b"], LONG).unwrap(), 1);
+        wait_len(&con, 29);
+        assert_eq!(con.read(), "c");
+    }
+
+    #[test]
+    fn wait_for_regex_returns_captures() {
+        let (con, mut peer) = console(true);
+        peer.write_all(b"eth0: IP 10.0.2.15 up\n").unwrap();
+        let caps = con
+            .wait_for_regex(r"IP (\d+)\.(\d+)\.\d+\.\d+( gw)?", LONG)
+            .unwrap();
+        assert_eq!(
+            caps,
+            vec![
+                Some("IP 10.0.2.15".to_string()),
+                Some("10".to_string()),
+                Some("0".to_string()),
+                None
+            ]
+        );
+        assert_eq!(con.read(), " up\n");
+    }
+
+    #[test]
+    fn wait_for_regex_finds_a_late_match_after_much_output() {
+        let (con, mut peer) = console(true);
+        let noise = "noise line without the marker\n".repeat(10_000);
+        let writer = std::thread::spawn(move || {
+            peer.write_all(noise.as_bytes()).unwrap();
+            std::thread::sleep(Duration::from_millis(50));
+            peer.write_all(b"READY 42\n").unwrap();
+            peer
+        });
+        let t0 = Instant::now();
+        let caps = con.wait_for_regex(r"READY (\d+)", LONG).unwrap();
+        assert_eq!(caps[1].as_deref(), Some("42"));
+        assert!(t0.elapsed() < Duration::from_secs(3));
+        let _peer = writer.join().unwrap();
+    }
+
+    #[test]
+    fn bad_regex_is_reported() {
+        let (con, _peer) = console(true);
+        let err = con.wait_for_regex("(unclosed", LONG).unwrap_err();
+        assert!(matches!(&err, ConsoleError::BadRegex { pattern, .. } if pattern == "(unclosed"));
+    }
+
+    #[test]
+    fn timeout_names_the_text_and_carries_the_tail() {
+        let (con, mut peer) = console(true);
+        peer.write_all(b"some boot text").unwrap();
+        let t0 = Instant::now();
+        let err = con
+            .wait_for("never", Duration::from_millis(300))
+            .unwrap_err();
+        let took = t0.elapsed();
+        assert!(took >= Duration::from_millis(300), "{took:?}");
+        assert!(took < Duration::from_millis(800), "{took:?}");
+        match &err {
+            ConsoleError::Timeout { tail, after, .. } => {
+                assert_eq!(tail, "some boot text");
+                assert_eq!(*after, Duration::from_millis(300));
+            }
+            e => panic!("{e:?}"),
+        }
+        assert_eq!(
+            err.to_string(),
+            "timed out after 300ms waiting for console text \"never\"; \
+             last output: \"some boot text\""
+        );
+        // Nothing was consumed.
+        assert_eq!(con.read(), "some boot text");
+    }
+
+    #[test]
+    fn timeout_tail_is_the_last_2_kib() {
+        let (con, mut peer) = console(true);
+        let text = "x".repeat(5000) + "END";
+        peer.write_all(text.as_bytes()).unwrap();
+        wait_len(&con, text.len());
+        match con.wait_for("never", Duration::ZERO).unwrap_err() {
+            ConsoleError::Timeout { tail, .. } => {
+                assert_eq!(tail.len(), 2048);
+                assert!(tail.ends_with("xEND"));
+            }
+            e => panic!("{e:?}"),
+        }
+    }
+
+    #[test]
+    fn wait_fails_fast_when_peer_hangs_up() {
+        let (con, mut peer) = console(true);
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            peer.write_all(b"bye\n").unwrap();
+        });
+        let t0 = Instant::now();
+        let err = con.wait_for("never", Duration::from_secs(30)).unwrap_err();
+        assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+        assert!(matches!(&err, ConsoleError::Closed { tail, .. } if tail == "bye\n"), "{err:?}");
+        assert!(err.to_string().starts_with("console closed while waiting"));
+        assert!(con.is_closed());
+    }
+
+    #[test]
+    fn output_received_before_hang_up_still_matches() {
+        let (con, mut peer) = console(true);
+        peer.write_all(b"ready\n").unwrap();
+        drop(peer);
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(con.wait_for("ready", LONG).unwrap(), "ready");
+        let t0 = Instant::now();
+        assert!(matches!(
+            con.wait_for("more", LONG),
+            Err(ConsoleError::Closed { .. })
+        ));
+        assert!(t0.elapsed() < Duration::from_secs(1));
+        assert!(matches!(
+            con.send_line("ls"),
+            Err(ConsoleError::Closed { .. })
+        ));
+    }
+
+    #[test]
+    fn failure_pattern_seen_first_fails_the_wait() {
+        let (con, mut peer) = console(true);
+        peer.write_all(b"booting\nKernel panic - not syncing\nlogin:")
+            .unwrap();
+        let err = con
+            .wait_for_either("login:", Some("Kernel panic"), LONG)
+            .unwrap_err();
+        assert!(
+            matches!(&err, ConsoleError::Failure { pattern, tail }
+                if pattern == "Kernel panic" && tail.contains("not syncing")),
+            "{err:?}"
+        );
+        // The failure was consumed; the success text is still ahead.
+        assert_eq!(
+            con.wait_for_either("login:", Some("Kernel panic"), LONG)
+                .unwrap(),
+            " - not syncing\nlogin:"
+        );
+    }
+
+    #[test]
+    fn send_and_send_line_reach_the_peer() {
+        let (con, mut peer) = console(true);
+        con.send("root").unwrap();
+        con.send_line("ls /").unwrap();
+        let mut got = [0u8; 9];
+        peer.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"rootls /\n");
+    }
+
+    #[test]
+    fn streams_2_mib_written_one_byte_at_a_time() {
+        let log = TempPath::new("stream.log");
+        let extra = TempPath::new("stream.extra");
+        let (ours, mut peer) = UnixStream::pair().unwrap();
+        let con = Console::start(ours, Some(log.create()), Some(extra.create()), true).unwrap();
+        let mut data = Vec::with_capacity(2 << 20);
+        let mut i = 0;
+        while data.len() < (2 << 20) - 16 {
+            data.extend_from_slice(format!("line {i:08}\n").as_bytes());
+            i += 1;
+        }
+        data.extend_from_slice(b"END-OF-STREAM\n");
+        let sent = data.clone();
+        let writer = std::thread::spawn(move || {
+            for b in &sent {
+                peer.write_all(std::slice::from_ref(b)).unwrap();
+            }
+            peer
+        });
+        let t0 = Instant::now();
+        let got = con.wait_for("END-OF-STREAM", Duration::from_secs(120)).unwrap();
+        eprintln!("2 MiB one byte at a time in {:?}", t0.elapsed());
+        let _peer = writer.join().unwrap();
+        assert_eq!(got.len(), data.len() - 1);
+        wait_len(&con, data.len());
+        assert_eq!(con.output().as_bytes(), &data[..]);
+        con.close();
+        assert_eq!(log.read(), data);
+        assert_eq!(extra.read(), data);
+    }
+
+    #[test]
+    fn log_has_what_a_wait_has_seen() {
+        let log = TempPath::new("seen.log");
+        let (ours, mut peer) = UnixStream::pair().unwrap();
+        let con = Console::start(ours, Some(log.create()), None, true).unwrap();
+        peer.write_all(b"first\n").unwrap();
+        con.wait_for("first", LONG).unwrap();
+        assert_eq!(log.read(), b"first\n");
+    }
+
+    #[test]
+    fn output_returns_the_whole_transcript() {
+        let (con, mut peer) = console(true);
+        peer.write_all(b"one\n").unwrap();
+        con.wait_for("one", LONG).unwrap();
+        assert_eq!(con.read(), "\n");
+        peer.write_all(b"two\n").unwrap();
+        con.wait_for("two\n", LONG).unwrap();
+        assert_eq!(con.output(), "one\ntwo\n");
+        assert_eq!(con.tail(4), "two\n");
+        assert_eq!(con.tail(100), "one\ntwo\n");
+    }
+
+    #[test]
+    fn transcript_cap_drops_oldest_and_keeps_offsets() {
+        let log = TempPath::new("cap.log");
+        let (ours, mut peer) = UnixStream::pair().unwrap();
+        let con = Console::start_capped(ours, Some(log.create()), None, true, 1024).unwrap();
+        peer.write_all(b"head\n").unwrap();
+        assert_eq!(con.wait_for("head", LONG).unwrap(), "head");
+        let body = "0123456789abcdef".repeat(640);
+        peer.write_all(body.as_bytes()).unwrap();
+        peer.write_all(b"MARK tail").unwrap();
+        let got = con.wait_for("MARK", LONG).unwrap();
+        assert!(got.ends_with("cdefMARK"), "{got:?}");
+        assert!(got.len() <= 1024);
+        wait_len_at_least_end(&con, "MARK tail");
+        assert!(con.output().len() <= 1024);
+        assert_eq!(con.read(), " tail");
+        con.close();
+        let mut all = b"head\n".to_vec();
+        all.extend_from_slice(body.as_bytes());
+        all.extend_from_slice(b"MARK tail");
+        assert_eq!(log.read(), all);
+    }
+
+    fn wait_len_at_least_end(con: &Console, end: &str) {
+        let deadline = Instant::now() + LONG;
+        while !con.output().ends_with(end) {
+            assert!(Instant::now() < deadline);
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn close_joins_the_drain_thread() {
+        let (con, mut peer) = console(true);
+        let shared = Arc::downgrade(&con.inner.shared);
+        // The console's handle and the drain thread's.
+        assert_eq!(shared.strong_count(), 2);
+        peer.write_all(b"x").unwrap();
+        con.wait_for("x", LONG).unwrap();
+        con.close();
+        assert_eq!(shared.strong_count(), 1);
+        assert!(con.is_closed());
+        con.close();
+        let mut buf = [0u8; 1];
+        assert_eq!(peer.read(&mut buf).unwrap(), 0);
+        assert!(matches!(con.send("y"), Err(ConsoleError::Closed { .. })));
+        assert_eq!(con.output(), "x");
+    }
+
+    #[test]
+    fn close_wakes_a_pending_wait() {
+        let (con, _peer) = console(true);
+        let other = con.clone();
+        let waiter = std::thread::spawn(move || other.wait_for("never", Duration::from_secs(30)));
+        std::thread::sleep(Duration::from_millis(100));
+        let t0 = Instant::now();
+        con.close();
+        let res = waiter.join().unwrap();
+        assert!(matches!(res, Err(ConsoleError::Closed { .. })), "{res:?}");
+        assert!(t0.elapsed() < Duration::from_secs(1));
+    }
+
+    #[test]
+    fn dropping_the_last_handle_stops_the_thread() {
+        let (con, mut peer) = console(true);
+        let shared = Arc::downgrade(&con.inner.shared);
+        let clone = con.clone();
+        drop(con);
+        assert_eq!(shared.strong_count(), 2, "a clone keeps it open");
+        peer.write_all(b"still here").unwrap();
+        clone.wait_for("here", LONG).unwrap();
+        drop(clone);
+        assert_eq!(shared.strong_count(), 0);
+        let mut buf = [0u8; 1];
+        assert_eq!(peer.read(&mut buf).unwrap(), 0);
+    }
+
+    #[test]
+    fn without_drain_waits_read_the_socket() {
+        let log = TempPath::new("direct.log");
+        let (ours, mut peer) = UnixStream::pair().unwrap();
+        let con = Console::start(ours, Some(log.create()), None, false).unwrap();
+        assert_eq!(Arc::strong_count(&con.inner.shared), 1, "no thread");
+        let writer = std::thread::spawn(move || {
+            peer.write_all(b"Welcome\n/ # ").unwrap();
+            std::thread::sleep(Duration::from_millis(50));
+            peer.write_all(b"\x1b[6nIP 10.0.2.15\n").unwrap();
+            peer
+        });
+        assert_eq!(con.wait_for("/ # ", LONG).unwrap(), "Welcome\n/ # ");
+        let caps = con.wait_for_regex(r"IP (\S+)", LONG).unwrap();
+        assert_eq!(caps[1].as_deref(), Some("10.0.2.15"));
+        let mut peer = writer.join().unwrap();
+        assert_eq!(con.read(), "\n");
+        assert!(matches!(
+            con.wait_for("never", Duration::from_millis(100)),
+            Err(ConsoleError::Timeout { .. })
+        ));
+        con.send_line("ls").unwrap();
+        let mut got = [0u8; 3];
+        peer.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"ls\n");
+        peer.write_all(b"late").unwrap();
+        assert_eq!(con.read(), "late");
+        assert!(!con.is_closed());
+        let hang_up = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            drop(peer);
+        });
+        let t0 = Instant::now();
+        assert!(matches!(
+            con.wait_for("never", Duration::from_secs(30)),
+            Err(ConsoleError::Closed { .. })
+        ));
+        assert!(t0.elapsed() < Duration::from_secs(1));
+        hang_up.join().unwrap();
+        assert!(con.is_closed());
+        con.close();
+        assert_eq!(log.read(), b"Welcome\n/ # \x1b[6nIP 10.0.2.15\nlate");
+    }
+
+    #[test]
+    fn without_drain_two_waiters_share_the_reading() {
+        let (con, mut peer) = console(false);
+        let other = con.clone();
+        let first = std::thread::spawn(move || other.expect(&["one"], LONG));
+        std::thread::sleep(Duration::from_millis(50));
+        let second = con.clone();
+        let later = std::thread::spawn(move || second.wait_for("two", LONG));
+        std::thread::sleep(Duration::from_millis(50));
+        peer.write_all(b"one ").unwrap();
+        assert_eq!(first.join().unwrap().unwrap(), 0);
+        std::thread::sleep(Duration::from_millis(50));
+        peer.write_all(b"two").unwrap();
+        assert_eq!(later.join().unwrap().unwrap(), " two");
+    }
+
+    #[test]
+    fn complete_utf8_len_holds_back_partial_characters() {
+        assert_eq!(complete_utf8_len(b""), 0);
+        assert_eq!(complete_utf8_len(b"abc"), 3);
+        assert_eq!(complete_utf8_len("é".as_bytes()), 2);
+        assert_eq!(complete_utf8_len(b"a\xC3"), 1);
+        assert_eq!(complete_utf8_len(b"a\xE2\x82"), 1);
+        assert_eq!(complete_utf8_len("a€".as_bytes()), 4);
+        assert_eq!(complete_utf8_len(b"a\xF0\x9F\x98"), 1);
+        assert_eq!(complete_utf8_len(b"\xFF"), 1);
+    }
+}

@@ -1,0 +1,126 @@
+//! The machine layer's errors, one variant per fact a user needs.
+
+use std::time::Duration;
+
+use super::console::ConsoleError;
+use crate::qmp;
+
+/// What went wrong with a machine.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    /// Misuse of the API or an unexpected machine state.
+    #[error("{0}")]
+    Machine(String),
+    /// A configuration request that cannot be turned into arguments.
+    #[error("{0}")]
+    AddDevice(String),
+    /// QEMU did not start, or did not get as far as a negotiated monitor.
+    #[error("failed to launch QEMU ({cause}); exit code {}; command: {}; output: {}",
+        .exitcode.map_or("none".to_string(), |c| c.to_string()), .command.join(" "), tail(.output, 2000))]
+    LaunchFailure {
+        cause: String,
+        exitcode: Option<i32>,
+        command: Vec<String>,
+        output: String,
+    },
+    /// The graceful shutdown failed and QEMU had to be killed.
+    #[error("QEMU did not shut down gracefully ({cause}); it was killed")]
+    AbnormalShutdown { cause: String },
+    /// QEMU answered a command with an error.
+    #[error("{command}: {class}: {desc}")]
+    MonitorResponse {
+        command: String,
+        class: String,
+        desc: String,
+        reply: Box<serde_json::Value>,
+    },
+    /// QMP connection trouble.
+    #[error("{0}")]
+    Qmp(#[source] qmp::Error),
+    /// QEMU exited while we waited for something.
+    #[error("QEMU exited with code {} while {what}; last output:\n{log_tail}",
+        .code.map_or("unknown".to_string(), |c| c.to_string()))]
+    Exited {
+        what: String,
+        code: Option<i32>,
+        log_tail: String,
+    },
+    /// Nothing matching arrived in time.
+    #[error("timed out after {} waiting for {what}{}", secs(.after), seen_list(.seen))]
+    Timeout {
+        what: String,
+        after: Duration,
+        seen: Vec<String>,
+    },
+    /// The serial console failed.
+    #[error("{0}")]
+    Console(#[source] ConsoleError),
+    /// A host operation (files, sockets) failed.
+    #[error("{what}: {message}")]
+    Host { what: String, message: String },
+}
+
+impl Error {
+    /// The name of the matching `QEMUMachine` exception, used as the
+    /// script-visible error kind.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Machine(_) | Error::Exited { .. } => "QEMUMachineError",
+            Error::AddDevice(_) => "QEMUMachineAddDeviceError",
+            Error::LaunchFailure { .. } => "VMLaunchFailure",
+            Error::AbnormalShutdown { .. } => "AbnormalShutdown",
+            Error::MonitorResponse { .. } => "MonitorResponseError",
+            Error::Qmp(qmp::Error::Timeout { .. }) => "Timeout",
+            Error::Qmp(_) => "QMPError",
+            Error::Timeout { .. } => "Timeout",
+            Error::Console(ConsoleError::Timeout { .. }) => "Timeout",
+            Error::Console(_) => "ConsoleError",
+            Error::Host { .. } => "HostError",
+        }
+    }
+
+    pub(crate) fn host(what: impl Into<String>, err: impl std::fmt::Display) -> Error {
+        Error::Host {
+            what: what.into(),
+            message: err.to_string(),
+        }
+    }
+}
+
+impl From<qmp::Error> for Error {
+    fn from(e: qmp::Error) -> Self {
+        Error::Qmp(e)
+    }
+}
+
+impl From<ConsoleError> for Error {
+    fn from(e: ConsoleError) -> Self {
+        Error::Console(e)
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+fn secs(d: &Duration) -> String {
+    format!("{}s", d.as_secs_f64())
+}
+
+fn seen_list(seen: &[String]) -> String {
+    if seen.is_empty() {
+        "; nothing else arrived".into()
+    } else {
+        format!("; seen meanwhile: {}", seen.join(", "))
+    }
+}
+
+/// The last `max` bytes of `text`, cut at a character boundary.
+pub fn tail(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut start = text.len() - max;
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    &text[start..]
+}

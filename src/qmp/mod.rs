@@ -1,0 +1,537 @@
+//! The QMP wire protocol on one socket; knows nothing of QEMU processes.
+//!
+//! A [`Client`] owns a connected stream (a unix socket, a socketpair end or
+//! TCP). One reader thread owns the read side: it splits the byte stream
+//! into lines, parses each one, hands replies to the caller waiting for
+//! them and appends events to an ordered queue. Nothing is ever dropped and
+//! nothing busy-polls: waiters sleep on a condition variable with a
+//! deadline.
+//!
+//! Commands go out as compact JSON without an `id`: QEMU 7.2 reads its
+//! monitor input one byte per main-loop pass, so every byte costs about
+//! 2 µs. Replies are matched to commands by order, which holds because a
+//! command lock serializes them.
+//!
+//! Start reading at [`Client::new`] and [`Client::execute`].
+
+mod reader;
+mod wire;
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value};
+
+pub use reader::Limits;
+pub use wire::{command_bytes, Direction};
+
+/// Where a QMP server is, or where we listen for QEMU to connect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Address {
+    /// A unix socket path.
+    Unix(PathBuf),
+    /// A TCP host and port.
+    Tcp(String, u16),
+}
+
+impl std::fmt::Display for Address {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Address::Unix(p) => write!(f, "{}", p.display()),
+            Address::Tcp(h, p) => write!(f, "{h}:{p}"),
+        }
+    }
+}
+
+impl Address {
+    /// Parses `host:port` as TCP and anything else as a unix socket path.
+    pub fn parse(text: &str) -> Address {
+        if let Some((host, port)) = text.rsplit_once(':') {
+            if let Ok(port) = port.parse::<u16>() {
+                if !host.contains('/') {
+                    return Address::Tcp(host.trim_matches(['[', ']']).to_string(), port);
+                }
+            }
+        }
+        Address::Unix(PathBuf::from(text))
+    }
+}
+
+/// A connected stream: the transports QMP runs over.
+#[derive(Debug)]
+pub enum Stream {
+    /// A unix socket or one end of a socketpair.
+    Unix(UnixStream),
+    /// A TCP connection.
+    Tcp(TcpStream),
+}
+
+impl Stream {
+    fn try_clone(&self) -> std::io::Result<Stream> {
+        Ok(match self {
+            Stream::Unix(s) => Stream::Unix(s.try_clone()?),
+            Stream::Tcp(s) => Stream::Tcp(s.try_clone()?),
+        })
+    }
+
+    fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match self {
+            Stream::Unix(s) => s.write_all(bytes),
+            Stream::Tcp(s) => s.write_all(bytes),
+        }
+    }
+
+    fn shutdown(&self) {
+        // Errors mean the peer is already gone, which is what we want.
+        let _ = match self {
+            Stream::Unix(s) => s.shutdown(std::net::Shutdown::Both),
+            Stream::Tcp(s) => s.shutdown(std::net::Shutdown::Both),
+        };
+    }
+
+    fn raw_fd(&self) -> RawFd {
+        match self {
+            Stream::Unix(s) => s.as_raw_fd(),
+            Stream::Tcp(s) => s.as_raw_fd(),
+        }
+    }
+}
+
+/// What went wrong talking QMP.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    /// The peer hung up (EOF or ECONNRESET).
+    #[error("QMP connection closed while {what}")]
+    Closed { what: String },
+    /// Nothing arrived in time.
+    #[error("timed out after {after:?} {what}")]
+    Timeout { what: String, after: Duration },
+    /// The peer sent something that is not a QMP message.
+    #[error("malformed QMP message: {detail}")]
+    Malformed { detail: String },
+    /// A line longer than the reader accepts.
+    #[error("QMP message longer than {limit} bytes")]
+    LineTooLong { limit: usize },
+    /// More events queued than the documented cap.
+    #[error("more than {limit} QMP events queued unread")]
+    EventQueueFull { limit: usize },
+    /// The server's greeting did not offer what we need.
+    #[error("unexpected QMP greeting: {detail}")]
+    Greeting { detail: String },
+    /// The command was answered with an error.
+    #[error("{class}: {desc}")]
+    Response {
+        class: String,
+        desc: String,
+        reply: Box<Value>,
+    },
+    /// An operating system error on the socket.
+    #[error("QMP socket error while {what}: {message}")]
+    Io { what: String, message: String },
+    /// The operation needs a unix socket.
+    #[error("{what} needs a unix socket monitor, not TCP")]
+    NotUnix { what: String },
+}
+
+impl Error {
+    fn io(what: &str, err: std::io::Error) -> Error {
+        Error::Io {
+            what: what.to_string(),
+            message: err.to_string(),
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// A callback that sees every message sent and received, for transcripts.
+pub type Observer = Arc<dyn Fn(Direction, &[u8]) + Send + Sync>;
+
+#[derive(Default)]
+struct State {
+    replies: std::collections::VecDeque<Value>,
+    events: std::collections::VecDeque<Value>,
+    greeting: Option<Value>,
+    /// Why the reader stopped, once it has.
+    ended: Option<Error>,
+    /// Replies still owed to callers that gave up waiting for them.
+    orphans: usize,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    cond: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A poisoned lock means a panic elsewhere already; the queue data
+        // itself is still consistent (every update is a single push/pop).
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits until `ready` yields a value, the reader ends, or the deadline passes.
+    fn wait_for<T>(
+        &self,
+        deadline: Instant,
+        mut ready: impl FnMut(&mut State) -> Option<T>,
+    ) -> std::result::Result<Option<T>, Error> {
+        let mut st = self.lock();
+        loop {
+            if let Some(v) = ready(&mut st) {
+                return Ok(Some(v));
+            }
+            if let Some(err) = &st.ended {
+                return Err(err.clone());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(None);
+            }
+            st = self
+                .cond
+                .wait_timeout(st, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+}
+
+/// A QMP connection.
+pub struct Client {
+    shared: Arc<Shared>,
+    writer: Mutex<Stream>,
+    /// Held from sending a command until its reply is taken, so replies
+    /// match commands by order.
+    command_lock: Mutex<()>,
+    observer: Option<Observer>,
+    reader: Option<std::thread::JoinHandle<()>>,
+    negotiated: bool,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("negotiated", &self.negotiated)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// Takes over a connected stream, starts its reader and waits for the greeting.
+    pub fn new(stream: Stream, timeout: Duration) -> Result<Client> {
+        Self::with_options(stream, timeout, Limits::default(), None)
+    }
+
+    /// [`Client::new`] with reader limits and a transcript observer.
+    pub fn with_options(
+        stream: Stream,
+        timeout: Duration,
+        limits: Limits,
+        observer: Option<Observer>,
+    ) -> Result<Client> {
+        let read_side = stream
+            .try_clone()
+            .map_err(|e| Error::io("cloning the socket", e))?;
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::default()),
+            cond: Condvar::new(),
+        });
+        let reader = reader::spawn(read_side, shared.clone(), limits, observer.clone())
+            .map_err(|e| Error::io("starting the reader thread", e))?;
+        let client = Client {
+            shared,
+            writer: Mutex::new(stream),
+            command_lock: Mutex::new(()),
+            observer,
+            reader: Some(reader),
+            negotiated: false,
+        };
+        let deadline = Instant::now() + timeout;
+        match client
+            .shared
+            .wait_for(deadline, |st| st.greeting.clone())
+            .map_err(|e| match e {
+                Error::Closed { .. } => Error::Closed {
+                    what: "waiting for the greeting".into(),
+                },
+                e => e,
+            })? {
+            Some(_) => Ok(client),
+            None => Err(Error::Timeout {
+                what: "waiting for the QMP greeting".into(),
+                after: timeout,
+            }),
+        }
+    }
+
+    /// Connects to a QMP server (QEMU started with `-qmp …,server=on`).
+    pub fn connect(address: &Address, timeout: Duration) -> Result<Client> {
+        let stream = match address {
+            Address::Unix(path) => Stream::Unix(
+                UnixStream::connect(path)
+                    .map_err(|e| Error::io(&format!("connecting to {}", path.display()), e))?,
+            ),
+            Address::Tcp(host, port) => {
+                use std::net::ToSocketAddrs;
+                let addrs = (host.as_str(), *port)
+                    .to_socket_addrs()
+                    .map_err(|e| Error::io(&format!("resolving {host}:{port}"), e))?;
+                let mut last = None;
+                let mut found = None;
+                for a in addrs {
+                    match TcpStream::connect_timeout(&a, timeout) {
+                        Ok(s) => {
+                            found = Some(s);
+                            break;
+                        }
+                        Err(e) => last = Some(e),
+                    }
+                }
+                let s = found.ok_or_else(|| {
+                    Error::io(
+                        &format!("connecting to {host}:{port}"),
+                        last.unwrap_or_else(|| std::io::ErrorKind::NotFound.into()),
+                    )
+                })?;
+                let _ = s.set_nodelay(true);
+                Stream::Tcp(s)
+            }
+        };
+        Client::new(stream, timeout)
+    }
+
+    /// The server's greeting, `{"QMP": {"version": …, "capabilities": […]}}`.
+    pub fn greeting(&self) -> Value {
+        self.shared.lock().greeting.clone().unwrap_or(Value::Null)
+    }
+
+    /// Sends `qmp_capabilities`, enabling out-of-band execution when offered.
+    pub fn negotiate(&mut self, timeout: Duration) -> Result<()> {
+        let greeting = self.greeting();
+        let caps = greeting
+            .pointer("/QMP/capabilities")
+            .and_then(Value::as_array)
+            .ok_or_else(|| Error::Greeting {
+                detail: greeting.to_string(),
+            })?;
+        let oob = caps.iter().any(|c| c == "oob");
+        let args = oob.then(|| {
+            let mut m = Map::new();
+            m.insert("enable".into(), Value::Array(vec![Value::from("oob")]));
+            m
+        });
+        let reply = self.execute("qmp_capabilities", args.as_ref(), timeout)?;
+        if let Some(err) = reply.get("error") {
+            return Err(response_error(&reply, err));
+        }
+        self.negotiated = true;
+        Ok(())
+    }
+
+    /// Whether `qmp_capabilities` succeeded.
+    pub fn is_negotiated(&self) -> bool {
+        self.negotiated
+    }
+
+    /// Sends one command and returns its whole reply (`return` or `error`).
+    pub fn execute(
+        &self,
+        command: &str,
+        arguments: Option<&Map<String, Value>>,
+        timeout: Duration,
+    ) -> Result<Value> {
+        self.execute_raw(&command_bytes(command, arguments), command, timeout)
+    }
+
+    /// Sends one command and returns its `return` value; an error reply is
+    /// [`Error::Response`].
+    pub fn command(
+        &self,
+        command: &str,
+        arguments: Option<&Map<String, Value>>,
+        timeout: Duration,
+    ) -> Result<Value> {
+        let mut reply = self.execute(command, arguments, timeout)?;
+        if let Some(err) = reply.get("error") {
+            return Err(response_error(&reply, err));
+        }
+        Ok(reply
+            .as_object_mut()
+            .and_then(|m| m.remove("return"))
+            .unwrap_or(Value::Null))
+    }
+
+    /// Sends already-encoded command bytes and waits for the reply.
+    pub fn execute_raw(&self, bytes: &[u8], what: &str, timeout: Duration) -> Result<Value> {
+        let deadline = Instant::now() + timeout;
+        let _turn = self.command_lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.send_bytes(bytes, what)?;
+        match self.shared.wait_for(deadline, |st| st.replies.pop_front()) {
+            Ok(Some(reply)) => Ok(reply),
+            Ok(None) => {
+                self.shared.lock().orphans += 1;
+                Err(Error::Timeout {
+                    what: format!("waiting for the reply to {what}"),
+                    after: timeout,
+                })
+            }
+            Err(Error::Closed { .. }) => Err(Error::Closed {
+                what: format!("waiting for the reply to {what}"),
+            }),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn send_bytes(&self, bytes: &[u8], what: &str) -> Result<()> {
+        if let Some(err) = &self.shared.lock().ended {
+            return Err(match err {
+                Error::Closed { .. } => Error::Closed {
+                    what: format!("sending {what}"),
+                },
+                e => e.clone(),
+            });
+        }
+        if let Some(obs) = &self.observer {
+            obs(Direction::Sent, bytes);
+        }
+        let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        match w.write_all(bytes) {
+            Ok(()) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+                ) =>
+            {
+                drop(w);
+                // The reader sees the hang-up a moment later and knows
+                // more (a truncated message, say): prefer its reason.
+                let soon = Instant::now() + Duration::from_secs(1);
+                Err(match self.shared.wait_for(soon, |_| None::<()>) {
+                    Err(Error::Closed { .. }) | Ok(_) => Error::Closed {
+                        what: format!("sending {what}"),
+                    },
+                    Err(reason) => reason,
+                })
+            }
+            Err(e) => Err(Error::io(&format!("sending {what}"), e)),
+        }
+    }
+
+    /// Passes a file descriptor to QEMU with SCM_RIGHTS (for `getfd`/`add-fd`).
+    pub fn send_fd_scm(&self, fd: impl AsFd) -> Result<()> {
+        use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+        let w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        if !matches!(&*w, Stream::Unix(_)) {
+            return Err(Error::NotUnix {
+                what: "send_fd_scm".into(),
+            });
+        }
+        let fds = [fd.as_fd().as_raw_fd()];
+        let cmsg = [ControlMessage::ScmRights(&fds)];
+        // QEMU's JSON parser skips whitespace, so one space carries the fd.
+        let iov = [std::io::IoSlice::new(b" ")];
+        sendmsg::<()>(w.raw_fd(), &iov, &cmsg, MsgFlags::empty(), None)
+            .map_err(|e| Error::io("sending a file descriptor", e.into()))?;
+        Ok(())
+    }
+
+    /// Removes and returns the first queued event for which `pred` is true,
+    /// waiting up to `timeout` for one to arrive. Events that do not match
+    /// stay queued in order. `Ok(None)` when the time runs out.
+    pub fn take_event(
+        &self,
+        timeout: Duration,
+        mut pred: impl FnMut(&Value) -> bool,
+    ) -> Result<Option<Value>> {
+        let deadline = Instant::now() + timeout;
+        let mut scanned = 0;
+        let found = self.shared.wait_for(deadline, |st| {
+            // Events already rejected are not offered to `pred` again.
+            let start = scanned.min(st.events.len());
+            let hit = st.events.iter().skip(start).position(&mut pred);
+            scanned = st.events.len();
+            hit.and_then(|i| st.events.remove(start + i))
+        });
+        match found {
+            // Even after the reader ended, queued events stay readable.
+            Err(err) => {
+                let mut st = self.shared.lock();
+                match st.events.iter().position(&mut pred) {
+                    Some(i) => Ok(st.events.remove(i)),
+                    None => Err(err),
+                }
+            }
+            ok => ok,
+        }
+    }
+
+    /// Removes and returns every queued event.
+    pub fn drain_events(&self) -> Vec<Value> {
+        self.shared.lock().events.drain(..).collect()
+    }
+
+    /// A copy of the queued events, oldest first.
+    pub fn queued_events(&self) -> Vec<Value> {
+        self.shared.lock().events.iter().cloned().collect()
+    }
+
+    /// Empties the event queue.
+    pub fn clear_events(&self) {
+        self.shared.lock().events.clear();
+    }
+
+    /// Why the connection ended, if it has.
+    pub fn ended(&self) -> Option<Error> {
+        self.shared.lock().ended.clone()
+    }
+
+    /// Waits until the peer hangs up, up to `timeout`. True when it did.
+    pub fn wait_closed(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        !matches!(self.shared.wait_for(deadline, |_| None::<()>), Ok(None))
+    }
+
+    /// Closes the connection and stops the reader.
+    pub fn close(&mut self) {
+        self.writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .shutdown();
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// Builds [`Error::Response`] from an error reply.
+pub fn response_error(reply: &Value, err: &Value) -> Error {
+    Error::Response {
+        class: err
+            .get("class")
+            .and_then(Value::as_str)
+            .unwrap_or("GenericError")
+            .to_string(),
+        desc: err
+            .get("desc")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string(),
+        reply: Box::new(reply.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,359 @@
+//! The client against fake peers: ordering, hang-ups and garbage.
+
+use super::*;
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::thread;
+
+const GREETING: &[u8] =
+    b"{\"QMP\": {\"version\": {\"qemu\": {\"micro\": 0, \"minor\": 2, \"major\": 7}}, \"capabilities\": [\"oob\"]}}\r\n";
+const T: Duration = Duration::from_secs(5);
+
+/// A client on one end of a socketpair; the test plays QEMU on the other.
+fn pair() -> (Client, UnixStream) {
+    let (ours, mut theirs) = UnixStream::pair().unwrap();
+    theirs.write_all(GREETING).unwrap();
+    let client = Client::new(Stream::Unix(ours), T).unwrap();
+    (client, theirs)
+}
+
+/// Reads one command the client sent (commands carry no newline).
+fn read_command(peer: &mut UnixStream) -> Value {
+    use std::io::Read;
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        peer.read_exact(&mut byte).unwrap();
+        buf.push(byte[0]);
+        if let Ok(v) = serde_json::from_slice::<Value>(&buf) {
+            return v;
+        }
+    }
+}
+
+#[test]
+fn greeting_is_kept_and_negotiation_enables_oob() {
+    let (mut client, mut peer) = pair();
+    assert_eq!(client.greeting()["QMP"]["version"]["qemu"]["minor"], 2);
+    let t = thread::spawn(move || {
+        let cmd = read_command(&mut peer);
+        peer.write_all(b"{\"return\": {}}\r\n").unwrap();
+        (cmd, peer)
+    });
+    client.negotiate(T).unwrap();
+    let (cmd, _peer) = t.join().unwrap();
+    assert_eq!(
+        cmd,
+        serde_json::json!({"execute": "qmp_capabilities", "arguments": {"enable": ["oob"]}})
+    );
+    assert!(client.is_negotiated());
+}
+
+#[test]
+fn commands_are_compact_without_id() {
+    assert_eq!(
+        command_bytes("query-status", None),
+        br#"{"execute":"query-status"}"#
+    );
+    let mut args = Map::new();
+    args.insert("id".into(), Value::from("d1"));
+    assert_eq!(
+        command_bytes("device_del", Some(&args)),
+        br#"{"execute":"device_del","arguments":{"id":"d1"}}"#
+    );
+}
+
+#[test]
+fn events_before_a_reply_are_queued_in_order() {
+    let (client, mut peer) = pair();
+    let t = thread::spawn(move || {
+        read_command(&mut peer);
+        peer.write_all(b"{\"event\": \"STOP\"}\r\n{\"event\": \"A\"}\r\n{\"return\": {}}\r\n")
+            .unwrap();
+        peer
+    });
+    let reply = client.execute("stop", None, T).unwrap();
+    assert_eq!(reply, serde_json::json!({"return": {}}));
+    let _peer = t.join().unwrap();
+    let names: Vec<_> = client
+        .queued_events()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["STOP", "A"]);
+    // Taking a later event leaves the earlier one queued.
+    let a = client
+        .take_event(T, |e| e["event"] == "A")
+        .unwrap()
+        .unwrap();
+    assert_eq!(a["event"], "A");
+    assert_eq!(client.drain_events().len(), 1);
+}
+
+#[test]
+fn error_reply_is_typed_by_command() {
+    let (client, mut peer) = pair();
+    let t = thread::spawn(move || {
+        read_command(&mut peer);
+        peer.write_all(
+            b"{\"error\": {\"class\": \"CommandNotFound\", \"desc\": \"The command nope has not been found\"}}\r\n",
+        )
+        .unwrap();
+        peer
+    });
+    let err = client.command("nope", None, T).unwrap_err();
+    let _peer = t.join().unwrap();
+    match err {
+        Error::Response { class, desc, .. } => {
+            assert_eq!(class, "CommandNotFound");
+            assert!(desc.contains("nope"));
+        }
+        e => panic!("unexpected {e:?}"),
+    }
+}
+
+#[test]
+fn hang_up_after_quit_is_closed_not_garbage() {
+    let (client, mut peer) = pair();
+    let t = thread::spawn(move || {
+        read_command(&mut peer);
+        peer.write_all(
+            b"{\"event\": \"SHUTDOWN\", \"data\": {\"guest\": false}}\r\n{\"return\": {}}\r\n",
+        )
+        .unwrap();
+        drop(peer);
+    });
+    client.execute("quit", None, T).unwrap();
+    t.join().unwrap();
+    assert!(client.wait_closed(T));
+    assert!(matches!(client.ended(), Some(Error::Closed { .. })));
+    // The event stays readable after the hang-up.
+    let ev = client.take_event(T, |_| true).unwrap().unwrap();
+    assert_eq!(ev["event"], "SHUTDOWN");
+    assert!(matches!(
+        client.execute("x", None, T).unwrap_err(),
+        Error::Closed { .. }
+    ));
+}
+
+#[test]
+fn waiting_for_a_reply_fails_at_once_on_hang_up() {
+    let (client, peer) = pair();
+    let t = thread::spawn(move || {
+        thread::sleep(Duration::from_millis(100));
+        drop(peer);
+    });
+    let start = Instant::now();
+    let err = client
+        .execute("query-status", None, Duration::from_secs(30))
+        .unwrap_err();
+    t.join().unwrap();
+    assert!(matches!(err, Error::Closed { .. }), "{err:?}");
+    assert!(start.elapsed() < Duration::from_secs(2));
+}
+
+#[test]
+fn reply_timeout_names_the_command_and_a_late_reply_is_discarded() {
+    let (client, mut peer) = pair();
+    let err = client
+        .execute("query-status", None, Duration::from_millis(200))
+        .unwrap_err();
+    match &err {
+        Error::Timeout { what, after } => {
+            assert!(what.contains("query-status"));
+            assert_eq!(*after, Duration::from_millis(200));
+        }
+        e => panic!("unexpected {e:?}"),
+    }
+    read_command(&mut peer);
+    let t = thread::spawn(move || {
+        // The late reply to the first command, then the second's.
+        read_command(&mut peer);
+        peer.write_all(b"{\"return\": 1}\r\n{\"return\": 2}\r\n")
+            .unwrap();
+        peer
+    });
+    assert_eq!(client.execute("second", None, T).unwrap()["return"], 2);
+    let _peer = t.join().unwrap();
+}
+
+#[test]
+fn garbage_is_a_malformed_error() {
+    let (client, mut peer) = pair();
+    peer.write_all(b"this is not json\r\n").unwrap();
+    let err = client.execute("query-status", None, T).unwrap_err();
+    assert!(
+        matches!(&err, Error::Malformed { detail } if detail.contains("not json")),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn invalid_utf8_is_a_malformed_error() {
+    let (client, mut peer) = pair();
+    peer.write_all(b"{\"return\": \"\xff\xfe\"}\r\n").unwrap();
+    let err = client.execute("query-status", None, T).unwrap_err();
+    assert!(matches!(err, Error::Malformed { .. }), "{err:?}");
+}
+
+#[test]
+fn non_object_and_unknown_messages_are_malformed() {
+    let (client, mut peer) = pair();
+    peer.write_all(b"[1, 2, 3]\r\n").unwrap();
+    assert!(matches!(
+        client.execute("a", None, T).unwrap_err(),
+        Error::Malformed { .. }
+    ));
+    let (client, mut peer) = pair();
+    peer.write_all(b"{\"hello\": 1}\r\n").unwrap();
+    assert!(matches!(
+        client.execute("a", None, T).unwrap_err(),
+        Error::Malformed { .. }
+    ));
+}
+
+#[test]
+fn truncated_reply_then_hang_up_is_malformed() {
+    let (client, mut peer) = pair();
+    peer.write_all(b"{\"return\": {\"status\": \"runn").unwrap();
+    drop(peer);
+    let err = client.execute("query-status", None, T).unwrap_err();
+    assert!(
+        matches!(&err, Error::Malformed { detail } if detail.contains("closed inside a message")),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn oversized_line_is_refused_with_bounded_memory() {
+    let (ours, mut theirs) = UnixStream::pair().unwrap();
+    theirs.write_all(GREETING).unwrap();
+    let limits = Limits {
+        max_line: 1 << 20,
+        max_events: 10,
+    };
+    let client = Client::with_options(Stream::Unix(ours), T, limits, None).unwrap();
+    // 100 MB without a newline: the reader must stop at the limit.
+    let t = thread::spawn(move || {
+        let chunk = vec![b'x'; 1 << 20];
+        for _ in 0..100 {
+            if theirs.write_all(&chunk).is_err() {
+                break;
+            }
+        }
+    });
+    let err = client.execute("query-status", None, T).unwrap_err();
+    assert!(
+        matches!(err, Error::LineTooLong { limit } if limit == 1 << 20),
+        "{err:?}"
+    );
+    drop(client);
+    t.join().unwrap();
+}
+
+#[test]
+fn event_flood_is_kept_in_order_up_to_the_cap() {
+    let (ours, mut theirs) = UnixStream::pair().unwrap();
+    theirs.write_all(GREETING).unwrap();
+    let limits = Limits {
+        max_line: 1 << 20,
+        max_events: 100_000,
+    };
+    let client = Client::with_options(Stream::Unix(ours), T, limits, None).unwrap();
+    let t = thread::spawn(move || {
+        let mut w = std::io::BufWriter::new(theirs);
+        for i in 0..100_001 {
+            if write!(w, "{{\"event\": \"E\", \"data\": {{\"i\": {i}}}}}\r\n").is_err() {
+                break;
+            }
+        }
+        let _ = w.flush();
+    });
+    t.join().unwrap();
+    // Nobody read while the flood came: the cap ends the connection with
+    // a clear error, and every event before it is kept, in order.
+    assert!(client.wait_closed(T));
+    assert!(
+        matches!(
+            client.ended(),
+            Some(Error::EventQueueFull { limit: 100_000 })
+        ),
+        "{:?}",
+        client.ended()
+    );
+    let events = client.drain_events();
+    assert_eq!(events.len(), 100_000);
+    for (i, ev) in events.iter().enumerate() {
+        assert_eq!(ev["data"]["i"], i);
+    }
+}
+
+#[test]
+fn event_flood_read_concurrently_loses_nothing() {
+    let (client, theirs) = pair();
+    let t = thread::spawn(move || {
+        let mut w = std::io::BufWriter::new(theirs);
+        for i in 0..100_000 {
+            write!(w, "{{\"event\": \"E\", \"data\": {{\"i\": {i}}}}}\r\n").unwrap();
+        }
+        w.flush().unwrap();
+    });
+    for i in 0..100_000u64 {
+        let ev = client.take_event(T, |_| true).unwrap().unwrap();
+        assert_eq!(ev["data"]["i"], i);
+    }
+    t.join().unwrap();
+}
+
+#[test]
+fn no_greeting_times_out() {
+    let (ours, _theirs) = UnixStream::pair().unwrap();
+    let start = Instant::now();
+    let err = Client::new(Stream::Unix(ours), Duration::from_millis(300)).unwrap_err();
+    assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
+    assert!(start.elapsed() < Duration::from_secs(2));
+}
+
+#[test]
+fn send_fd_scm_delivers_a_descriptor() {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    let (client, peer) = pair();
+    let file = tempfile::tempfile().unwrap();
+    client.send_fd_scm(&file).unwrap();
+    let mut buf = [0u8; 4];
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let mut space = nix::cmsg_space!([RawFd; 1]);
+    let msg = recvmsg::<()>(
+        peer.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::empty(),
+    )
+    .unwrap();
+    let fds: Vec<RawFd> = msg
+        .cmsgs()
+        .unwrap()
+        .filter_map(|c| match c {
+            ControlMessageOwned::ScmRights(f) => Some(f),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert_eq!(fds.len(), 1);
+    assert_eq!(msg.bytes, 1);
+    // SAFETY: the descriptor was just received and is ours.
+    unsafe { libc::close(fds[0]) };
+}
+
+#[test]
+fn address_parsing() {
+    assert_eq!(
+        Address::parse("127.0.0.1:4444"),
+        Address::Tcp("127.0.0.1".into(), 4444)
+    );
+    assert_eq!(
+        Address::parse("/tmp/qmp.sock"),
+        Address::Unix("/tmp/qmp.sock".into())
+    );
+    assert_eq!(Address::parse("[::1]:5"), Address::Tcp("::1".into(), 5));
+}
