@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Builds everything and runs every test: the Rust tests (which boot real
+# QEMUs) and, once the runner exists, the example and ported scripts.
+# Exit status: 0 when everything passed, non-zero otherwise.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+banner() { printf '\n==> %s\n' "$*"; }
+
+banner "build the test guest"
+guest=$(bash scripts/build-guest.sh | tail -n 1)
+export VMSCRIPT_GUEST=$guest
+
+banner "cargo build --release"
+cargo build --release
+
+# Each test boots its own QEMU under TCG; two at a time keeps a small CI
+# machine from timing out.
+banner "cargo test --release"
+cargo test --release -- --test-threads=2
+
+vmscript=${CARGO_TARGET_DIR:-target}/release/vmscript
+dirs=()
+for dir in scripts/examples scripts/ports; do
+  [ -d "$dir" ] && dirs+=("$dir")
+done
+if [ "${#dirs[@]}" -eq 0 ]; then
+  banner "no scripts/examples or scripts/ports: skipping the script tests"
+elif ! "$vmscript" run --help >/dev/null 2>&1; then
+  banner "vmscript has no 'run' command yet: skipping the script tests"
+else
+  banner "vmscript run ${dirs[*]}"
+  "$vmscript" run "${dirs[@]}"
+fi
