@@ -1,0 +1,286 @@
+//! The machine layer against a real QEMU.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Map, Value};
+use vmscript::machine::{Error, EventWait, Machine};
+
+fn args(v: Value) -> Map<String, Value> {
+    v.as_object().unwrap().clone()
+}
+
+#[test]
+fn launch_query_and_shutdown_leave_nothing_behind() {
+    let mut vm = launched(&[]);
+    let pid = vm.get_pid().unwrap();
+    let temp = vm.temp_dir().unwrap().to_path_buf();
+    assert!(vm.is_running());
+    let status = vm.command("query-status", None, true).unwrap();
+    assert_eq!(status["status"], "running");
+    let version = vm.command("query-version", None, true).unwrap();
+    assert_eq!(version, vm.qmp_greeting()["QMP"]["version"]);
+    assert!(vm
+        .full_args()
+        .iter()
+        .any(|a| a.starts_with("socket,id=mon,fd=")));
+    vm.shutdown(false, secs(30.0)).unwrap();
+    assert_eq!(vm.exitcode(), Some(0));
+    assert!(!vm.is_running());
+    assert!(!pid_exists(pid), "QEMU {pid} still exists after shutdown");
+    assert!(!temp.exists(), "{} survived shutdown", temp.display());
+    assert!(vm.get_log().is_some());
+    // The SHUTDOWN event of the quit stays readable.
+    let ev = vm.get_qmp_event(EventWait::No).unwrap().unwrap();
+    assert_eq!(ev["event"], "SHUTDOWN");
+    assert_eq!(ev["data"]["reason"], "host-qmp-quit");
+}
+
+#[test]
+fn stop_and_cont_emit_events_that_queue_in_order() {
+    let mut vm = launched(&["-S"]);
+    vm.command("cont", None, true).unwrap();
+    let ev = vm.event_wait("RESUME", secs(5.0), None).unwrap().unwrap();
+    assert_eq!(ev["event"], "RESUME");
+    vm.command("stop", None, true).unwrap();
+    vm.command("cont", None, true).unwrap();
+    vm.command("stop", None, true).unwrap();
+    // Waiting for the second kind first leaves the others queued, in order.
+    let m = json!({"event": "RESUME"});
+    vm.event_wait("RESUME", secs(5.0), Some(&m))
+        .unwrap()
+        .unwrap();
+    let pairs = [("STOP".to_string(), None), ("NEVER".to_string(), None)];
+    let first = vm.events_wait(&pairs, secs(5.0)).unwrap().unwrap();
+    assert_eq!(first["event"], "STOP");
+    let rest: Vec<_> = vm
+        .get_qmp_events(EventWait::No)
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(rest, ["STOP"]);
+    // A zero timeout with nothing matching returns nothing.
+    assert!(vm
+        .event_wait("STOP", Duration::ZERO, None)
+        .unwrap()
+        .is_none());
+    vm.shutdown(false, secs(30.0)).unwrap();
+}
+
+#[test]
+fn an_event_that_never_comes_times_out_on_time() {
+    let mut vm = launched(&["-S"]);
+    vm.command("cont", None, true).unwrap();
+    let start = Instant::now();
+    let err = vm.event_wait("NEVER", secs(1.5), None).unwrap_err();
+    let took = start.elapsed();
+    assert!(took >= secs(1.5) && took < secs(2.5), "took {took:?}");
+    assert_eq!(err.kind(), "Timeout");
+    let text = err.to_string();
+    assert!(text.contains("NEVER") && text.contains("RESUME"), "{text}");
+    // The unmatched RESUME is still queued.
+    assert!(vm.event_wait("RESUME", secs(1.0), None).unwrap().is_some());
+}
+
+#[test]
+fn unknown_command_is_a_monitor_response_error() {
+    let mut vm = launched(&[]);
+    let err = vm.command("no-such-command", None, true).unwrap_err();
+    assert_eq!(err.kind(), "MonitorResponseError");
+    match err {
+        Error::MonitorResponse { class, .. } => assert_eq!(class, "CommandNotFound"),
+        e => panic!("{e:?}"),
+    }
+    // qmp() returns the error reply whole instead.
+    let reply = vm.qmp("no-such-command", None, true).unwrap();
+    assert_eq!(reply["error"]["class"], "CommandNotFound");
+}
+
+#[test]
+fn conv_keys_turns_underscores_into_dashes() {
+    let mut vm = launched(&[]);
+    let a = args(json!({"driver": "null-co", "node_name": "n0"}));
+    vm.command("blockdev-add", Some(&a), true).unwrap();
+    let nodes = vm.command("query-named-block-nodes", None, true).unwrap();
+    assert!(nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|n| n["node-name"] == "n0"));
+    let err = vm.command("blockdev-add", Some(&a), false).unwrap_err();
+    assert_eq!(err.kind(), "MonitorResponseError");
+}
+
+#[test]
+fn bad_argument_is_a_launch_failure_with_qemu_output() {
+    let mut vm = Machine::new(none_options(&["-no-such-option"])).unwrap();
+    let err = vm.launch().unwrap_err();
+    assert_eq!(err.kind(), "VMLaunchFailure");
+    match &err {
+        Error::LaunchFailure {
+            exitcode,
+            output,
+            command,
+            ..
+        } => {
+            assert_eq!(*exitcode, Some(1));
+            assert!(output.contains("-no-such-option"), "{output}");
+            assert!(command.iter().any(|a| a == "-no-such-option"));
+        }
+        e => panic!("{e:?}"),
+    }
+    assert!(!vm.is_running());
+    assert!(vm.temp_dir().is_none());
+}
+
+#[test]
+fn missing_binary_names_the_path_and_the_fix() {
+    let mut o = none_options(&[]);
+    o.binary = "/nonexistent/qemu-system-foo".into();
+    let err = Machine::new(o).unwrap().launch().unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("/nonexistent/qemu-system-foo"), "{text}");
+    assert!(text.contains("VMSCRIPT_QEMU"), "{text}");
+}
+
+#[test]
+fn configuring_after_launch_is_refused() {
+    let mut vm = launched(&[]);
+    let err = vm.set_machine("pc").unwrap_err();
+    assert_eq!(err.kind(), "QEMUMachineError");
+    assert!(err.to_string().contains("already launched"));
+    assert_eq!(vm.launch().unwrap_err().kind(), "QEMUMachineError");
+}
+
+#[test]
+fn a_killed_qemu_ends_a_long_event_wait_at_once() {
+    let mut vm = launched(&[]);
+    let killer = vm.kill_handle();
+    let pid = vm.get_pid().unwrap();
+    let t = std::thread::spawn(move || {
+        std::thread::sleep(secs(0.3));
+        // SAFETY: signalling the QEMU this test started.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    });
+    let start = Instant::now();
+    let err = vm.event_wait("NEVER", secs(60.0), None).unwrap_err();
+    t.join().unwrap();
+    assert!(start.elapsed() < secs(1.3), "took {:?}", start.elapsed());
+    assert_eq!(err.kind(), "QEMUMachineError");
+    assert!(err.to_string().contains("-9"), "{err}");
+    let err = vm.shutdown(false, secs(5.0)).unwrap_err();
+    assert_eq!(err.kind(), "AbnormalShutdown");
+    drop(killer);
+}
+
+#[test]
+fn kill_handle_works_from_another_thread() {
+    let mut vm = launched(&[]);
+    let handle = vm.kill_handle();
+    let t = std::thread::spawn(move || {
+        std::thread::sleep(secs(0.2));
+        handle.kill();
+    });
+    let err = vm.event_wait("NEVER", secs(60.0), None).unwrap_err();
+    t.join().unwrap();
+    assert_eq!(err.kind(), "QEMUMachineError");
+    vm.kill();
+    assert!(!vm.is_running());
+}
+
+#[test]
+fn unix_and_tcp_monitor_addresses_work() {
+    use vmscript::qmp::Address;
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = none_options(&[]);
+    o.monitor_address = Some(Address::Unix(dir.path().join("qmp.sock")));
+    let mut vm = Machine::new(o).unwrap();
+    vm.launch().unwrap();
+    assert_eq!(
+        vm.command("query-status", None, true).unwrap()["status"],
+        "running"
+    );
+    vm.shutdown(false, secs(30.0)).unwrap();
+
+    let mut o = none_options(&[]);
+    o.monitor_address = Some(Address::Tcp("127.0.0.1".into(), 0));
+    let mut vm = Machine::new(o).unwrap();
+    vm.launch().unwrap();
+    assert_eq!(
+        vm.command("query-status", None, true).unwrap()["status"],
+        "running"
+    );
+    let file = tempfile::tempfile().unwrap();
+    use std::os::fd::AsFd;
+    assert_eq!(vm.send_fd_scm(file.as_fd()).unwrap_err().kind(), "QMPError");
+    vm.shutdown(false, secs(30.0)).unwrap();
+}
+
+#[test]
+fn send_fd_scm_then_getfd_and_closefd() {
+    let mut vm = launched(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("f");
+    std::fs::write(&path, b"x").unwrap();
+    vm.send_file_scm(&path).unwrap();
+    vm.command("getfd", Some(&args(json!({"fdname": "f1"}))), true)
+        .unwrap();
+    vm.command("closefd", Some(&args(json!({"fdname": "f1"}))), true)
+        .unwrap();
+    // Closing it twice fails: the first close really found it.
+    let err = vm
+        .command("closefd", Some(&args(json!({"fdname": "f1"}))), true)
+        .unwrap_err();
+    assert_eq!(err.kind(), "MonitorResponseError");
+}
+
+#[test]
+fn hmp_returns_text() {
+    let mut vm = launched(&[]);
+    let out = vm.hmp("info status").unwrap();
+    assert!(out.contains("running"), "{out}");
+}
+
+#[test]
+fn qtest_reads_the_host_bridge_id() {
+    let mut o = MachineOptions::new(QEMU);
+    o.args = vec!["-M".into(), "pc".into(), "-nodefaults".into()];
+    let mut vm = Machine::new(o).unwrap();
+    vm.enable_qtest().unwrap();
+    vm.launch().unwrap();
+    assert_eq!(vm.qtest("outl 0xcf8 0x80000000").unwrap(), "OK");
+    let id = vm.qtest("inl 0xcfc").unwrap();
+    // i440FX: vendor 0x8086, device 0x1237.
+    assert_eq!(id, "OK 0x12378086");
+    vm.shutdown(false, secs(30.0)).unwrap();
+}
+
+use vmscript::machine::MachineOptions;
+
+#[test]
+fn transcript_records_commands_and_replies() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = none_options(&[]);
+    o.qmp_transcript = true;
+    o.log_dir = Some(dir.path().to_path_buf());
+    let mut vm = Machine::new(o).unwrap();
+    vm.launch().unwrap();
+    vm.command("query-status", None, true).unwrap();
+    let path = vm.qmp_transcript_path();
+    vm.shutdown(false, secs(30.0)).unwrap();
+    let text = std::fs::read_to_string(path).unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(lines
+        .iter()
+        .any(|l| l["dir"] == "sent" && l["msg"]["execute"] == "query-status"));
+    assert!(lines
+        .iter()
+        .any(|l| l["dir"] == "received" && l["msg"]["event"] == "SHUTDOWN"));
+    assert!(lines.iter().all(|l| l["t"].is_f64()));
+}
