@@ -24,9 +24,15 @@
 //! themselves, so output only moves while someone waits or reads.
 //!
 //! Memory: the transcript kept in memory is capped at 64 MiB. Past that the
-//! oldest bytes are dropped (consumed ones first, as they are the oldest),
-//! so [`Console::output`] returns the last 48-64 MiB; the log files keep
+//! oldest bytes are dropped, down to 48 MiB: consumed ones first, as they
+//! are the oldest, and unconsumed ones only when a single wait has let
+//! more than that pile up (it cannot match text that fell out). So
+//! [`Console::output`] returns the last 48-64 MiB; the log files keep
 //! everything.
+//!
+//! Closing (explicitly, or by dropping the last clone) shuts the socket
+//! down and joins the drain thread, so the log files are complete when it
+//! returns.
 //!
 //! Start reading at [`Console::start`] and [`Console::wait_for`].
 
@@ -60,6 +66,9 @@ const REGEX_RESCAN_FREE: usize = 64 << 10;
 /// costs at most a fraction of a core, and the transcript is not scanned
 /// from the cursor on each of QEMU's thousands of writes per second.
 const REGEX_RESCAN_NS_PER_BYTE: u64 = 4;
+/// How long a regex match that ends at the end of the output waits for the
+/// output to stop before it is taken (see [`Console::wait_for_regex`]).
+const REGEX_SETTLE: Duration = Duration::from_millis(10);
 
 /// What went wrong on the console.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -129,7 +138,9 @@ struct Inner {
 
 enum Mode {
     /// A drain thread owns the read side.
-    Drained { thread: Mutex<Option<JoinHandle<()>>> },
+    Drained {
+        thread: Mutex<Option<JoinHandle<()>>>,
+    },
     /// Whoever holds this reads the socket; the others wait on the condvar.
     Direct { reader: Mutex<Reader> },
 }
@@ -172,6 +183,9 @@ struct State {
     cursor: usize,
     cap: usize,
     ended: Option<Ended>,
+    /// Waiters asleep on the condvar; with none, a chunk wakes nobody (a
+    /// syscall saved per chunk on the drain thread's hot path).
+    sleepers: usize,
 }
 
 impl State {
@@ -268,8 +282,13 @@ impl Shared {
     /// The log comes first, so whoever sees a match can find it there too.
     fn deliver(&self, bytes: &[u8], reader: &mut Reader) {
         reader.log(bytes);
-        self.lock().append(bytes);
-        self.cond.notify_all();
+        let mut st = self.lock();
+        st.append(bytes);
+        let anyone = st.sleepers > 0;
+        drop(st);
+        if anyone {
+            self.cond.notify_all();
+        }
     }
 
     /// Records why reading stopped (the first reason wins) and wakes the waiters.
@@ -291,7 +310,7 @@ impl Drop for FinishOnDrop {
 
 /// The drain thread: reads until the peer hangs up or `close` shuts the
 /// socket down.
-fn drain(mut stream: UnixStream, shared: &Shared, mut reader: Reader) {
+fn drain_loop(mut stream: UnixStream, shared: &Shared, mut reader: Reader) {
     let mut buf = std::mem::take(&mut reader.buf);
     let why = loop {
         match stream.read(&mut buf) {
@@ -364,12 +383,11 @@ struct Finder {
 impl Finder {
     fn new(text: &str) -> Result<Finder, ConsoleError> {
         // An escaped literal: the regex crate searches it with memchr/memmem.
-        let re = regex::bytes::Regex::new(&regex::escape(text)).map_err(|e| {
-            ConsoleError::BadRegex {
+        let re =
+            regex::bytes::Regex::new(&regex::escape(text)).map_err(|e| ConsoleError::BadRegex {
                 pattern: text.to_string(),
                 message: e.to_string(),
-            }
-        })?;
+            })?;
         Ok(Finder {
             text: text.to_string(),
             re,
@@ -439,6 +457,7 @@ impl Console {
                 cursor: 0,
                 cap,
                 ended: None,
+                sleepers: 0,
             }),
             cond: Condvar::new(),
         });
@@ -451,7 +470,7 @@ impl Console {
                 .stack_size(128 << 10)
                 .spawn(move || {
                     let guard = guard;
-                    drain(read_side, &guard.0, reader);
+                    drain_loop(read_side, &guard.0, reader);
                 })?;
             Mode::Drained {
                 thread: Mutex::new(Some(thread)),
@@ -515,8 +534,11 @@ impl Console {
     /// Waits for a match of the regex `re` (on bytes) and returns its
     /// captures, index 0 being the whole match (lossy UTF-8; `None` for a
     /// group that did not take part). Consumes up to the end of the match.
-    /// A pattern that can match more as output arrives (`\d+`) matches
-    /// what is there when it is searched.
+    ///
+    /// A match that ends exactly where the output so far ends might grow
+    /// (`val=(\d+)` on `val=4` while the `2` is on its way), so it is taken
+    /// only once no output came for 10 ms, or at the deadline, or when the
+    /// console closed.
     pub fn wait_for_regex(
         &self,
         re: &str,
@@ -527,29 +549,42 @@ impl Console {
             message: e.to_string(),
         })?;
         let what = format!("waiting for console regex {re:?}");
-        let mut last: Option<(Instant, usize)> = None;
+        // When and up to where the output was last searched.
+        let mut searched: Option<(Instant, usize)> = None;
+        // Since when a match has ended at the end of the output, and that end.
+        let mut at_end_since: Option<(Instant, usize)> = None;
         self.inner.wait(&what, timeout, |st, final_look| {
-            let start = st.cursor;
-            let window = st.end() - start;
+            let (start, end) = (st.cursor, st.end());
+            let window = end - start;
+            let now = Instant::now();
             if let (false, true, Some((at, searched_end))) =
-                (final_look, window > REGEX_RESCAN_FREE, last)
+                (final_look, window > REGEX_RESCAN_FREE, searched)
             {
                 let due = at + Duration::from_nanos(window as u64 * REGEX_RESCAN_NS_PER_BYTE);
-                let grew = st.end().saturating_sub(searched_end);
-                if grew < window / 16 && Instant::now() < due {
+                if end - searched_end < window / 16 && now < due {
                     return Ok(Step::LookAgainAt(due));
                 }
             }
-            last = Some((Instant::now(), st.end()));
+            searched = Some((now, end));
             let Some(caps) = regex.captures(st.from(start)) else {
                 return Ok(Step::NotYet);
             };
+            let match_end = start + caps.get(0).map_or(0, |m| m.end());
+            if match_end == end && !final_look {
+                let since = match at_end_since {
+                    Some((since, seen_end)) if seen_end == end => since,
+                    _ => now,
+                };
+                at_end_since = Some((since, end));
+                if now < since + REGEX_SETTLE {
+                    return Ok(Step::LookAgainAt(since + REGEX_SETTLE));
+                }
+            }
             let groups = caps
                 .iter()
                 .map(|g| g.map(|m| String::from_utf8_lossy(m.as_bytes()).into_owned()))
                 .collect();
-            let end = start + caps.get(0).map_or(0, |m| m.end());
-            st.cursor = end;
+            st.cursor = match_end;
             Ok(Step::Done(groups))
         })
     }
@@ -718,7 +753,7 @@ impl Inner {
     /// mode the first waiter to get here reads the socket for everyone.
     fn block<'a>(
         &'a self,
-        st: MutexGuard<'a, State>,
+        mut st: MutexGuard<'a, State>,
         until: Option<Instant>,
     ) -> MutexGuard<'a, State> {
         if let Mode::Direct { reader } = &self.mode {
@@ -740,7 +775,8 @@ impl Inner {
             }
         }
         let cond = &self.shared.cond;
-        match until {
+        st.sleepers += 1;
+        let mut st = match until {
             None => cond.wait(st).unwrap_or_else(|e| e.into_inner()),
             Some(t) => {
                 let left = t.saturating_duration_since(Instant::now());
@@ -748,7 +784,9 @@ impl Inner {
                     .unwrap_or_else(|e| e.into_inner())
                     .0
             }
-        }
+        };
+        st.sleepers -= 1;
+        st
     }
 
     /// In direct mode, takes in what has arrived, without waiting (and not
@@ -842,10 +880,10 @@ mod tests {
 
     impl TempPath {
         fn new(name: &str) -> TempPath {
-            TempPath(std::env::temp_dir().join(format!(
-                "vmscript-console-{}-{name}",
-                std::process::id()
-            )))
+            TempPath(
+                std::env::temp_dir()
+                    .join(format!("vmscript-console-{}-{name}", std::process::id())),
+            )
         }
         fn create(&self) -> File {
             File::create(&self.0).unwrap()
@@ -861,10 +899,10 @@ mod tests {
         }
     }
 
-    /// Waits until the transcript holds `len` bytes.
+    /// Waits until `len` bytes have been received.
     fn wait_len(con: &Console, len: usize) {
         let deadline = Instant::now() + LONG;
-        while con.output().len() < len {
+        while con.inner.shared.lock().end() < len {
             assert!(Instant::now() < deadline, "only got {:?}", con.output());
             std::thread::sleep(Duration::from_millis(1));
         }
@@ -972,6 +1010,34 @@ mod tests {
     }
 
     #[test]
+    fn wait_for_regex_lets_a_match_at_the_end_grow() {
+        let (con, mut peer) = console(true);
+        let writer = std::thread::spawn(move || {
+            peer.write_all(b"val=4").unwrap();
+            std::thread::sleep(Duration::from_millis(3));
+            peer.write_all(b"2").unwrap();
+            peer
+        });
+        let t0 = Instant::now();
+        let caps = con.wait_for_regex(r"val=(\d+)", LONG).unwrap();
+        let took = t0.elapsed();
+        assert_eq!(caps[1].as_deref(), Some("42"));
+        // Taken once the output has been quiet for a while, not at the deadline.
+        assert!(took >= Duration::from_millis(10), "{took:?}");
+        assert!(took < Duration::from_secs(1), "{took:?}");
+        let _peer = writer.join().unwrap();
+    }
+
+    #[test]
+    fn wait_for_regex_takes_a_match_at_the_end_when_closed() {
+        let (con, mut peer) = console(true);
+        peer.write_all(b"rc=7").unwrap();
+        drop(peer);
+        let caps = con.wait_for_regex(r"rc=(\d+)", LONG).unwrap();
+        assert_eq!(caps[1].as_deref(), Some("7"));
+    }
+
+    #[test]
     fn bad_regex_is_reported() {
         let (con, _peer) = console(true);
         let err = con.wait_for_regex("(unclosed", LONG).unwrap_err();
@@ -1030,7 +1096,10 @@ mod tests {
         let t0 = Instant::now();
         let err = con.wait_for("never", Duration::from_secs(30)).unwrap_err();
         assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
-        assert!(matches!(&err, ConsoleError::Closed { tail, .. } if tail == "bye\n"), "{err:?}");
+        assert!(
+            matches!(&err, ConsoleError::Closed { tail, .. } if tail == "bye\n"),
+            "{err:?}"
+        );
         assert!(err.to_string().starts_with("console closed while waiting"));
         assert!(con.is_closed());
     }
@@ -1106,7 +1175,9 @@ mod tests {
             peer
         });
         let t0 = Instant::now();
-        let got = con.wait_for("END-OF-STREAM", Duration::from_secs(120)).unwrap();
+        let got = con
+            .wait_for("END-OF-STREAM", Duration::from_secs(120))
+            .unwrap();
         eprintln!("2 MiB one byte at a time in {:?}", t0.elapsed());
         let _peer = writer.join().unwrap();
         assert_eq!(got.len(), data.len() - 1);
@@ -1259,6 +1330,20 @@ mod tests {
         assert!(con.is_closed());
         con.close();
         assert_eq!(log.read(), b"Welcome\n/ # \x1b[6nIP 10.0.2.15\nlate");
+    }
+
+    #[test]
+    fn without_drain_close_wakes_a_pending_wait() {
+        let (con, _peer) = console(false);
+        let other = con.clone();
+        let waiter = std::thread::spawn(move || other.wait_for("never", Duration::from_secs(30)));
+        std::thread::sleep(Duration::from_millis(100));
+        let t0 = Instant::now();
+        con.close();
+        let res = waiter.join().unwrap();
+        assert!(matches!(res, Err(ConsoleError::Closed { .. })), "{res:?}");
+        assert!(t0.elapsed() < Duration::from_secs(1));
+        assert!(con.is_closed());
     }
 
     #[test]

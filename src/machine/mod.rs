@@ -10,7 +10,6 @@
 //! handler) kill QEMU without touching the `Machine`, which makes every
 //! wait on it end at once.
 
-#[path = "console_stub.rs"]
 pub mod console;
 mod error;
 mod events;
