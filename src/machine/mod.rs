@@ -693,6 +693,7 @@ impl Machine {
             return Ok(());
         };
         let process = running.process.clone();
+        let deadline = Instant::now() + timeout;
         let mut problem: Option<String> = None;
         if hard {
             process.kill();
@@ -709,7 +710,10 @@ impl Machine {
                 // No monitor to ask: a polite signal instead.
                 process.signal(libc::SIGTERM);
             }
-            if process.wait_timeout(timeout).is_none() {
+            if process
+                .wait_timeout(deadline.saturating_duration_since(Instant::now()))
+                .is_none()
+            {
                 problem.get_or_insert_with(|| {
                     format!("QEMU did not exit within {}s", timeout.as_secs_f64())
                 });
