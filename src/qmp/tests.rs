@@ -357,3 +357,58 @@ fn address_parsing() {
     );
     assert_eq!(Address::parse("[::1]:5"), Address::Tcp("::1".into(), 5));
 }
+
+mod fuzz {
+    //! Whatever bytes a peer sends, the client ends in a value or a clean
+    //! error: never a panic, never unbounded memory.
+    use super::*;
+    use proptest::prelude::*;
+
+    fn feed(bytes: Vec<u8>) -> Result<Value> {
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        let limits = Limits {
+            max_line: 4096,
+            max_events: 64,
+        };
+        let t = thread::spawn(move || {
+            let _ = theirs.write_all(GREETING);
+            let _ = theirs.write_all(&bytes);
+        });
+        let client = Client::with_options(Stream::Unix(ours), T, limits, None)?;
+        t.join().unwrap();
+        let out = client.execute("query-status", None, Duration::from_millis(100));
+        // Events that made it are well-formed objects.
+        for ev in client.drain_events() {
+            assert!(ev.get("event").is_some());
+        }
+        out
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(
+            std::env::var("VMSCRIPT_FUZZ_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(256)
+        ))]
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..8192)) {
+            let _ = feed(bytes);
+        }
+
+        #[test]
+        fn arbitrary_message_lines_never_panic(
+            lines in proptest::collection::vec(
+                prop_oneof![
+                    Just("{\"return\": {}}".to_string()),
+                    Just("{\"event\": \"X\", \"data\": {}}".to_string()),
+                    "\\PC{0,64}",
+                    "[{}\\[\\]\":,a-z0-9 ]{0,64}",
+                ],
+                0..40,
+            ),
+            crlf in any::<bool>(),
+        ) {
+            let sep = if crlf { "\r\n" } else { "\n" };
+            let _ = feed(lines.join(sep).into_bytes());
+        }
+    }
+}
