@@ -11,3 +11,4 @@
 
 pub mod machine;
 pub mod qmp;
+pub mod repl;
