@@ -152,8 +152,6 @@ struct Running {
     qmp: Option<qmp::Client>,
     console: Option<Console>,
     qtest: Option<qtest::Qtest>,
-    /// Our end of inherited descriptors, kept until exit.
-    _held: Vec<OwnedFd>,
 }
 
 /// A QEMU virtual machine.
@@ -174,7 +172,6 @@ pub struct Machine {
     kill_handle: KillHandle,
     greeting: Value,
     quit_issued: bool,
-    launched: bool,
     exitcode: Option<i32>,
     log: Option<String>,
     /// Events left queued when the monitor closed.
@@ -212,7 +209,6 @@ impl Machine {
             kill_handle: KillHandle::default(),
             greeting: Value::Null,
             quit_issued: false,
-            launched: false,
             exitcode: None,
             log: None,
             leftover_events: Vec::new(),
@@ -452,17 +448,14 @@ impl Machine {
         self.leftover_events.clear();
         self.greeting = Value::Null;
         match self.try_launch() {
-            Ok(()) => {
-                self.launched = true;
-                Ok(())
-            }
+            Ok(()) => Ok(()),
             Err((cause, command)) => {
                 let exitcode = self.running.as_ref().and_then(|r| {
                     r.process
                         .exit_code()
                         .or_else(|| r.process.wait_timeout(Duration::from_millis(200)))
                 });
-                self.cleanup(true);
+                self.cleanup();
                 Err(Error::LaunchFailure {
                     cause,
                     exitcode: exitcode.or(self.exitcode),
@@ -561,11 +554,16 @@ impl Machine {
             let path = self.sock_dir.join(format!("{}.qtest.sock", self.name));
             let l = UnixListener::bind(&path)
                 .map_err(|e| fail(&format!("listening on {}", path.display()), &e))?;
+            // `-qtest` selects the qtest accelerator where QEMU has it;
+            // Debian's 7.2 lacks it and runs the firmware under TCG
+            // instead, racing qtest's port I/O. `-S` keeps guest code
+            // from ever running, which is what qtest means.
             args.extend([
                 "-qtest".into(),
                 format!("unix:{}", path.display()),
                 "-qtest-log".into(),
                 "/dev/null".into(),
+                "-S".into(),
             ]);
             Some(l)
         } else {
@@ -593,16 +591,14 @@ impl Machine {
             })
         })?;
         self.kill_handle.set(Some(process.clone()));
-        // QEMU has its copies of the inherited ends now; ours must go so
-        // that its exit is seen as a hang-up. Console and add_fd ends stay
-        // in `held` only for the add_fd descriptors, which are the caller's.
+        // QEMU has its copies of the socketpair ends now; ours must go so
+        // that its exit is seen as a hang-up.
         drop(held);
         self.running = Some(Running {
             process: process.clone(),
             qmp: None,
             console: None,
             qtest: None,
-            _held: Vec::new(),
         });
 
         let deadline = Instant::now() + self.opts.qmp_timer;
@@ -720,7 +716,7 @@ impl Machine {
                 process.kill();
             }
         }
-        self.cleanup(false);
+        self.cleanup();
         if let (Some(code), None) = (self.exitcode, &problem) {
             if code < 0 && !hard && !self.quit_issued {
                 problem = Some(format!("QEMU received signal {}", -code));
@@ -747,7 +743,7 @@ impl Machine {
 
     /// Releases everything of a launch: monitor, console, qtest, temp dir;
     /// reads the log.
-    fn cleanup(&mut self, launch_failed: bool) {
+    fn cleanup(&mut self) {
         let Some(mut running) = self.running.take() else {
             return;
         };
@@ -776,9 +772,6 @@ impl Machine {
         // Logs outside the temp dir stay; the temp dir (and the sockets in it) go.
         if let Some(t) = self.temp_dir.take() {
             let _ = t.close();
-        }
-        if launch_failed {
-            self.launched = false;
         }
     }
 
