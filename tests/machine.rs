@@ -40,7 +40,12 @@ fn launch_query_and_shutdown_leave_nothing_behind() {
 
 #[test]
 fn stop_and_cont_emit_events_that_queue_in_order() {
-    let mut vm = launched(&["-S"]);
+    let mut o = MachineOptions::new(QEMU);
+    o.args = ["-accel", "tcg", "-M", "q35", "-nodefaults", "-S"]
+        .map(String::from)
+        .to_vec();
+    let mut vm = Machine::new(o).unwrap();
+    vm.launch().unwrap();
     vm.command("cont", None, true).unwrap();
     let ev = vm.event_wait("RESUME", secs(5.0), None).unwrap().unwrap();
     assert_eq!(ev["event"], "RESUME");
