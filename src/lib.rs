@@ -5,10 +5,13 @@
 //! - [`qmp`]: the QMP wire protocol on one socket (no processes).
 //! - [`machine`]: a QEMU process with its QMP monitor, events and serial
 //!   console, as a plain Rust API modelled on QEMU's Python `QEMUMachine`.
-//! - `script`: the Rhai bindings over [`machine`].
+//! - [`script`]: the Rhai bindings over [`machine`], and running one script.
+//! - [`runner`]: `vmscript run`: finding, running and reporting tests.
 //!
 //! The first two are usable from Rust without Rhai.
 
 pub mod machine;
 pub mod qmp;
 pub mod repl;
+pub mod runner;
+pub mod script;

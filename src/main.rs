@@ -1,1 +1,217 @@
-fn main() {}
+//! The `vmscript` command line: parses, dispatches, prints errors.
+//!
+//! Exit status: 0 when nothing failed, 1 when a test failed (or `check`
+//! found an error), 2 for a usage or setup error, 128+N when stopped by
+//! signal N.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use vmscript::runner::{self, Format, Partition};
+use vmscript::{qmp, repl, script};
+
+const EXAMPLES: &str = "\
+Examples:
+  vmscript run scripts/examples                 run every *.rhai below a folder
+  vmscript run boot.rhai --timeout 60 --no-capture
+  vmscript run tests/ --filter migration -- guest=/srv/guest
+  vmscript check scripts/examples               compile only
+  vmscript doc | grep event_wait                the script API reference
+
+Environment:
+  VMSCRIPT_QEMU    the default QEMU binary (after --qemu)
+  VMSCRIPT_PATH    colon-separated folders for `import` (after --lib)
+  VMSCRIPT_GUEST   the test guest; when unset, <project>/.cache/guest if
+                   vmscript runs from <project>/target/<profile>/ and it exists
+
+Exit status: 0 nothing failed, 1 a test failed, 2 usage or setup error,
+128+N stopped by signal N.";
+
+/// Drive QEMU virtual machines from Rhai scripts.
+#[derive(Parser)]
+#[command(version, about, after_help = EXAMPLES)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run test scripts: a test passes when it ends without an uncaught error.
+    #[command(after_help = EXAMPLES)]
+    Run(RunArgs),
+    /// Compile scripts without running them; report syntax errors as FILE:LINE:COL.
+    Check {
+        /// Script files or folders.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Print every script function with its signature and documentation.
+    Doc,
+    /// A QMP shell on a running QEMU: a unix socket path or HOST:PORT.
+    Qmp {
+        address: String,
+        /// Send lines as HMP commands (human-monitor-command).
+        #[arg(long)]
+        hmp: bool,
+        /// Connect and negotiate timeout, seconds.
+        #[arg(long, default_value_t = 10.0)]
+        timeout: f64,
+    },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Script files and folders (a folder runs every *.rhai below it, except under lib/).
+    #[arg(default_value = ".")]
+    paths: Vec<PathBuf>,
+    /// Per-test timeout in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 300.0)]
+    timeout: f64,
+    /// The QEMU binary machine() uses by default [else $VMSCRIPT_QEMU, else qemu-system-<arch>].
+    #[arg(long, value_name = "BINARY")]
+    qemu: Option<PathBuf>,
+    /// Keep every test's logs in DIR/<test>/ [default: a temp folder kept only when the test fails].
+    #[arg(long, value_name = "DIR")]
+    artifacts: Option<PathBuf>,
+    /// Keep the artifacts of passing tests too.
+    #[arg(long)]
+    keep_artifacts: bool,
+    /// Send print/log output straight to stdout instead of capturing it.
+    #[arg(long)]
+    no_capture: bool,
+    /// A folder to look in for `import "name"` (repeatable; also $VMSCRIPT_PATH).
+    #[arg(long, value_name = "DIR")]
+    lib: Vec<PathBuf>,
+    /// Run only tests whose name contains TEXT (repeatable).
+    #[arg(long, value_name = "TEXT")]
+    filter: Vec<String>,
+    /// Stop after the first failed test.
+    #[arg(long)]
+    fail_fast: bool,
+    /// Run a failed test up to N more times.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    retries: u32,
+    /// Run only a share of the tests: count:K/N or hash:K/N.
+    #[arg(long, value_name = "SPEC")]
+    partition: Option<Partition>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Human)]
+    format: Format,
+    /// Also write a JUnit XML report to FILE.
+    #[arg(long, value_name = "FILE")]
+    junit: Option<PathBuf>,
+    /// Parallel tests (accepted; tests run one at a time for now).
+    #[arg(short = 'j', long, value_name = "N")]
+    jobs: Option<usize>,
+    /// KEY=VALUE pairs read in scripts with param(key).
+    #[arg(last = true, value_name = "KEY=VALUE")]
+    params: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    runner::default_guest_env();
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Command::Run(args) => run(args),
+        Command::Check { paths } => check(&paths),
+        Command::Doc => doc(),
+        Command::Qmp {
+            address,
+            hmp,
+            timeout,
+        } => qmp_shell(address, hmp, timeout),
+    };
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+fn secs(s: f64, what: &str) -> Result<Duration, String> {
+    Duration::try_from_secs_f64(s).map_err(|_| format!("{what}: {s} is not a number of seconds"))
+}
+
+fn run(args: RunArgs) -> i32 {
+    let options = (|| -> Result<runner::Options, String> {
+        Ok(runner::Options {
+            paths: args.paths,
+            timeout: secs(args.timeout, "--timeout")?,
+            qemu: args.qemu,
+            artifacts: args.artifacts,
+            keep_artifacts: args.keep_artifacts,
+            capture: !args.no_capture,
+            lib_dirs: args.lib,
+            filters: args.filter,
+            fail_fast: args.fail_fast,
+            retries: args.retries,
+            partition: args.partition,
+            format: args.format,
+            junit: args.junit,
+            params: runner::parse_params(&args.params).map_err(|e| e.0)?,
+        })
+    })();
+    let _ = args.jobs;
+    match options.map(|o| runner::run(&o).map_err(|e| e.0)) {
+        Ok(Ok(summary)) => summary.exit_code(),
+        Ok(Err(e)) | Err(e) => {
+            eprintln!("vmscript: error: {e}");
+            2
+        }
+    }
+}
+
+fn check(paths: &[PathBuf]) -> i32 {
+    let tests = match runner::discover::discover(paths) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("vmscript: error: {e}");
+            return 2;
+        }
+    };
+    let mut failed = 0;
+    for t in &tests {
+        if let Err(f) = script::check_file(&t.path) {
+            println!("{f}");
+            failed += 1;
+        }
+    }
+    println!("{} ok, {failed} with errors", tests.len() - failed);
+    i32::from(failed > 0)
+}
+
+fn doc() -> i32 {
+    match script::reference() {
+        Ok(entries) => {
+            print!("{}", script::docs::render(&entries));
+            0
+        }
+        Err(e) => {
+            eprintln!("vmscript: error: {e}");
+            2
+        }
+    }
+}
+
+fn qmp_shell(address: String, hmp: bool, timeout: f64) -> i32 {
+    let timeout = match secs(timeout, "--timeout") {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("vmscript: error: {e}");
+            return 2;
+        }
+    };
+    let opts = repl::qmp_shell::ShellOptions {
+        address: qmp::Address::parse(&address),
+        hmp,
+        history: std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".vmscript_qmp_history")),
+        timeout,
+    };
+    match repl::qmp_shell::run(&opts) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("vmscript: error: {address}: {e}");
+            2
+        }
+    }
+}

@@ -24,7 +24,7 @@ pub enum Error {
         output: String,
     },
     /// The graceful shutdown failed and QEMU had to be killed.
-    #[error("QEMU did not shut down gracefully ({cause}); it was killed")]
+    #[error("abnormal shutdown: {cause}")]
     AbnormalShutdown { cause: String },
     /// QEMU answered a command with an error.
     #[error("{command}: {class}: {desc}")]

@@ -699,7 +699,7 @@ impl Machine {
                     Ok(_) => {}
                     // The hang-up can beat the reply; QEMU is exiting anyway.
                     Err(qmp::Error::Closed { .. }) => {}
-                    Err(e) => problem = Some(format!("quit failed: {e}")),
+                    Err(e) => problem = Some(format!("quit failed ({e}), so QEMU was killed")),
                 }
                 self.quit_issued = true;
             } else if running.qmp.is_none() && !self.quit_issued {
@@ -711,7 +711,10 @@ impl Machine {
                 .is_none()
             {
                 problem.get_or_insert_with(|| {
-                    format!("QEMU did not exit within {}s", timeout.as_secs_f64())
+                    format!(
+                        "QEMU did not exit within {}s, so it was killed",
+                        timeout.as_secs_f64()
+                    )
                 });
                 process.kill();
             }

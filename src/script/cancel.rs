@@ -1,0 +1,262 @@
+//! Stopping a script run from outside: its timeout or a signal.
+//!
+//! A [`Cancel`] is shared by a run, its [`Watchdog`] thread and the
+//! signal handler. Cancelling records why (the first reason wins), kills
+//! every QEMU of the run through its [`KillHandle`] so that any wait on a
+//! machine fails at once, and wakes the host helpers that sleep
+//! ([`Cancel::sleep`]). The engine's progress callback checks
+//! [`Cancel::is_cancelled`] so that a pure Rhai loop stops too.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::machine::KillHandle;
+
+/// Why a run was stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reason {
+    /// The run's `--timeout` expired.
+    Timeout(Duration),
+    /// vmscript received this signal.
+    Signal(i32),
+}
+
+impl Reason {
+    /// The error kind the run ends with.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Reason::Timeout(_) => "Timeout",
+            Reason::Signal(_) => "Interrupted",
+        }
+    }
+
+    /// What happened, for the report.
+    pub fn message(&self) -> String {
+        match self {
+            Reason::Timeout(d) => format!("the test timed out after {}s", d.as_secs_f64()),
+            Reason::Signal(s) => format!("the test was interrupted by {}", signal_name(*s)),
+        }
+    }
+}
+
+fn signal_name(signal: i32) -> String {
+    match signal {
+        libc::SIGINT => "SIGINT (Ctrl-C)".into(),
+        libc::SIGTERM => "SIGTERM".into(),
+        libc::SIGHUP => "SIGHUP".into(),
+        s => format!("signal {s}"),
+    }
+}
+
+#[derive(Default)]
+struct State {
+    reason: Option<Reason>,
+    /// The run is over: the watchdog stops.
+    done: bool,
+}
+
+#[derive(Default)]
+struct Inner {
+    cancelled: AtomicBool,
+    state: Mutex<State>,
+    wake: Condvar,
+    machines: Mutex<Vec<KillHandle>>,
+}
+
+/// A run's cancellation token; clones share it.
+#[derive(Clone, Default)]
+pub struct Cancel {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Cancel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cancel")
+            .field("reason", &self.reason())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Cancel {
+    /// A token nobody has cancelled.
+    pub fn new() -> Cancel {
+        Cancel::default()
+    }
+
+    /// Cancels the run (the first reason is kept) and kills its machines.
+    pub fn cancel(&self, reason: Reason) {
+        {
+            let mut st = self.lock();
+            if st.reason.is_none() {
+                st.reason = Some(reason);
+            }
+            self.inner.cancelled.store(true, Ordering::SeqCst);
+        }
+        self.inner.wake.notify_all();
+        self.kill_machines();
+    }
+
+    /// SIGKILLs every machine of the run that is running.
+    pub fn kill_machines(&self) {
+        let handles = self
+            .inner
+            .machines
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        for h in handles {
+            h.kill();
+        }
+    }
+
+    /// Whether the run was cancelled; cheap enough for every Rhai operation.
+    pub fn is_cancelled(&self) -> bool {
+        self.inner.cancelled.load(Ordering::Relaxed)
+    }
+
+    /// Why the run was cancelled.
+    pub fn reason(&self) -> Option<Reason> {
+        self.lock().reason.clone()
+    }
+
+    /// Adds a machine to kill on cancellation; killed at once when the run
+    /// is already cancelled.
+    pub fn register(&self, handle: KillHandle) {
+        self.inner
+            .machines
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(handle.clone());
+        if self.is_cancelled() {
+            handle.kill();
+        }
+    }
+
+    /// Sleeps for `d`, or less when the run is cancelled meanwhile.
+    pub fn sleep(&self, d: Duration) -> Result<(), Reason> {
+        let deadline = Instant::now() + d;
+        let mut st = self.lock();
+        loop {
+            if let Some(r) = &st.reason {
+                return Err(r.clone());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(());
+            }
+            st = self
+                .inner
+                .wake
+                .wait_timeout(st, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn finish(&self) {
+        self.lock().done = true;
+        self.inner.wake.notify_all();
+    }
+
+    /// Waits until `deadline`, the run's end, or a cancellation; true when
+    /// the deadline came first.
+    fn wait_until(&self, deadline: Instant) -> bool {
+        let mut st = self.lock();
+        loop {
+            if st.done || st.reason.is_some() {
+                return false;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return true;
+            }
+            st = self
+                .inner
+                .wake
+                .wait_timeout(st, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+}
+
+/// A thread that cancels a run when its time is up; stops when dropped.
+pub struct Watchdog {
+    cancel: Cancel,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Watchdog {
+    /// Cancels `cancel` with [`Reason::Timeout`] after `timeout`.
+    pub fn start(cancel: &Cancel, timeout: Duration) -> std::io::Result<Watchdog> {
+        let c = cancel.clone();
+        let deadline = Instant::now() + timeout;
+        let thread = std::thread::Builder::new()
+            .name("script-watchdog".into())
+            .stack_size(64 << 10)
+            .spawn(move || {
+                if c.wait_until(deadline) {
+                    c.cancel(Reason::Timeout(timeout));
+                }
+            })?;
+        Ok(Watchdog {
+            cancel: cancel.clone(),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.cancel.finish();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sleep_ends_early_when_cancelled() {
+        let c = Cancel::new();
+        let c2 = c.clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            c2.cancel(Reason::Signal(libc::SIGTERM));
+        });
+        let start = Instant::now();
+        assert_eq!(
+            c.sleep(Duration::from_secs(10)),
+            Err(Reason::Signal(libc::SIGTERM))
+        );
+        assert!(start.elapsed() < Duration::from_secs(5));
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn watchdog_cancels_at_the_deadline_and_first_reason_wins() {
+        let c = Cancel::new();
+        let _w = Watchdog::start(&c, Duration::from_millis(50)).unwrap();
+        assert!(c.sleep(Duration::from_secs(10)).is_err());
+        c.cancel(Reason::Signal(2));
+        assert_eq!(c.reason(), Some(Reason::Timeout(Duration::from_millis(50))));
+        assert!(c.is_cancelled());
+    }
+
+    #[test]
+    fn a_dropped_watchdog_never_fires() {
+        let c = Cancel::new();
+        drop(Watchdog::start(&c, Duration::from_millis(20)).unwrap());
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(!c.is_cancelled());
+    }
+}

@@ -1,0 +1,207 @@
+//! The serial console in scripts: the `Console` type (`vm.console_socket()`)
+//! and the helpers on `Machine` spelled as in QEMU's functional tests
+//! (`wait_for_console_pattern`, `exec_command`, …), over
+//! [`crate::machine::Console`].
+//!
+//! Waits without a timeout argument last until the test's own timeout,
+//! as QEMU's functional tests rely on theirs.
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use rhai::{Array, Dynamic, Engine, INT};
+
+use crate::machine::{self, Console};
+
+use super::args;
+use super::docs::func;
+use super::errors::{self, ScriptResult};
+use super::machine_api::{opt_string, MachineRef};
+use super::run::Run;
+
+/// A script's `Console`.
+#[derive(Clone)]
+pub struct ConsoleRef(Console);
+
+impl ConsoleRef {
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&Console) -> Result<T, machine::ConsoleError>,
+    ) -> ScriptResult<T> {
+        f(&self.0).map_err(|e| errors::machine_error(machine::Error::Console(e)))
+    }
+}
+
+/// Registers the `Console` type, its methods and the console helpers on
+/// `Machine`.
+pub fn register(e: &mut Engine, run: &Rc<Run>) {
+    e.register_type_with_name::<ConsoleRef>("Console");
+    func(
+        "console_socket(vm: Machine) -> Console",
+        "The machine's console (needs set_console before launch).",
+    )
+    .register_into_engine(e, |vm: &mut MachineRef| {
+        vm.with(|m| m.console_socket()).map(ConsoleRef)
+    });
+    let r = run.clone();
+    func(
+        "wait_for_console_pattern(vm: Machine, success: String) -> String",
+        "Waits (up to the test's timeout) for `success` on the console; returns the output.",
+    )
+    .register_into_engine(e, move |vm: &mut MachineRef, s: &str| {
+        vm.with(|m| m.wait_for_console_pattern(s, None, r.remaining()))
+    });
+    let r = run.clone();
+    func(
+        "wait_for_console_pattern(vm: Machine, success: String, failure: String) -> String",
+        "Waits for `success`; seeing `failure` (or `()`: none) first throws ConsoleError.",
+    )
+    .register_into_engine(e, move |vm: &mut MachineRef, s: &str, f: Dynamic| {
+        let f = opt_string(&f, "failure")?;
+        vm.with(|m| m.wait_for_console_pattern(s, f.as_deref(), r.remaining()))
+    });
+    func(
+        concat!(
+            "wait_for_console_pattern(vm: Machine, success: String, failure: String, ",
+            "timeout: secs) -> String"
+        ),
+        "Waits up to `timeout` for `success`; seeing `failure` first throws.",
+    )
+    .register_into_engine(e, |vm: &mut MachineRef, s: &str, f: Dynamic, t: Dynamic| {
+        let f = opt_string(&f, "failure")?;
+        let t = args::secs(&t, "timeout")?;
+        vm.with(|m| m.wait_for_console_pattern(s, f.as_deref(), t))
+    });
+    func(
+        "exec_command(vm: Machine, cmd: String)",
+        "Types `cmd` and Enter on the console.",
+    )
+    .register_into_engine(e, |vm: &mut MachineRef, c: &str| {
+        vm.with(|m| m.exec_command(c))
+    });
+    let r = run.clone();
+    func(
+        "exec_command_and_wait_for_pattern(vm: Machine, cmd: String, success: String) -> String",
+        "Types `cmd` and Enter, then waits for `success`.",
+    )
+    .register_into_engine(e, move |vm: &mut MachineRef, c: &str, s: &str| {
+        vm.with(|m| m.exec_command_and_wait_for_pattern(c, s, None, r.remaining()))
+    });
+    let r = run.clone();
+    func(
+        concat!(
+            "exec_command_and_wait_for_pattern(vm: Machine, cmd: String, success: String, ",
+            "failure: String) -> String"
+        ),
+        "Types `cmd` and Enter, then waits for `success`; `failure` first throws.",
+    )
+    .register_into_engine(
+        e,
+        move |vm: &mut MachineRef, c: &str, s: &str, f: Dynamic| {
+            let f = opt_string(&f, "failure")?;
+            vm.with(|m| m.exec_command_and_wait_for_pattern(c, s, f.as_deref(), r.remaining()))
+        },
+    );
+    let r = run.clone();
+    func(
+        "interrupt_interactive_console_until_pattern(vm: Machine, pattern: String) -> String",
+        "Sends \"\\r\" every second until `pattern` appears.",
+    )
+    .register_into_engine(e, move |vm: &mut MachineRef, p: &str| {
+        vm.with(|m| m.interrupt_interactive_console_until_pattern(p, "\r", r.remaining()))
+    });
+    let r = run.clone();
+    func(
+        concat!(
+            "interrupt_interactive_console_until_pattern(vm: Machine, pattern: String, ",
+            "interrupt: String) -> String"
+        ),
+        "Sends `interrupt` every second until `pattern` appears.",
+    )
+    .register_into_engine(e, move |vm: &mut MachineRef, p: &str, i: &str| {
+        vm.with(|m| m.interrupt_interactive_console_until_pattern(p, i, r.remaining()))
+    });
+
+    func(
+        "send(con: Console, text: String)",
+        "Sends `text` to the guest as is.",
+    )
+    .register_into_engine(e, |c: &mut ConsoleRef, t: &str| c.with(|c| c.send(t)));
+    func(
+        "send_line(con: Console, text: String)",
+        "Sends `text` and \"\\n\".",
+    )
+    .register_into_engine(e, |c: &mut ConsoleRef, t: &str| c.with(|c| c.send_line(t)));
+    func(
+        "read(con: Console) -> String",
+        "The output since the last read or wait (lossy UTF-8).",
+    )
+    .register_into_engine(e, |c: &mut ConsoleRef| c.0.read());
+    let r = run.clone();
+    func(
+        "wait_for(con: Console, text: String) -> String",
+        "Waits (until the test's timeout) for `text`; returns the output up to and including it.",
+    )
+    .register_into_engine(e, move |c: &mut ConsoleRef, t: &str| {
+        c.with(|c| c.wait_for(t, r.remaining()))
+    });
+    func(
+        "wait_for(con: Console, text: String, timeout: secs) -> String",
+        "Waits up to `timeout` for `text`; returns the output up to and including it.",
+    )
+    .register_into_engine(e, |c: &mut ConsoleRef, t: &str, d: Dynamic| {
+        let d = args::secs(&d, "timeout")?;
+        c.with(|c| c.wait_for(t, d))
+    });
+    let captures = |v: Vec<Option<String>>| -> Array {
+        v.into_iter()
+            .map(|g| g.map_or(Dynamic::UNIT, Dynamic::from))
+            .collect()
+    };
+    let r = run.clone();
+    func(
+        "wait_for_regex(con: Console, re: String) -> Array",
+        "Waits (up to the test's timeout) for a regex match; returns the captures (0: all).",
+    )
+    .register_into_engine(e, move |c: &mut ConsoleRef, re: &str| {
+        c.with(|c| c.wait_for_regex(re, r.remaining()))
+            .map(captures)
+    });
+    func(
+        "wait_for_regex(con: Console, re: String, timeout: secs) -> Array",
+        "Waits up to `timeout` for a regex match; returns the captures (0: the whole match).",
+    )
+    .register_into_engine(e, move |c: &mut ConsoleRef, re: &str, d: Dynamic| {
+        let d = args::secs(&d, "timeout")?;
+        c.with(|c| c.wait_for_regex(re, d)).map(captures)
+    });
+    let expect = |c: &ConsoleRef, p: Array, d: Duration| -> ScriptResult<INT> {
+        let p = args::strings(&Dynamic::from_array(p), "expect patterns")?;
+        let p: Vec<&str> = p.iter().map(String::as_str).collect();
+        c.with(|c| c.expect(&p, d)).map(|i| i as INT)
+    };
+    let r = run.clone();
+    func(
+        "expect(con: Console, patterns: Array) -> int",
+        "Waits (up to the test's timeout) for any of the texts; returns the first one's index.",
+    )
+    .register_into_engine(e, move |c: &mut ConsoleRef, p: Array| {
+        expect(c, p, r.remaining())
+    });
+    func(
+        "expect(con: Console, patterns: Array, timeout: secs) -> int",
+        "Waits up to `timeout` for any of the texts; returns the index of the first to appear.",
+    )
+    .register_into_engine(e, move |c: &mut ConsoleRef, p: Array, d: Dynamic| {
+        expect(c, p, args::secs(&d, "timeout")?)
+    });
+    func(
+        "output(con: Console) -> String",
+        "The whole console transcript.",
+    )
+    .register_into_engine(e, |c: &mut ConsoleRef| c.0.output());
+    func("close(con: Console)", "Closes the console.")
+        .register_into_engine(e, |c: &mut ConsoleRef| c.0.close());
+    func("to_string(con: Console) -> String", "The console as text.")
+        .register_into_engine(e, |_: &mut ConsoleRef| "Console".to_string());
+}

@@ -1,0 +1,200 @@
+//! The one place where Rhai values and JSON values are converted into each
+//! other; knows nothing of machines.
+//!
+//! Integers stay integers both ways (a JSON integer beyond `i64` is the
+//! one exception: it becomes a FLOAT, as Rhai has no wider integer), floats
+//! stay floats, `()` is `null`, and arrays and maps convert element by
+//! element. Rhai object maps keep their keys sorted, so a map coming from
+//! JSON is in key order, not in the order of the text. Values with no JSON
+//! form (a `Machine`, a function pointer, NaN) are an error naming the type.
+//!
+//! Start with [`to_json`] and [`from_json`]; [`json_eq`] is the equality
+//! the assertions use.
+
+use rhai::{Array, Blob, Dynamic, ImmutableString, Map, INT};
+use serde_json::{Number, Value};
+
+/// A Rhai value as JSON, or a message naming what has no JSON form.
+pub fn to_json(value: &Dynamic) -> Result<Value, String> {
+    if value.is_shared() {
+        return to_json(&value.flatten_clone());
+    }
+    if value.is_unit() {
+        return Ok(Value::Null);
+    }
+    if let Ok(b) = value.as_bool() {
+        return Ok(Value::Bool(b));
+    }
+    if let Ok(i) = value.as_int() {
+        return Ok(Value::Number(i.into()));
+    }
+    if let Ok(f) = value.as_float() {
+        return Number::from_f64(f)
+            .map(Value::Number)
+            .ok_or_else(|| format!("the float {f} has no JSON form"));
+    }
+    if let Ok(c) = value.as_char() {
+        return Ok(Value::String(c.to_string()));
+    }
+    if let Some(s) = value.read_lock::<ImmutableString>() {
+        return Ok(Value::String(s.to_string()));
+    }
+    if let Some(a) = value.read_lock::<Array>() {
+        return a
+            .iter()
+            .map(to_json)
+            .collect::<Result<_, _>>()
+            .map(Value::Array);
+    }
+    if let Some(m) = value.read_lock::<Map>() {
+        return map_to_json(&m).map(Value::Object);
+    }
+    if let Some(b) = value.read_lock::<Blob>() {
+        return Ok(Value::Array(b.iter().map(|&x| Value::from(x)).collect()));
+    }
+    Err(format!("a {} has no JSON form", value.type_name()))
+}
+
+/// A Rhai object map as a JSON object.
+pub fn map_to_json(map: &Map) -> Result<serde_json::Map<String, Value>, String> {
+    map.iter()
+        .map(|(k, v)| to_json(v).map(|v| (k.to_string(), v)))
+        .collect()
+}
+
+/// A JSON value as a Rhai value.
+pub fn from_json(value: &Value) -> Dynamic {
+    match value {
+        Value::Null => Dynamic::UNIT,
+        Value::Bool(b) => (*b).into(),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => (i as INT).into(),
+            None => n.as_f64().unwrap_or(f64::NAN).into(),
+        },
+        Value::String(s) => s.clone().into(),
+        Value::Array(a) => Dynamic::from_array(a.iter().map(from_json).collect()),
+        Value::Object(m) => Dynamic::from_map(json_map_to_rhai(m)),
+    }
+}
+
+/// A JSON object as a Rhai object map.
+pub fn json_map_to_rhai(map: &serde_json::Map<String, Value>) -> Map {
+    map.iter()
+        .map(|(k, v)| (k.as_str().into(), from_json(v)))
+        .collect()
+}
+
+/// Equality as a test author means it: like `==` on JSON values, except
+/// that an INT and a FLOAT of the same value are equal (`1 == 1.0`).
+pub fn json_eq(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => x == y || x.as_f64() == y.as_f64(),
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| json_eq(x, y))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, xv)| y.get(k).is_some_and(|yv| json_eq(xv, yv)))
+        }
+        _ => a == b,
+    }
+}
+
+/// A value for a person to read in a failure message: pretty JSON for
+/// what has a JSON form (strings quoted, so whitespace shows), else Rhai's
+/// debug form.
+pub fn show(value: &Dynamic) -> String {
+    match to_json(value) {
+        Ok(v) => serde_json::to_string_pretty(&v).unwrap_or_else(|_| v.to_string()),
+        Err(_) => format!("{value:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn round_trip(v: Value) -> Value {
+        to_json(&from_json(&v)).unwrap()
+    }
+
+    #[test]
+    fn integers_stay_integers() {
+        let d = from_json(&json!(42));
+        assert_eq!(d.as_int().unwrap(), 42);
+        assert_eq!(to_json(&Dynamic::from_int(-7)).unwrap(), json!(-7));
+        assert!(round_trip(json!(i64::MAX)).is_i64());
+        assert!(round_trip(json!(i64::MIN)).is_i64());
+    }
+
+    #[test]
+    fn integers_beyond_i64_become_floats() {
+        let d = from_json(&json!(u64::MAX));
+        assert!(d.is_float());
+        assert_eq!(d.as_float().unwrap(), u64::MAX as f64);
+    }
+
+    #[test]
+    fn floats_bools_strings_and_null_convert() {
+        assert_eq!(from_json(&json!(1.5)).as_float().unwrap(), 1.5);
+        assert_eq!(round_trip(json!(2.0)), json!(2.0));
+        assert!(round_trip(json!(2.0)).is_f64());
+        assert_eq!(round_trip(json!(true)), json!(true));
+        assert_eq!(round_trip(json!("héllo")), json!("héllo"));
+        assert!(from_json(&Value::Null).is_unit());
+        assert_eq!(to_json(&Dynamic::UNIT).unwrap(), Value::Null);
+    }
+
+    #[test]
+    fn nested_arrays_and_maps_convert() {
+        let v = json!({"b": [1, {"c": null}], "a": {"x": "y", "n": 1.25}});
+        assert_eq!(round_trip(v.clone()), v);
+        let d = from_json(&v);
+        let m = d.read_lock::<Map>().unwrap();
+        let keys: Vec<&str> = m.keys().map(|k| k.as_str()).collect();
+        assert_eq!(keys, ["a", "b"]);
+    }
+
+    #[test]
+    fn chars_and_blobs_have_json_forms() {
+        assert_eq!(to_json(&Dynamic::from_char('x')).unwrap(), json!("x"));
+        let blob: Blob = vec![1, 2, 255];
+        assert_eq!(
+            to_json(&Dynamic::from_blob(blob)).unwrap(),
+            json!([1, 2, 255])
+        );
+    }
+
+    #[test]
+    fn values_without_json_form_are_named() {
+        let err = to_json(&Dynamic::from_float(f64::NAN)).unwrap_err();
+        assert!(err.contains("NaN"), "{err}");
+        #[derive(Clone)]
+        struct Opaque;
+        let err = to_json(&Dynamic::from(Opaque)).unwrap_err();
+        assert!(err.contains("Opaque"), "{err}");
+    }
+
+    #[test]
+    fn shared_values_convert() {
+        let d = Dynamic::from_int(3).into_shared();
+        assert_eq!(to_json(&d).unwrap(), json!(3));
+    }
+
+    #[test]
+    fn equality_treats_int_and_float_alike() {
+        assert!(json_eq(&json!(1), &json!(1.0)));
+        assert!(json_eq(&json!({"a": [1, 2.0]}), &json!({"a": [1.0, 2]})));
+        assert!(!json_eq(&json!({"a": 1}), &json!({"a": 1, "b": 2})));
+        assert!(!json_eq(&json!("1"), &json!(1)));
+    }
+
+    #[test]
+    fn show_pretty_prints_maps_and_quotes_strings() {
+        let d = from_json(&json!({"a": 1}));
+        assert_eq!(show(&d), "{\n  \"a\": 1\n}");
+        assert_eq!(show(&Dynamic::from("x ")), "\"x \"");
+    }
+}

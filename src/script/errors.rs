@@ -1,0 +1,428 @@
+//! How errors look to a script, and how an uncaught one looks to a person.
+//!
+//! Everything a binding throws is a Rhai runtime error whose value is a map
+//! `#{ kind, message, … }` (the kinds and fields of the API contract), so
+//! `try { … } catch (e) { if e.kind == "Timeout" { … } }` works for machine
+//! errors and host helpers alike. [`machine_error`] renders a
+//! [`machine::Error`] that way; [`throw`] makes the others.
+//!
+//! Two endings are not catchable, because a script must not swallow them:
+//! `skip(reason)` ([`skipped`]) and the run being cancelled by its timeout
+//! or a signal ([`terminated`]). Both use Rhai's `ErrorTerminated`.
+//!
+//! [`Failure::from_eval`] turns whatever ended a script into the report
+//! `FILE:LINE:COL: KIND: message`.
+
+use std::time::Duration;
+
+use rhai::{Dynamic, EvalAltResult, Map, Position};
+
+use super::convert;
+use crate::machine::{self, ConsoleError};
+use crate::qmp;
+
+/// What every binding returns.
+pub type ScriptResult<T> = Result<T, Box<EvalAltResult>>;
+
+/// The kind of the value `skip()` ends a script with.
+pub const SKIPPED: &str = "Skipped";
+/// The kind for Rhai's own errors and for thrown values that are not maps.
+pub const SCRIPT_ERROR: &str = "ScriptError";
+
+/// A thrown map `#{ kind, message }` plus `fields`.
+pub fn error_map(kind: &str, message: impl Into<String>, fields: Vec<(&str, Dynamic)>) -> Map {
+    let mut m = Map::new();
+    m.insert("kind".into(), kind.into());
+    m.insert("message".into(), message.into().into());
+    for (k, v) in fields {
+        m.insert(k.into(), v);
+    }
+    m
+}
+
+/// A catchable error of `kind`.
+pub fn throw(kind: &str, message: impl Into<String>) -> Box<EvalAltResult> {
+    throw_map(error_map(kind, message, Vec::new()))
+}
+
+/// A catchable error whose value is `map`.
+pub fn throw_map(map: Map) -> Box<EvalAltResult> {
+    EvalAltResult::ErrorRuntime(map.into(), Position::NONE).into()
+}
+
+/// `QEMUMachineError`: misuse of a machine.
+pub fn misuse(message: impl Into<String>) -> Box<EvalAltResult> {
+    throw("QEMUMachineError", message)
+}
+
+/// `HostError`: a host operation failed.
+pub fn host(message: impl Into<String>) -> Box<EvalAltResult> {
+    throw("HostError", message)
+}
+
+/// `AssertionFailed`.
+pub fn assertion(message: impl Into<String>) -> Box<EvalAltResult> {
+    throw("AssertionFailed", message)
+}
+
+/// `Timeout` naming what was awaited.
+pub fn timeout(what: &str, after: Duration) -> Box<EvalAltResult> {
+    throw_map(error_map(
+        "Timeout",
+        format!(
+            "timed out after {}s waiting for {what}",
+            after.as_secs_f64()
+        ),
+        vec![("what", what.into()), ("after", after.as_secs_f64().into())],
+    ))
+}
+
+/// A wrong argument type, as Rhai reports its own.
+pub fn bad_type(what: &str, expected: &str, got: &Dynamic) -> Box<EvalAltResult> {
+    EvalAltResult::ErrorMismatchDataType(
+        format!("{expected} for {what}"),
+        got.type_name().to_string(),
+        Position::NONE,
+    )
+    .into()
+}
+
+/// Ends the script as skipped; not catchable.
+pub fn skipped(reason: &str) -> Box<EvalAltResult> {
+    terminated(SKIPPED, reason)
+}
+
+/// Ends the script with `kind`; not catchable.
+pub fn terminated(kind: &str, message: impl Into<String>) -> Box<EvalAltResult> {
+    EvalAltResult::ErrorTerminated(error_map(kind, message, Vec::new()).into(), Position::NONE)
+        .into()
+}
+
+/// A machine error as the thrown map the API contract describes.
+pub fn machine_error(err: machine::Error) -> Box<EvalAltResult> {
+    throw_map(machine_error_map(&err))
+}
+
+fn opt_int(v: Option<i32>) -> Dynamic {
+    v.map_or(Dynamic::UNIT, |c| Dynamic::from_int(c.into()))
+}
+
+fn strings(v: &[String]) -> Dynamic {
+    Dynamic::from_array(v.iter().map(|s| s.clone().into()).collect())
+}
+
+/// The fields of each error kind, as named by the API contract.
+pub fn machine_error_map(err: &machine::Error) -> Map {
+    use machine::Error as E;
+    let secs = |d: &Duration| Dynamic::from_float(d.as_secs_f64());
+    let fields: Vec<(&str, Dynamic)> = match err {
+        E::LaunchFailure {
+            cause,
+            exitcode,
+            command,
+            output,
+        } => vec![
+            ("exitcode", opt_int(*exitcode)),
+            ("command", strings(command)),
+            ("output", output.clone().into()),
+            ("cause", cause.clone().into()),
+        ],
+        E::AbnormalShutdown { cause } => vec![("cause", cause.clone().into())],
+        E::MonitorResponse {
+            command,
+            class,
+            desc,
+            reply,
+        } => vec![
+            ("command", command.clone().into()),
+            ("class", class.clone().into()),
+            ("desc", desc.clone().into()),
+            ("reply", convert::from_json(reply)),
+        ],
+        E::Qmp(qmp::Error::Timeout { what, after }) => {
+            vec![("what", what.clone().into()), ("after", secs(after))]
+        }
+        E::Exited {
+            what,
+            code,
+            log_tail,
+        } => vec![
+            ("what", what.clone().into()),
+            ("exitcode", opt_int(*code)),
+            ("output", log_tail.clone().into()),
+        ],
+        E::Timeout { what, after, seen } => vec![
+            ("what", what.clone().into()),
+            ("after", secs(after)),
+            ("seen", strings(seen)),
+        ],
+        E::Console(c) => console_fields(c),
+        E::Host { what, .. } => vec![("what", what.clone().into())],
+        _ => Vec::new(),
+    };
+    error_map(err.kind(), err.to_string(), fields)
+}
+
+fn console_fields(err: &ConsoleError) -> Vec<(&'static str, Dynamic)> {
+    if let ConsoleError::Timeout { what, after, tail } = err {
+        vec![
+            ("what", what.clone().into()),
+            ("after", after.as_secs_f64().into()),
+            ("tail", tail.clone().into()),
+        ]
+    } else if let ConsoleError::Closed { what, tail } = err {
+        vec![("what", what.clone().into()), ("tail", tail.clone().into())]
+    } else {
+        Vec::new()
+    }
+}
+
+/// What ended a script other than success, for the report.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failure {
+    /// The file the error happened in (a module's path inside a module).
+    pub file: String,
+    /// 1-based line and column, when Rhai knows them.
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    /// The error kind (`Timeout`, `AssertionFailed`, `ScriptError`, …).
+    pub kind: String,
+    /// The error message.
+    pub message: String,
+    /// The thrown map, when the error was one.
+    pub value: Option<serde_json::Value>,
+    /// Where the error passed through: function calls, modules.
+    pub context: Vec<String>,
+}
+
+impl Failure {
+    /// Describes `err`, which happened while running `script`.
+    pub fn from_eval(err: &EvalAltResult, script: &str) -> Failure {
+        let mut file = script.to_string();
+        let mut context = Vec::new();
+        let mut pos = err.position();
+        let mut e = err;
+        loop {
+            match e {
+                EvalAltResult::ErrorInFunctionCall(name, src, inner, p) => {
+                    let what = if name.starts_with("anon$") {
+                        "closure".to_string()
+                    } else {
+                        format!("function {name}")
+                    };
+                    context.push(format!("in {what} called at {}", location(&file, *p)));
+                    if !src.is_empty() {
+                        file = src.clone();
+                    }
+                    pos = if inner.position().is_none() {
+                        *p
+                    } else {
+                        inner.position()
+                    };
+                    e = inner;
+                }
+                EvalAltResult::ErrorInModule(path, inner, p) => {
+                    context.push(format!(
+                        "in module {path} imported at {}",
+                        location(&file, *p)
+                    ));
+                    if !path.is_empty() {
+                        file = path.clone();
+                    }
+                    pos = inner.position();
+                    e = inner;
+                }
+                _ => break,
+            }
+        }
+        context.reverse();
+        let (kind, message, value) = kind_and_message(e);
+        Failure {
+            file,
+            line: pos.line(),
+            column: pos.position(),
+            kind,
+            message,
+            value,
+            context,
+        }
+    }
+
+    /// A failure outside any script position (setup, cleanup).
+    pub fn plain(file: &str, kind: &str, message: impl Into<String>) -> Failure {
+        Failure {
+            file: file.to_string(),
+            line: None,
+            column: None,
+            kind: kind.to_string(),
+            message: message.into(),
+            value: None,
+            context: Vec::new(),
+        }
+    }
+
+    /// `FILE:LINE:COL`, or as much of it as is known.
+    pub fn location(&self) -> String {
+        match (self.line, self.column) {
+            (Some(l), Some(c)) => format!("{}:{l}:{c}", self.file),
+            (Some(l), None) => format!("{}:{l}", self.file),
+            _ => self.file.clone(),
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}: {}", self.location(), self.kind, self.message)?;
+        for c in &self.context {
+            write!(f, "\n  {c}")?;
+        }
+        Ok(())
+    }
+}
+
+fn location(file: &str, pos: Position) -> String {
+    match (pos.line(), pos.position()) {
+        (Some(l), Some(c)) => format!("{file}:{l}:{c}"),
+        (Some(l), None) => format!("{file}:{l}"),
+        _ => file.to_string(),
+    }
+}
+
+/// The kind and message of a thrown value or of one of Rhai's own errors.
+fn kind_and_message(err: &EvalAltResult) -> (String, String, Option<serde_json::Value>) {
+    match err {
+        EvalAltResult::ErrorRuntime(v, _) | EvalAltResult::ErrorTerminated(v, _) => {
+            thrown_kind_and_message(v)
+        }
+        EvalAltResult::ErrorParsing(p, _) => ("SyntaxError".into(), p.to_string(), None),
+        EvalAltResult::ErrorTooManyOperations(_) | EvalAltResult::ErrorStackOverflow(_) => {
+            (SCRIPT_ERROR.into(), without_position(err), None)
+        }
+        _ => (SCRIPT_ERROR.into(), without_position(err), None),
+    }
+}
+
+/// A thrown value: a map with `kind` says what it is; anything else is a
+/// `ScriptError` whose message is the value.
+pub fn thrown_kind_and_message(v: &Dynamic) -> (String, String, Option<serde_json::Value>) {
+    let json = convert::to_json(v).ok();
+    if let Some(m) = v.read_lock::<Map>() {
+        let text = |k: &str| {
+            m.get(k).and_then(|x| {
+                x.read_lock::<rhai::ImmutableString>()
+                    .map(|s| s.to_string())
+            })
+        };
+        let kind = text("kind").unwrap_or_else(|| SCRIPT_ERROR.to_string());
+        let message = text("message").unwrap_or_else(|| convert::show(v));
+        return (kind, message, json);
+    }
+    let message = match v.read_lock::<rhai::ImmutableString>() {
+        Some(s) => s.to_string(),
+        None => convert::show(v),
+    };
+    (SCRIPT_ERROR.to_string(), message, json)
+}
+
+fn without_position(err: &EvalAltResult) -> String {
+    let text = err.to_string();
+    let pos = err.position();
+    if pos.is_none() {
+        return text;
+    }
+    let suffix = format!(" ({pos})");
+    text.strip_suffix(&suffix).unwrap_or(&text).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field(m: &Map, k: &str) -> String {
+        m.get(k).map(|v| v.to_string()).unwrap_or_default()
+    }
+
+    #[test]
+    fn monitor_errors_carry_class_desc_and_reply() {
+        let reply = serde_json::json!({"error": {"class": "CommandNotFound", "desc": "no"}});
+        let m = machine_error_map(&machine::Error::MonitorResponse {
+            command: "nope".into(),
+            class: "CommandNotFound".into(),
+            desc: "no".into(),
+            reply: Box::new(reply),
+        });
+        assert_eq!(field(&m, "kind"), "MonitorResponseError");
+        assert_eq!(field(&m, "class"), "CommandNotFound");
+        assert_eq!(field(&m, "desc"), "no");
+        assert!(m["reply"].is_map());
+    }
+
+    #[test]
+    fn launch_failures_carry_exitcode_command_and_output() {
+        let m = machine_error_map(&machine::Error::LaunchFailure {
+            cause: "exited".into(),
+            exitcode: Some(1),
+            command: vec!["qemu".into(), "-bad".into()],
+            output: "qemu: -bad: invalid option".into(),
+        });
+        assert_eq!(field(&m, "kind"), "VMLaunchFailure");
+        assert_eq!(m["exitcode"].as_int().unwrap(), 1);
+        assert_eq!(m["command"].clone().into_array().unwrap().len(), 2);
+        assert!(field(&m, "output").contains("invalid option"));
+    }
+
+    #[test]
+    fn timeouts_name_what_and_what_was_seen() {
+        let m = machine_error_map(&machine::Error::Timeout {
+            what: "event STOP".into(),
+            after: Duration::from_millis(1500),
+            seen: vec!["RESUME".into()],
+        });
+        assert_eq!(field(&m, "kind"), "Timeout");
+        assert_eq!(m["after"].as_float().unwrap(), 1.5);
+        assert!(field(&m, "message").contains("RESUME"));
+    }
+
+    #[test]
+    fn thrown_maps_and_strings_have_kinds() {
+        let v: Dynamic = error_map("HostError", "disk full", Vec::new()).into();
+        let (k, msg, _) = thrown_kind_and_message(&v);
+        assert_eq!((k.as_str(), msg.as_str()), ("HostError", "disk full"));
+        let (k, msg, _) = thrown_kind_and_message(&Dynamic::from("boom"));
+        assert_eq!((k.as_str(), msg.as_str()), (SCRIPT_ERROR, "boom"));
+    }
+
+    #[test]
+    fn failures_render_file_line_column_kind_message() {
+        let engine = rhai::Engine::new();
+        let err = engine
+            .run("let x = 1;\n  throw #{kind: \"Timeout\", message: \"late\"};")
+            .unwrap_err();
+        let f = Failure::from_eval(&err, "t.rhai");
+        assert_eq!(f.to_string(), "t.rhai:2:3: Timeout: late");
+    }
+
+    #[test]
+    fn failures_inside_functions_point_into_the_function() {
+        let engine = rhai::Engine::new();
+        let err = engine
+            .run("fn f() {\n    throw \"deep\";\n}\nf();")
+            .unwrap_err();
+        let f = Failure::from_eval(&err, "t.rhai");
+        assert_eq!(f.location(), "t.rhai:2:5");
+        assert_eq!(f.kind, SCRIPT_ERROR);
+        assert_eq!(f.message, "deep");
+        assert_eq!(f.context, vec!["in function f called at t.rhai:4:1"]);
+    }
+
+    #[test]
+    fn rhai_errors_lose_their_position_suffix() {
+        let engine = rhai::Engine::new();
+        let err = engine.run("let a = [1];\na[5]").unwrap_err();
+        let f = Failure::from_eval(&err, "t.rhai");
+        assert_eq!(f.kind, SCRIPT_ERROR);
+        assert!(!f.message.contains("line"), "{}", f.message);
+        assert_eq!(f.line, Some(2));
+    }
+}

@@ -1,0 +1,760 @@
+//! The `Machine` script type and the global functions that make machines
+//! (`machine`, `qtest_machine`), match events and pass descriptors: one
+//! registration per API entry, each a one-liner over [`crate::machine`].
+//! The console, on `Machine` and as its own type, is in [`console_api`].
+//!
+//! A script's `Machine` is a [`MachineRef`], a shared handle: copies in a
+//! script name the same QEMU. Every machine is made through the [`Run`], so
+//! it gets the run's defaults and is shut down when the script ends.
+
+use std::cell::RefCell;
+use std::os::fd::BorrowedFd;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::Duration;
+
+use rhai::{Array, Dynamic, Engine, ImmutableString, Map, INT};
+use serde_json::Value;
+
+use crate::machine::{self, EventWait, Machine, MachineOptions, DEFAULT_WAIT};
+use crate::qmp::Address;
+
+use super::args;
+use super::console_api;
+use super::convert;
+use super::docs::{func, getter};
+use super::errors::{self, ScriptResult};
+use super::run::Run;
+
+/// `QEMUMachine.shutdown`'s and `wait`'s default timeout.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(30);
+
+/// The keys of `machine(binary, options)`.
+const MACHINE_OPTIONS: &[&str] = &[
+    "args",
+    "wrapper",
+    "name",
+    "base_temp_dir",
+    "monitor_address",
+    "sock_dir",
+    "log_dir",
+    "drain_console",
+    "console_log",
+    "qmp_timer",
+];
+
+/// A script's `Machine`: a shared handle on one [`Machine`].
+#[derive(Clone)]
+pub struct MachineRef(Rc<RefCell<Machine>>);
+
+impl MachineRef {
+    /// Runs `f` on the machine, turning its error into the script's.
+    pub(super) fn with<T>(
+        &self,
+        f: impl FnOnce(&mut Machine) -> machine::Result<T>,
+    ) -> ScriptResult<T> {
+        let mut m = self
+            .0
+            .try_borrow_mut()
+            .map_err(|_| errors::misuse("the machine is in use by another call"))?;
+        f(&mut m).map_err(errors::machine_error)
+    }
+
+    /// Reads a property.
+    fn get<T>(&self, f: impl FnOnce(&Machine) -> T) -> ScriptResult<T> {
+        let m = self
+            .0
+            .try_borrow()
+            .map_err(|_| errors::misuse("the machine is in use by another call"))?;
+        Ok(f(&m))
+    }
+}
+
+fn path_or_unit(p: Option<&Path>) -> Dynamic {
+    match p {
+        Some(p) if !p.as_os_str().is_empty() => p.display().to_string().into(),
+        _ => Dynamic::UNIT,
+    }
+}
+
+/// A directory set at launch, else the one given in the options, else `()`.
+fn or_option(launched: &Path, option: Option<&Path>) -> Dynamic {
+    if launched.as_os_str().is_empty() {
+        path_or_unit(option)
+    } else {
+        path_or_unit(Some(launched))
+    }
+}
+
+fn opt_int(v: Option<i32>) -> Dynamic {
+    v.map_or(Dynamic::UNIT, |v| Dynamic::from_int(v.into()))
+}
+
+fn string_array(v: &[String]) -> Array {
+    v.iter().map(|s| s.clone().into()).collect()
+}
+
+fn json_or_unit(v: Option<Value>) -> Dynamic {
+    v.as_ref().map_or(Dynamic::UNIT, convert::from_json)
+}
+
+/// `()` or a map, as QMP arguments.
+fn qmp_args(v: &Dynamic) -> ScriptResult<Option<serde_json::Map<String, Value>>> {
+    if v.is_unit() {
+        return Ok(None);
+    }
+    let Some(m) = v.read_lock::<Map>() else {
+        return Err(errors::bad_type("QMP arguments", "a map", v));
+    };
+    convert::map_to_json(&m)
+        .map(Some)
+        .map_err(|e| errors::misuse(format!("QMP arguments: {e}")))
+}
+
+/// Any value as JSON, for event filters.
+fn json(v: &Dynamic, what: &str) -> ScriptResult<Value> {
+    convert::to_json(v).map_err(|e| errors::misuse(format!("{what}: {e}")))
+}
+
+/// `get_qmp_event(wait)`: a bool or seconds.
+fn event_wait_arg(v: &Dynamic) -> ScriptResult<EventWait> {
+    match v.as_bool() {
+        Ok(true) => Ok(EventWait::Forever),
+        Ok(false) => Ok(EventWait::No),
+        Err(_) => args::secs(v, "wait").map(EventWait::For),
+    }
+}
+
+/// `events_wait`'s `[[name, match], …]` (also `[name]` or `"name"`).
+fn event_pairs(pairs: &Array) -> ScriptResult<Vec<(String, Option<Value>)>> {
+    pairs
+        .iter()
+        .map(|p| {
+            if let Ok(name) = args::string(p, "events_wait") {
+                return Ok((name, None));
+            }
+            let Some(a) = p.read_lock::<Array>() else {
+                return Err(errors::bad_type("events_wait", "[name, match] pairs", p));
+            };
+            let name = a
+                .first()
+                .map(|n| args::string(n, "an event name"))
+                .transpose()?
+                .ok_or_else(|| {
+                    errors::misuse("events_wait: an empty pair; expected [name, match]")
+                })?;
+            let filter = match a.get(1) {
+                Some(m) if !m.is_unit() => Some(json(m, "an event match")?),
+                _ => None,
+            };
+            Ok((name, filter))
+        })
+        .collect()
+}
+
+/// `()` for "none", or a string.
+pub(super) fn opt_string(v: &Dynamic, what: &str) -> ScriptResult<Option<String>> {
+    if v.is_unit() {
+        Ok(None)
+    } else {
+        args::string(v, what).map(Some)
+    }
+}
+
+/// Applies the `options` map of `machine(binary, options)`.
+fn apply_options(opts: &mut MachineOptions, options: &Map) -> ScriptResult<()> {
+    args::known_keys(options, MACHINE_OPTIONS, "machine()")?;
+    let path = |v: &Dynamic, k: &str| args::string(v, k).map(PathBuf::from);
+    for (k, v) in options {
+        let k = k.as_str();
+        match k {
+            "args" => opts.args = args::strings(v, k)?,
+            "wrapper" => opts.wrapper = args::strings(v, k)?,
+            "name" => opts.name = Some(args::string(v, k)?),
+            "base_temp_dir" => opts.base_temp_dir = Some(path(v, k)?),
+            "sock_dir" => opts.sock_dir = Some(path(v, k)?),
+            "log_dir" => opts.log_dir = Some(path(v, k)?),
+            "console_log" => opts.console_log = Some(path(v, k)?),
+            "drain_console" => opts.drain_console = args::boolean(v, k)?,
+            "qmp_timer" => opts.qmp_timer = args::secs(v, k)?,
+            "monitor_address" => opts.monitor_address = Some(monitor_address(v)?),
+            _ => unreachable!("known_keys checked the key"),
+        }
+    }
+    Ok(())
+}
+
+/// A path (unix socket) or `[host, port]` (TCP).
+fn monitor_address(v: &Dynamic) -> ScriptResult<Address> {
+    if let Ok(p) = args::string(v, "monitor_address") {
+        return Ok(Address::Unix(p.into()));
+    }
+    let pair = v.read_lock::<Array>();
+    match pair.as_ref().map(|a| a.as_slice()) {
+        Some([host, port]) => {
+            let host = args::string(host, "monitor_address host")?;
+            let port = port
+                .as_int()
+                .ok()
+                .and_then(|p| u16::try_from(p).ok())
+                .ok_or_else(|| errors::bad_type("monitor_address port", "a port INT", port))?;
+            Ok(Address::Tcp(host, port))
+        }
+        _ => Err(errors::bad_type(
+            "monitor_address",
+            "a socket path or [host, port]",
+            v,
+        )),
+    }
+}
+
+/// `machine(binary, options)`: `binary` may be `()` for the default, and
+/// a lone map stands for the options.
+fn make_machine(run: &Run, binary: &Dynamic, options: Option<&Map>) -> ScriptResult<MachineRef> {
+    run.check_cancelled()?;
+    if let (Some(m), None) = (binary.read_lock::<Map>(), options) {
+        return make_machine(run, &Dynamic::UNIT, Some(&m));
+    }
+    let binary = opt_string(binary, "binary")?;
+    let mut opts = run.machine_options(binary.as_deref())?;
+    if let Some(o) = options {
+        apply_options(&mut opts, o)?;
+    }
+    run.add_machine(opts).map(MachineRef)
+}
+
+/// `vm.launch()`, refusing a cancelled run and killing a QEMU that came up
+/// while it was being cancelled.
+fn launch(run: &Run, vm: &MachineRef) -> ScriptResult<()> {
+    run.check_cancelled()?;
+    vm.with(Machine::launch)?;
+    if run.cancel().is_cancelled() {
+        vm.with(|m| {
+            m.kill();
+            Ok(())
+        })?;
+        run.check_cancelled()?;
+    }
+    Ok(())
+}
+
+fn shutdown(vm: &MachineRef, options: &Map) -> ScriptResult<()> {
+    args::known_keys(options, &["hard", "timeout"], "shutdown()")?;
+    let hard = match options.get("hard") {
+        Some(v) => args::boolean(v, "hard")?,
+        None => false,
+    };
+    let timeout = match options.get("timeout") {
+        Some(v) => args::secs(v, "timeout")?,
+        None => SHUTDOWN_WAIT,
+    };
+    vm.with(|m| m.shutdown(hard, timeout))
+}
+
+fn send_fd_scm(vm: &MachineRef, options: &Map) -> ScriptResult<INT> {
+    args::known_keys(options, &["fd", "file_path"], "send_fd_scm()")?;
+    match (options.get("fd"), options.get("file_path")) {
+        (Some(fd), None) => {
+            let fd = fd
+                .as_int()
+                .ok()
+                .and_then(|f| i32::try_from(f).ok())
+                .filter(|&f| Run::fd_is_open(f))
+                .ok_or_else(|| errors::misuse(format!("send_fd_scm: fd {fd} is not open")))?;
+            // SAFETY: the descriptor is open (checked above) and is only
+            // borrowed for the duration of one sendmsg.
+            let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+            vm.with(|m| m.send_fd_scm(fd))?;
+        }
+        (None, Some(p)) => {
+            let p = args::string(p, "file_path")?;
+            vm.with(|m| m.send_file_scm(Path::new(&p)))?;
+        }
+        _ => {
+            return Err(errors::misuse(
+                "send_fd_scm: give exactly one of #{fd: n} or #{file_path: p}",
+            ))
+        }
+    }
+    Ok(0)
+}
+
+/// Registers the `Machine` type and the machine functions.
+pub fn register(engine: &mut Engine, run: &Rc<Run>) {
+    engine.register_type_with_name::<MachineRef>("Machine");
+    register_constructors(engine, run);
+    register_configuration(engine);
+    register_properties(engine);
+    register_lifecycle(engine, run);
+    register_qmp(engine);
+    register_events(engine);
+    console_api::register(engine, run);
+}
+
+fn register_constructors(e: &mut Engine, run: &Rc<Run>) {
+    let r = run.clone();
+    func(
+        "machine() -> Machine",
+        "A machine using the default QEMU binary (--qemu, $VMSCRIPT_QEMU, qemu-system-<arch>).",
+    )
+    .register_into_engine(e, move || make_machine(&r, &Dynamic::UNIT, None));
+    let r = run.clone();
+    func(
+        "machine(binary: String) -> Machine",
+        "A machine running QEMU from `binary` (`()` for the default).",
+    )
+    .register_into_engine(e, move |b: Dynamic| make_machine(&r, &b, None));
+    let r = run.clone();
+    func(
+        "machine(binary: String, options: Map) -> Machine",
+        "A machine with options (an unknown key is an error that lists the valid ones).",
+    )
+    .register_into_engine(e, move |b: Dynamic, o: Map| make_machine(&r, &b, Some(&o)));
+    let qtest = |run: &Rc<Run>, b: &Dynamic, o: Option<&Map>| -> ScriptResult<MachineRef> {
+        let vm = make_machine(run, b, o)?;
+        vm.with(Machine::enable_qtest)?;
+        launch(run, &vm)?;
+        Ok(vm)
+    };
+    let r = run.clone();
+    func(
+        "qtest_machine(binary: String, options: Map) -> Machine",
+        "A machine launched with the qtest accelerator; talk to it with vm.qtest(line).",
+    )
+    .register_into_engine(e, move |b: Dynamic, o: Map| qtest(&r, &b, Some(&o)));
+    let r = run.clone();
+    func(
+        "qtest_machine(binary: String) -> Machine",
+        "A qtest machine without options.",
+    )
+    .register_into_engine(e, move |b: Dynamic| qtest(&r, &b, None));
+    let r = run.clone();
+    func(
+        "qtest_machine() -> Machine",
+        "A qtest machine of the default QEMU binary.",
+    )
+    .register_into_engine(e, move || qtest(&r, &Dynamic::UNIT, None));
+    func(
+        "event_match(event: Map, match: Map) -> bool",
+        "True when `match` is a subset of `event`, recursively; `()` in `match` matches anything.",
+    )
+    .register_into_engine(e, |ev: Dynamic, m: Dynamic| -> ScriptResult<bool> {
+        Ok(machine::event_match(
+            &json(&ev, "event")?,
+            &json(&m, "match")?,
+        ))
+    });
+    let r = run.clone();
+    func(
+        "open_fd(path: String, mode: String) -> int",
+        "Opens a file (\"r\", \"w\" or \"rw\"); its descriptor is closed when the script ends.",
+    )
+    .register_into_engine(e, move |p: &str, mode: &str| {
+        r.open_fd(p, mode).map(INT::from)
+    });
+    let r = run.clone();
+    func("close_fd(fd: int)", "Closes a descriptor from open_fd.")
+        .register_into_engine(e, move |fd: INT| {
+            r.close_fd(i32::try_from(fd).unwrap_or(-1))
+        });
+}
+
+macro_rules! add_args_n {
+    ($e:expr, $($a:ident),+) => {
+        func(
+            concat!("add_args(vm: Machine", $(", ", stringify!($a), ": String",)+ ")"),
+            "Appends arguments to the QEMU command line (before launch).",
+        )
+        .register_into_engine($e, |vm: &mut MachineRef, $($a: ImmutableString),+| {
+            vm.with(|m| m.add_args(&[$($a.as_str()),+]))
+        });
+    };
+}
+
+fn register_configuration(e: &mut Engine) {
+    add_args_n!(e, a1);
+    add_args_n!(e, a1, a2);
+    add_args_n!(e, a1, a2, a3);
+    add_args_n!(e, a1, a2, a3, a4);
+    add_args_n!(e, a1, a2, a3, a4, a5);
+    add_args_n!(e, a1, a2, a3, a4, a5, a6);
+    add_args_n!(e, a1, a2, a3, a4, a5, a6, a7);
+    add_args_n!(e, a1, a2, a3, a4, a5, a6, a7, a8);
+    func(
+        "add_args(vm: Machine, args: Array)",
+        "Appends an array of arguments to the QEMU command line (before launch).",
+    )
+    .register_into_engine(e, |vm: &mut MachineRef, a: Array| {
+        let a = args::strings(&Dynamic::from_array(a), "add_args")?;
+        vm.with(|m| m.add_args(&a))
+    });
+    func(
+        "set_machine(vm: Machine, machine_type: String)",
+        "Sets -machine (before launch).",
+    )
+    .register_into_engine(e, |vm: &mut MachineRef, t: &str| {
+        vm.with(|m| m.set_machine(t))
+    });
+    func(
+        "set_console(vm: Machine)",
+        "Puts a console on the first serial port (before launch).",
+    )
+    .register_into_engine(e, |vm: &mut MachineRef| vm.with(|m| m.set_console(None, 0)));
+    func(
+        "set_console(vm: Machine, device_type: String)",
+        "Puts a console on a -device of this type (`()`: the first serial port).",
+    )
+    .register_into_engine(e, |vm: &mut MachineRef, t: Dynamic| {
+        let t = opt_string(&t, "device_type")?;
+        vm.with(|m| m.set_console(t.as_deref(), 0))
+    });
+    func(
+        "set_console(vm: Machine, device_type: String, console_index: int)",
+        "Puts a console on serial port `console_index` (device_type `()`).",
+    )
+    .register_into_engine(e, |vm: &mut MachineRef, t: Dynamic, i: INT| {
+        let t = opt_string(&t, "device_type")?;
+        let i = u32::try_from(i).map_err(|_| {
+            errors::misuse(format!("set_console: console_index {i} is out of range"))
+        })?;
+        vm.with(|m| m.set_console(t.as_deref(), i))
+    });
+    func(
+        "set_qmp_monitor(vm: Machine, enabled: bool)",
+        "Turns the QMP monitor on or off (before launch).",
+    )
+    .register_into_engine(e, |vm: &mut MachineRef, on: bool| {
+        vm.with(|m| m.set_qmp_monitor(on))
+    });
+    func(
+        "add_monitor_null(vm: Machine)",
+        "Adds -monitor null (before launch).",
+    )
+    .register_into_engine(e, |vm: &mut MachineRef| vm.with(Machine::add_monitor_null));
+    func(
+        "add_fd(vm: Machine, fd: int, fdset: int, opaque: String)",
+        "Passes a descriptor to QEMU as -add-fd (before launch).",
+    )
+    .register_into_engine(e, |vm: &mut MachineRef, fd: INT, set: INT, opaque: &str| {
+        let fd = i32::try_from(fd).unwrap_or(-1);
+        vm.with(|m| m.add_fd(fd, set, opaque, ""))
+    });
+    func(
+        "add_fd(vm: Machine, fd: int, fdset: int, opaque: String, opts: String)",
+        "Passes a descriptor to QEMU as -add-fd with extra options.",
+    )
+    .register_into_engine(
+        e,
+        |vm: &mut MachineRef, fd: INT, set: INT, opaque: &str, opts: &str| {
+            let fd = i32::try_from(fd).unwrap_or(-1);
+            vm.with(|m| m.add_fd(fd, set, opaque, opts))
+        },
+    );
+}
+
+fn register_properties(e: &mut Engine) {
+    getter(
+        "Machine",
+        "name",
+        "String",
+        "The machine's name (vm0, vm1, … unless given).",
+    )
+    .register_into_engine(e, |vm: &mut MachineRef| vm.get(|m| m.name().to_string()));
+    getter(
+        "Machine",
+        "args",
+        "Array",
+        "The arguments added with add_args and the args option.",
+    )
+    .register_into_engine(e, |vm: &mut MachineRef| vm.get(|m| string_array(m.args())));
+    getter(
+        "Machine",
+        "full_args",
+        "Array",
+        "The whole QEMU command line of the last launch.",
+    )
+    .register_into_engine(e, |vm: &mut MachineRef| {
+        vm.get(|m| string_array(m.full_args()))
+    });
+    getter(
+        "Machine",
+        "temp_dir",
+        "String",
+        "The machine's temp dir while launched, else ().",
+    )
+    .register_into_engine(e, |vm: &mut MachineRef| {
+        vm.get(|m| path_or_unit(m.temp_dir()))
+    });
+    getter(
+        "Machine",
+        "sock_dir",
+        "String",
+        "Where the machine's socket files go (after launch).",
+    )
+    .register_into_engine(e, |vm: &mut MachineRef| {
+        vm.get(|m| or_option(m.sock_dir(), m.options().sock_dir.as_deref()))
+    });
+    getter(
+        "Machine",
+        "log_dir",
+        "String",
+        "Where the machine's logs go (after launch).",
+    )
+    .register_into_engine(e, |vm: &mut MachineRef| {
+        vm.get(|m| or_option(m.log_dir(), m.options().log_dir.as_deref()))
+    });
+    getter(
+        "Machine",
+        "qmp_greeting",
+        "Map",
+        "The QMP server's greeting of the last launch.",
+    )
+    .register_into_engine(e, |vm: &mut MachineRef| {
+        vm.get(|m| json_or_unit(Some(m.qmp_greeting().clone())))
+    });
+    func(
+        "to_string(vm: Machine) -> String",
+        "The machine as text: Machine(vm0).",
+    )
+    .register_into_engine(e, |vm: &mut MachineRef| {
+        vm.get(|m| format!("Machine({})", m.name()))
+    });
+    func(
+        "to_debug(vm: Machine) -> String",
+        "The machine as debug text.",
+    )
+    .register_into_engine(e, |vm: &mut MachineRef| {
+        vm.get(|m| format!("Machine({})", m.name()))
+    });
+}
+
+fn register_lifecycle(e: &mut Engine, run: &Rc<Run>) {
+    let r = run.clone();
+    func(
+        "launch(vm: Machine)",
+        "Starts QEMU and negotiates QMP; VMLaunchFailure (exitcode, command, output) on failure.",
+    )
+    .register_into_engine(e, move |vm: &mut MachineRef| launch(&r, vm));
+    func(
+        "shutdown(vm: Machine)",
+        "Quits QEMU by QMP, waits up to 30s, then SIGKILL; cleans up. No-op when not launched.",
+    )
+    .register_into_engine(e, |vm: &mut MachineRef| {
+        vm.with(|m| m.shutdown(false, SHUTDOWN_WAIT))
+    });
+    func(
+        "shutdown(vm: Machine, options: Map)",
+        "shutdown() with #{hard, timeout}; AbnormalShutdown (after cleanup) if QEMU was killed.",
+    )
+    .register_into_engine(e, |vm: &mut MachineRef, o: Map| shutdown(vm, &o));
+    func("kill(vm: Machine)", "SIGKILLs QEMU and cleans up.").register_into_engine(
+        e,
+        |vm: &mut MachineRef| {
+            vm.with(|m| {
+                m.kill();
+                Ok(())
+            })
+        },
+    );
+    func(
+        "wait(vm: Machine)",
+        "Waits up to 30s for QEMU to exit by itself (guest poweroff), then cleans up.",
+    )
+    .register_into_engine(e, |vm: &mut MachineRef| vm.with(|m| m.wait(SHUTDOWN_WAIT)));
+    func(
+        "wait(vm: Machine, timeout: secs)",
+        "Waits up to `timeout` for QEMU to exit by itself, then cleans up.",
+    )
+    .register_into_engine(e, |vm: &mut MachineRef, t: Dynamic| {
+        let t = args::secs(&t, "timeout")?;
+        vm.with(|m| m.wait(t))
+    });
+    func(
+        "is_running(vm: Machine) -> bool",
+        "Whether QEMU is running.",
+    )
+    .register_into_engine(e, |vm: &mut MachineRef| vm.get(Machine::is_running));
+    func(
+        "exitcode(vm: Machine) -> int",
+        "QEMU's exit code (negative for a signal), or () while it runs.",
+    )
+    .register_into_engine(e, |vm: &mut MachineRef| vm.get(|m| opt_int(m.exitcode())));
+    func(
+        "get_pid(vm: Machine) -> int",
+        "QEMU's pid while it runs, else ().",
+    )
+    .register_into_engine(e, |vm: &mut MachineRef| vm.get(|m| opt_int(m.get_pid())));
+    func(
+        "get_log(vm: Machine) -> String",
+        "QEMU's output once it has exited, else ().",
+    )
+    .register_into_engine(e, |vm: &mut MachineRef| {
+        vm.get(|m| m.get_log().map_or(Dynamic::UNIT, |l| l.to_string().into()))
+    });
+    func(
+        "qtest(vm: Machine, line: String) -> String",
+        "Sends one qtest command line; returns the reply line.",
+    )
+    .register_into_engine(e, |vm: &mut MachineRef, line: &str| {
+        vm.with(|m| m.qtest(line))
+    });
+    func(
+        "send_fd_scm(vm: Machine, options: Map) -> int",
+        "Passes #{fd: n} or #{file_path: p} to QEMU over the QMP socket (SCM_RIGHTS); returns 0.",
+    )
+    .register_into_engine(e, |vm: &mut MachineRef, o: Map| send_fd_scm(vm, &o));
+}
+
+fn register_qmp(e: &mut Engine) {
+    let qmp = |vm: &MachineRef, cmd: &str, a: &Dynamic, conv: bool| -> ScriptResult<Dynamic> {
+        let a = qmp_args(a)?;
+        vm.with(|m| m.qmp(cmd, a.as_ref(), conv))
+            .map(|v| convert::from_json(&v))
+    };
+    let command = |vm: &MachineRef, cmd: &str, a: &Dynamic, conv: bool| -> ScriptResult<Dynamic> {
+        let a = qmp_args(a)?;
+        vm.with(|m| m.command(cmd, a.as_ref(), conv))
+            .map(|v| convert::from_json(&v))
+    };
+    func(
+        "qmp(vm: Machine, cmd: String) -> Map",
+        "Sends a QMP command; returns the whole reply.",
+    )
+    .register_into_engine(e, move |vm: &mut MachineRef, c: &str| {
+        qmp(vm, c, &Dynamic::UNIT, true)
+    });
+    func(
+        "qmp(vm: Machine, cmd: String, args: Map) -> Map",
+        "Sends a QMP command with arguments; returns the whole reply.",
+    )
+    .register_into_engine(e, move |vm: &mut MachineRef, c: &str, a: Dynamic| {
+        qmp(vm, c, &a, true)
+    });
+    func(
+        "qmp(vm: Machine, cmd: String, args: Map, conv_keys: bool) -> Map",
+        "qmp() where conv_keys=false keeps '_' in argument keys.",
+    )
+    .register_into_engine(
+        e,
+        move |vm: &mut MachineRef, c: &str, a: Dynamic, k: bool| qmp(vm, c, &a, k),
+    );
+    func(
+        "command(vm: Machine, cmd: String) -> any",
+        "Sends a QMP command; returns its `return` value; MonitorResponseError on an error reply.",
+    )
+    .register_into_engine(e, move |vm: &mut MachineRef, c: &str| {
+        command(vm, c, &Dynamic::UNIT, true)
+    });
+    func(
+        "command(vm: Machine, cmd: String, args: Map) -> any",
+        "command() with arguments ('_' in keys becomes '-').",
+    )
+    .register_into_engine(e, move |vm: &mut MachineRef, c: &str, a: Dynamic| {
+        command(vm, c, &a, true)
+    });
+    func(
+        "command(vm: Machine, cmd: String, args: Map, conv_keys: bool) -> any",
+        "command() where conv_keys=false keeps '_' in argument keys.",
+    )
+    .register_into_engine(
+        e,
+        move |vm: &mut MachineRef, c: &str, a: Dynamic, k: bool| command(vm, c, &a, k),
+    );
+    func(
+        "hmp(vm: Machine, command_line: String) -> String",
+        "Runs an HMP command through human-monitor-command; returns its text.",
+    )
+    .register_into_engine(e, |vm: &mut MachineRef, c: &str| vm.with(|m| m.hmp(c)));
+}
+
+fn register_events(e: &mut Engine) {
+    let one = |vm: &MachineRef, w: EventWait| vm.with(|m| m.get_qmp_event(w)).map(json_or_unit);
+    let all = |vm: &MachineRef, w: EventWait| {
+        vm.with(|m| m.get_qmp_events(w))
+            .map(|evs| evs.iter().map(convert::from_json).collect::<Array>())
+    };
+    func(
+        "get_qmp_event(vm: Machine) -> Map",
+        "The next queued event, or ().",
+    )
+    .register_into_engine(e, move |vm: &mut MachineRef| one(vm, EventWait::No));
+    func(
+        "get_qmp_event(vm: Machine, wait: bool) -> Map",
+        "The next event; `wait` is true (until one comes), false, or seconds.",
+    )
+    .register_into_engine(e, move |vm: &mut MachineRef, w: Dynamic| {
+        one(vm, event_wait_arg(&w)?)
+    });
+    func(
+        "get_qmp_events(vm: Machine) -> Array",
+        "Every queued event.",
+    )
+    .register_into_engine(e, move |vm: &mut MachineRef| all(vm, EventWait::No));
+    func(
+        "get_qmp_events(vm: Machine, wait: bool) -> Array",
+        "Every queued event, first waiting for one (true or seconds) when none is queued.",
+    )
+    .register_into_engine(e, move |vm: &mut MachineRef, w: Dynamic| {
+        all(vm, event_wait_arg(&w)?)
+    });
+    func("clear_events(vm: Machine)", "Drops every queued event.").register_into_engine(
+        e,
+        |vm: &mut MachineRef| {
+            vm.with(|m| {
+                m.clear_events();
+                Ok(())
+            })
+        },
+    );
+    let wait = |vm: &MachineRef, name: &str, t: Duration, filter: Option<Value>| {
+        vm.with(|m| m.event_wait(name, t, filter.as_ref()))
+            .map(json_or_unit)
+    };
+    func(
+        "event_wait(vm: Machine, name: String) -> Map",
+        "Waits up to 60s for event `name`; Timeout otherwise.",
+    )
+    .register_into_engine(e, move |vm: &mut MachineRef, n: &str| {
+        wait(vm, n, DEFAULT_WAIT, None)
+    });
+    func(
+        "event_wait(vm: Machine, name: String, timeout: secs) -> Map",
+        "Waits up to `timeout` for event `name`; timeout 0 returns () when none is queued.",
+    )
+    .register_into_engine(e, move |vm: &mut MachineRef, n: &str, t: Dynamic| {
+        wait(vm, n, args::secs(&t, "timeout")?, None)
+    });
+    func(
+        "event_wait(vm: Machine, name: String, timeout: secs, match: Map) -> Map",
+        "Waits for event `name` matching `match` (see event_match); others stay queued in order.",
+    )
+    .register_into_engine(
+        e,
+        move |vm: &mut MachineRef, n: &str, t: Dynamic, f: Dynamic| {
+            let filter = if f.is_unit() {
+                None
+            } else {
+                Some(json(&f, "match")?)
+            };
+            wait(vm, n, args::secs(&t, "timeout")?, filter)
+        },
+    );
+    let many = |vm: &MachineRef, pairs: &Array, t: Duration| {
+        let pairs = event_pairs(pairs)?;
+        vm.with(|m| m.events_wait(&pairs, t)).map(json_or_unit)
+    };
+    func(
+        "events_wait(vm: Machine, events: Array) -> Map",
+        "Waits up to 60s for the first event matching any [name, match] pair.",
+    )
+    .register_into_engine(e, move |vm: &mut MachineRef, p: Array| {
+        many(vm, &p, DEFAULT_WAIT)
+    });
+    func(
+        "events_wait(vm: Machine, events: Array, timeout: secs) -> Map",
+        "Waits up to `timeout` for the first event matching any [name, match] pair.",
+    )
+    .register_into_engine(e, move |vm: &mut MachineRef, p: Array, t: Dynamic| {
+        many(vm, &p, args::secs(&t, "timeout")?)
+    });
+}

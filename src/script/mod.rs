@@ -1,0 +1,191 @@
+//! The Rhai bindings: the script API of `API.md` over [`crate::machine`],
+//! and running one script file from start to cleanup.
+//!
+//! Knows nothing of test discovery or reports (that is `runner`). Start
+//! with [`run_file`], which compiles a script, runs it under a [`Run`]
+//! (temp dir, artifacts, machine registry) with a [`Watchdog`] for its
+//! timeout, and returns an [`Outcome`]. The bindings themselves live in
+//! [`machine_api`] (the `Machine` type), [`console_api`] (the console) and
+//! [`host`] (the helpers); [`errors`] decides how errors look, [`convert`] converts
+//! between Rhai and JSON values, and [`docs`] carries the doc comments that
+//! `vmscript doc` prints.
+
+pub mod args;
+pub mod cancel;
+pub mod console_api;
+pub mod convert;
+pub mod docs;
+pub mod errors;
+pub mod host;
+pub mod machine_api;
+pub mod run;
+
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use rhai::module_resolvers::{FileModuleResolver, ModuleResolversCollection};
+use rhai::{Dynamic, Engine, AST};
+
+pub use cancel::{Cancel, Reason, Watchdog};
+pub use errors::Failure;
+pub use run::{MachineLogs, QemuBinary, QemuSource, Run, RunConfig, RunReport};
+
+/// How a script ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Status {
+    /// It ran to its end.
+    Passed,
+    /// An uncaught error, a timeout or a signal ended it.
+    Failed(Failure),
+    /// It called `skip(reason)`.
+    Skipped(String),
+}
+
+/// A finished script run.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub status: Status,
+    pub duration: Duration,
+    /// Logs and captured output, for the report.
+    pub report: RunReport,
+}
+
+/// A Rhai engine with the whole script API registered for `run`.
+pub fn engine(run: &Rc<Run>) -> Engine {
+    let mut engine = Engine::new();
+    let r = run.clone();
+    engine.on_print(move |s| r.print(s));
+    let r = run.clone();
+    engine.on_debug(move |s, _, _| r.print(s));
+    let c = run.cancel().clone();
+    engine.on_progress(move |_| {
+        if !c.is_cancelled() {
+            return None;
+        }
+        c.reason()
+            .map(|r| Dynamic::from_map(errors::error_map(r.kind(), r.message(), Vec::new())))
+    });
+    engine.set_module_resolver(module_resolver(&run.config().lib_dirs));
+    machine_api::register(&mut engine, run);
+    host::register(&mut engine, run);
+    engine
+}
+
+/// `import` looks in the importing script's folder, then each `--lib`
+/// folder, then each `$VMSCRIPT_PATH` entry.
+fn module_resolver(lib_dirs: &[PathBuf]) -> ModuleResolversCollection {
+    let mut c = ModuleResolversCollection::new();
+    c.push(FileModuleResolver::new());
+    for d in lib_dirs {
+        c.push(FileModuleResolver::new_with_path(d));
+    }
+    if let Some(p) = std::env::var_os("VMSCRIPT_PATH") {
+        for d in std::env::split_paths(&p).filter(|d| !d.as_os_str().is_empty()) {
+            c.push(FileModuleResolver::new_with_path(d));
+        }
+    }
+    c
+}
+
+/// Compiles `path`; a syntax error is reported at its position.
+pub fn compile(engine: &Engine, path: &Path) -> Result<AST, Box<Failure>> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Failure::plain(&shown, "HostError", format!("reading the script: {e}")))?;
+    let mut ast = engine.compile(&text).map_err(|e| Failure {
+        file: shown.clone(),
+        line: e.1.line(),
+        column: e.1.position(),
+        kind: "SyntaxError".into(),
+        message: e.0.to_string(),
+        value: None,
+        context: Vec::new(),
+    })?;
+    ast.set_source(shown);
+    Ok(ast)
+}
+
+/// Compiles `path` without running it (`vmscript check`).
+pub fn check_file(path: &Path) -> Result<(), Box<Failure>> {
+    compile(&Engine::new(), path).map(|_| ())
+}
+
+/// Runs one script to its end and releases everything it made.
+pub fn run_file(config: RunConfig, cancel: Cancel) -> Outcome {
+    let start = Instant::now();
+    let shown = config.script.display().to_string();
+    let timeout = config.timeout;
+    let script = config.script.clone();
+    let outcome = |status, report| Outcome {
+        status,
+        duration: start.elapsed(),
+        report,
+    };
+    let run = match Run::new(config, cancel.clone()) {
+        Ok(r) => Rc::new(r),
+        Err(e) => {
+            let f = Failure::plain(&shown, "HostError", format!("creating the temp dir: {e}"));
+            return outcome(Status::Failed(f), RunReport::default());
+        }
+    };
+    let watchdog = match Watchdog::start(&cancel, timeout) {
+        Ok(w) => w,
+        Err(e) => {
+            let f = Failure::plain(&shown, "HostError", format!("starting the watchdog: {e}"));
+            return outcome(Status::Failed(f), run.finish());
+        }
+    };
+    let engine = engine(&run);
+    let result = compile(&engine, &script).and_then(|ast| {
+        engine
+            .run_ast(&ast)
+            .map_err(|e| Box::new(Failure::from_eval(&e, &shown)))
+    });
+    drop(engine);
+    let report = run.finish();
+    drop(watchdog);
+    let status = match result {
+        Ok(()) => Status::Passed,
+        Err(f) if f.kind == errors::SKIPPED => Status::Skipped(f.message),
+        Err(f) => {
+            let mut f = *f;
+            if let Some(r) = cancel.reason() {
+                if f.kind != r.kind() || f.message != r.message() {
+                    f.context.push(format!(
+                        "the script saw it as {}: {}",
+                        f.kind,
+                        first_line(&f.message)
+                    ));
+                    f.kind = r.kind().to_string();
+                    f.message = r.message();
+                }
+            }
+            Status::Failed(f)
+        }
+    };
+    outcome(status, report)
+}
+
+fn first_line(text: &str) -> &str {
+    text.lines().next().unwrap_or("")
+}
+
+/// The reference of every registered function, from the engine's metadata.
+pub fn reference() -> std::io::Result<Vec<docs::Entry>> {
+    let artifacts = tempfile::tempdir()?;
+    let run = Rc::new(Run::new(
+        RunConfig {
+            script: "doc".into(),
+            artifacts: artifacts.path().to_path_buf(),
+            timeout: Duration::from_secs(1),
+            qemu: QemuBinary::resolve(None),
+            params: Default::default(),
+            capture: true,
+            lib_dirs: Vec::new(),
+        },
+        Cancel::new(),
+    )?);
+    let engine = engine(&run);
+    Ok(docs::reference(&engine))
+}

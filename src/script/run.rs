@@ -1,0 +1,487 @@
+//! One run of one script: what it owns and the guarantee that it is all
+//! released when the script ends, however it ends.
+//!
+//! A [`Run`] holds the script's temp dir (0700, removed at the end), its
+//! artifacts dir (logs, kept or not by the runner), the default QEMU
+//! binary, the `KEY=VALUE` params, the descriptors opened by `open_fd`, the
+//! captured `print`/`log` output, and a registry of every machine the
+//! script made. [`Run::finish`] shuts down each machine still running
+//! (a short graceful attempt, then SIGKILL; at once when the run was
+//! cancelled), closes the descriptors and removes the temp dir. The
+//! [`Cancel`] token lets the watchdog and the signal handler stop it.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, VecDeque};
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use crate::machine::{self, Machine, MachineOptions};
+
+use super::cancel::Cancel;
+use super::errors::{self, ScriptResult};
+
+/// How long a machine left running at the end gets to quit by itself.
+const FINAL_GRACE: Duration = Duration::from_secs(1);
+/// How many lines of captured output are kept for the report.
+const CAPTURE_LINES: usize = 2000;
+
+/// Where the default QEMU binary came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QemuSource {
+    /// `--qemu BINARY`.
+    Flag,
+    /// `$VMSCRIPT_QEMU`.
+    Env,
+    /// `qemu-system-<host arch>` in `$PATH`.
+    Default,
+}
+
+/// The QEMU binary `machine()` uses when given none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QemuBinary {
+    pub path: PathBuf,
+    pub source: QemuSource,
+}
+
+impl QemuBinary {
+    /// `flag` (from `--qemu`), else `$VMSCRIPT_QEMU`, else
+    /// `qemu-system-<host arch>`.
+    pub fn resolve(flag: Option<PathBuf>) -> QemuBinary {
+        if let Some(path) = flag {
+            return QemuBinary {
+                path,
+                source: QemuSource::Flag,
+            };
+        }
+        match std::env::var_os("VMSCRIPT_QEMU").filter(|v| !v.is_empty()) {
+            Some(v) => QemuBinary {
+                path: v.into(),
+                source: QemuSource::Env,
+            },
+            None => QemuBinary {
+                path: format!("qemu-system-{}", std::env::consts::ARCH).into(),
+                source: QemuSource::Default,
+            },
+        }
+    }
+
+    /// Whether the binary was chosen by the user (`--qemu` or the
+    /// environment) rather than defaulted.
+    pub fn is_explicit(&self) -> bool {
+        self.source != QemuSource::Default
+    }
+
+    /// The binary's full path, or one line saying what was tried and how
+    /// to choose another.
+    pub fn locate(&self) -> Result<PathBuf, String> {
+        let shown = self.path.display();
+        let how = "pass --qemu BINARY or set VMSCRIPT_QEMU";
+        let from = match self.source {
+            QemuSource::Flag => "given with --qemu",
+            QemuSource::Env => "from $VMSCRIPT_QEMU",
+            QemuSource::Default => "the default for this host",
+        };
+        if self.path.components().count() > 1 || self.path.is_absolute() {
+            use std::os::unix::fs::PermissionsExt;
+            return match self.path.metadata() {
+                Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => {
+                    Ok(self.path.clone())
+                }
+                Ok(_) => Err(format!(
+                    "QEMU binary {shown} ({from}) is not an executable file; {how}"
+                )),
+                Err(_) => Err(format!(
+                    "QEMU binary {shown} ({from}) does not exist; {how}"
+                )),
+            };
+        }
+        machine::which(&self.path.to_string_lossy())
+            .ok_or_else(|| format!("QEMU binary {shown} ({from}) not found in $PATH; {how}"))
+    }
+}
+
+/// What a run is given.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// The script file.
+    pub script: PathBuf,
+    /// The folder for logs; must exist.
+    pub artifacts: PathBuf,
+    /// How long the script may run.
+    pub timeout: Duration,
+    /// The default QEMU binary.
+    pub qemu: QemuBinary,
+    /// `KEY=VALUE` pairs for `param()`.
+    pub params: BTreeMap<String, String>,
+    /// Keep `print`/`log` output for the report (else: to stdout).
+    pub capture: bool,
+    /// Extra module folders (`--lib`).
+    pub lib_dirs: Vec<PathBuf>,
+}
+
+/// A machine's logs, for the failure report.
+#[derive(Debug, Clone)]
+pub struct MachineLogs {
+    pub name: String,
+    pub qemu_log: PathBuf,
+    pub console_log: Option<PathBuf>,
+}
+
+/// What is left of a run once it has finished.
+#[derive(Debug, Clone, Default)]
+pub struct RunReport {
+    /// Every launched machine's logs.
+    pub machines: Vec<MachineLogs>,
+    /// The captured `print`/`log` lines (the last ones).
+    pub output: Vec<String>,
+    /// Cleanup problems (a machine that would not die, a temp dir that
+    /// would not go).
+    pub problems: Vec<String>,
+}
+
+/// `print` and `log` output: captured for the report or sent to stdout,
+/// and always written to `script.log` in the artifacts.
+struct Output {
+    capture: bool,
+    start: Instant,
+    lines: RefCell<VecDeque<String>>,
+    file: RefCell<Option<File>>,
+}
+
+impl Output {
+    fn line(&self, line: String) {
+        if let Some(f) = self.file.borrow_mut().as_mut() {
+            let _ = writeln!(f, "{line}");
+        }
+        if self.capture {
+            let mut lines = self.lines.borrow_mut();
+            for l in line.lines() {
+                if lines.len() == CAPTURE_LINES {
+                    lines.pop_front();
+                }
+                lines.push_back(l.to_string());
+            }
+        } else {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{line}");
+            let _ = out.flush();
+        }
+    }
+}
+
+/// One script run; see the module documentation.
+pub struct Run {
+    config: RunConfig,
+    temp: RefCell<Option<tempfile::TempDir>>,
+    temp_path: PathBuf,
+    cancel: Cancel,
+    deadline: Instant,
+    machines: RefCell<Vec<Rc<RefCell<Machine>>>>,
+    next_vm: Cell<usize>,
+    fds: RefCell<BTreeMap<i32, OwnedFd>>,
+    output: Output,
+}
+
+impl std::fmt::Debug for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Run")
+            .field("script", &self.config.script)
+            .field("temp_dir", &self.temp_path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Run {
+    /// Makes the run's temp dir and opens its log.
+    pub fn new(config: RunConfig, cancel: Cancel) -> std::io::Result<Run> {
+        use std::os::unix::fs::PermissionsExt;
+        let temp = tempfile::Builder::new()
+            .prefix("vmscript-run-")
+            .permissions(std::fs::Permissions::from_mode(0o700))
+            .tempdir()?;
+        let temp_path = temp.path().to_path_buf();
+        let file = File::create(config.artifacts.join("script.log")).ok();
+        let now = Instant::now();
+        Ok(Run {
+            output: Output {
+                capture: config.capture,
+                start: now,
+                lines: RefCell::default(),
+                file: RefCell::new(file),
+            },
+            deadline: now + config.timeout,
+            config,
+            temp: RefCell::new(Some(temp)),
+            temp_path,
+            cancel,
+            machines: RefCell::default(),
+            next_vm: Cell::new(0),
+            fds: RefCell::default(),
+        })
+    }
+
+    /// The run's configuration.
+    pub fn config(&self) -> &RunConfig {
+        &self.config
+    }
+
+    /// The run's cancellation token.
+    pub fn cancel(&self) -> &Cancel {
+        &self.cancel
+    }
+
+    /// The script's own temp dir.
+    pub fn temp_dir(&self) -> &Path {
+        &self.temp_path
+    }
+
+    /// Where logs go.
+    pub fn artifacts(&self) -> &Path {
+        &self.config.artifacts
+    }
+
+    /// A `KEY=VALUE` param.
+    pub fn param(&self, key: &str) -> Option<&str> {
+        self.config.params.get(key).map(String::as_str)
+    }
+
+    /// The time left before the run's timeout (the default for waits that
+    /// `QEMUMachine` leaves unbounded).
+    pub fn remaining(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+
+    /// Fails when the run was cancelled.
+    pub fn check_cancelled(&self) -> ScriptResult<()> {
+        match self.cancel.reason() {
+            Some(r) => Err(errors::terminated(r.kind(), r.message())),
+            None => Ok(()),
+        }
+    }
+
+    /// Sleeps, waking early (with the cancellation error) when cancelled.
+    pub fn sleep(&self, d: Duration) -> ScriptResult<()> {
+        self.cancel
+            .sleep(d)
+            .map_err(|r| errors::terminated(r.kind(), r.message()))
+    }
+
+    /// `print` output.
+    pub fn print(&self, text: &str) {
+        self.output.line(text.to_string());
+    }
+
+    /// `log` output: timestamped with the time since the run started.
+    pub fn log(&self, text: &str) {
+        let t = self.output.start.elapsed().as_secs_f64();
+        self.output.line(format!("[{t:9.3}s] {text}"));
+    }
+
+    /// Machine options with this run's defaults: the default binary (or
+    /// `binary`), the name `vmN`, the temp dir, the artifacts dir as the
+    /// log dir, and a QMP transcript.
+    pub fn machine_options(&self, binary: Option<&str>) -> ScriptResult<MachineOptions> {
+        let binary = match binary {
+            Some(b) => PathBuf::from(b),
+            None => self.config.qemu.locate().map_err(errors::misuse)?,
+        };
+        let n = self.next_vm.get();
+        self.next_vm.set(n + 1);
+        let mut opts = MachineOptions::new(binary);
+        opts.name = Some(format!("vm{n}"));
+        opts.base_temp_dir = Some(self.temp_path.clone());
+        opts.log_dir = Some(self.config.artifacts.clone());
+        opts.qmp_transcript = true;
+        Ok(opts)
+    }
+
+    /// Makes a machine and registers it for cleanup and cancellation.
+    pub fn add_machine(&self, opts: MachineOptions) -> ScriptResult<Rc<RefCell<Machine>>> {
+        let m = Machine::new(opts).map_err(errors::machine_error)?;
+        self.cancel.register(m.kill_handle());
+        let m = Rc::new(RefCell::new(m));
+        self.machines.borrow_mut().push(m.clone());
+        Ok(m)
+    }
+
+    /// Opens `path` (`"r"`, `"w"` or `"rw"`) and keeps the descriptor until
+    /// `close_fd` or the end of the run.
+    pub fn open_fd(&self, path: &str, mode: &str) -> ScriptResult<i32> {
+        let mut o = std::fs::OpenOptions::new();
+        match mode {
+            "r" => o.read(true),
+            "w" => o.write(true).create(true).truncate(true),
+            "rw" => o.read(true).write(true).create(true),
+            m => {
+                return Err(errors::host(format!(
+                    "open_fd: mode {m:?} is not one of \"r\", \"w\", \"rw\""
+                )))
+            }
+        };
+        let f = o
+            .open(path)
+            .map_err(|e| errors::host(format!("open_fd: opening {path}: {e}")))?;
+        let fd = OwnedFd::from(f);
+        let raw = fd.as_raw_fd();
+        self.fds.borrow_mut().insert(raw, fd);
+        Ok(raw)
+    }
+
+    /// Closes a descriptor from `open_fd`.
+    pub fn close_fd(&self, fd: i32) -> ScriptResult<()> {
+        match self.fds.borrow_mut().remove(&fd) {
+            Some(_) => Ok(()),
+            None => Err(errors::host(format!(
+                "close_fd: {fd} is not a descriptor from open_fd (or it is closed already)"
+            ))),
+        }
+    }
+
+    /// Whether `fd` is open in this process.
+    pub fn fd_is_open(fd: i32) -> bool {
+        // SAFETY: F_GETFD only inspects the descriptor table.
+        fd >= 0 && unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0
+    }
+
+    /// Releases everything: every machine still running is shut down
+    /// (killed at once if the run was cancelled), descriptors are closed,
+    /// the temp dir is removed. Idempotent.
+    pub fn finish(&self) -> RunReport {
+        let mut report = RunReport::default();
+        let hard = self.cancel.is_cancelled();
+        for m in self.machines.borrow_mut().drain(..) {
+            let Ok(mut m) = m.try_borrow_mut() else {
+                report
+                    .problems
+                    .push("a machine was still in use at the end of the run".into());
+                continue;
+            };
+            if hard {
+                m.kill();
+            } else if let Err(e) = m.shutdown(false, FINAL_GRACE) {
+                if !matches!(e, machine::Error::AbnormalShutdown { .. }) {
+                    report
+                        .problems
+                        .push(format!("shutting down {}: {e}", m.name()));
+                }
+            }
+            if !m.log_dir().as_os_str().is_empty() {
+                let console = m.console_log_path();
+                report.machines.push(MachineLogs {
+                    name: m.name().to_string(),
+                    qemu_log: m.log_path(),
+                    console_log: console.exists().then_some(console),
+                });
+            }
+        }
+        self.fds.borrow_mut().clear();
+        if let Some(t) = self.temp.borrow_mut().take() {
+            let path = t.path().display().to_string();
+            if let Err(e) = t.close() {
+                report.problems.push(format!("removing {path}: {e}"));
+            }
+        }
+        if let Some(mut f) = self.output.file.borrow_mut().take() {
+            let _ = f.flush();
+        }
+        report.output = self.output.lines.borrow_mut().drain(..).collect();
+        report
+    }
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(dir: &Path) -> RunConfig {
+        RunConfig {
+            script: dir.join("t.rhai"),
+            artifacts: dir.to_path_buf(),
+            timeout: Duration::from_secs(5),
+            qemu: QemuBinary {
+                path: "/bin/true".into(),
+                source: QemuSource::Flag,
+            },
+            params: BTreeMap::new(),
+            capture: true,
+            lib_dirs: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn missing_binaries_are_one_line_naming_the_path_and_the_fix() {
+        let q = QemuBinary {
+            path: "/nonexistent/qemu-system-x86_64".into(),
+            source: QemuSource::Flag,
+        };
+        let e = q.locate().unwrap_err();
+        assert!(!e.contains('\n'));
+        assert!(e.contains("/nonexistent/qemu-system-x86_64"), "{e}");
+        assert!(e.contains("--qemu"), "{e}");
+        assert!(e.contains("VMSCRIPT_QEMU"), "{e}");
+        let q = QemuBinary {
+            path: "no-such-qemu-binary".into(),
+            source: QemuSource::Default,
+        };
+        assert!(q.locate().unwrap_err().contains("$PATH"));
+    }
+
+    #[test]
+    fn the_temp_dir_is_private_and_removed_at_the_end() {
+        use std::os::unix::fs::PermissionsExt;
+        let art = tempfile::tempdir().unwrap();
+        let run = Run::new(config(art.path()), Cancel::new()).unwrap();
+        let temp = run.temp_dir().to_path_buf();
+        let mode = temp.metadata().unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        std::fs::write(temp.join("x"), "y").unwrap();
+        run.finish();
+        assert!(!temp.exists());
+    }
+
+    #[test]
+    fn fds_are_closed_at_the_end() {
+        let art = tempfile::tempdir().unwrap();
+        let run = Run::new(config(art.path()), Cancel::new()).unwrap();
+        let path = run.temp_dir().join("f");
+        let fd = run.open_fd(path.to_str().unwrap(), "w").unwrap();
+        assert!(Run::fd_is_open(fd));
+        run.finish();
+        assert!(!Run::fd_is_open(fd));
+    }
+
+    #[test]
+    fn machines_are_named_per_run() {
+        let art = tempfile::tempdir().unwrap();
+        let run = Run::new(config(art.path()), Cancel::new()).unwrap();
+        let a = run.machine_options(None).unwrap();
+        let b = run.machine_options(Some("/bin/false")).unwrap();
+        assert_eq!(a.name.as_deref(), Some("vm0"));
+        assert_eq!(b.name.as_deref(), Some("vm1"));
+        assert_eq!(a.log_dir.as_deref(), Some(art.path()));
+        assert!(a.qmp_transcript);
+    }
+
+    #[test]
+    fn log_lines_are_timestamped_and_captured() {
+        let art = tempfile::tempdir().unwrap();
+        let run = Run::new(config(art.path()), Cancel::new()).unwrap();
+        run.print("plain");
+        run.log("hello");
+        let r = run.finish();
+        assert_eq!(r.output[0], "plain");
+        assert!(r.output[1].starts_with('[') && r.output[1].ends_with("s] hello"));
+        let log = std::fs::read_to_string(art.path().join("script.log")).unwrap();
+        assert!(log.contains("hello"));
+    }
+}

@@ -1,0 +1,455 @@
+//! The `vmscript` binary on small scripts against real QEMU: the API self
+//! test, error reports, the cleanup guarantee under errors, timeouts and
+//! SIGTERM, and the `check` and `doc` commands.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const VMSCRIPT: &str = env!("CARGO_BIN_EXE_vmscript");
+
+/// A temp folder holding the scripts of one test, also used as `$TMPDIR`
+/// so that whatever vmscript leaves behind shows up there.
+struct World {
+    dir: tempfile::TempDir,
+}
+
+impl World {
+    fn new() -> World {
+        World {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn script(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.path().join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    fn tmp(&self) -> PathBuf {
+        let t = self.path().join("tmp");
+        std::fs::create_dir_all(&t).unwrap();
+        t
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(VMSCRIPT);
+        c.args(args)
+            .current_dir(self.path())
+            .env("TMPDIR", self.tmp())
+            .env_remove("VMSCRIPT_QEMU")
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().unwrap()
+    }
+
+    /// What is left in `$TMPDIR`, artifacts folders aside.
+    fn leftovers(&self) -> Vec<String> {
+        std::fs::read_dir(self.tmp())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with("vmscript-artifacts-"))
+            .collect()
+    }
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The pids a script printed as `pid N`.
+fn printed_pids(text: &str) -> Vec<i32> {
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("pid "))
+        .map(|p| p.trim().parse().unwrap())
+        .collect()
+}
+
+/// Whether `pid` is a running QEMU.
+fn is_qemu(pid: i32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| String::from_utf8_lossy(&c).contains("qemu"))
+        .unwrap_or(false)
+}
+
+/// Every unix socket file below `dir`.
+fn sockets_below(dir: &Path) -> Vec<PathBuf> {
+    use std::os::unix::fs::FileTypeExt;
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let ty = e.file_type().unwrap();
+            if ty.is_dir() {
+                stack.push(e.path());
+            } else if ty.is_socket() {
+                out.push(e.path());
+            }
+        }
+    }
+    out
+}
+
+const THREE_MACHINES: &str = r#"
+for i in 0..3 {
+    let vm = machine();
+    vm.add_args("-M", "none");
+    vm.launch();
+    print(`pid ${vm.get_pid()}`);
+}
+"#;
+
+#[test]
+fn the_api_self_test_passes() {
+    let w = World::new();
+    let api = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/examples/api.rhai");
+    let o = w.run(&["run", api.to_str().unwrap(), "--", "api_param=42"]);
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    assert!(
+        stdout(&o).ends_with("1 passed, 0 failed, 0 skipped\n"),
+        "{}",
+        stdout(&o)
+    );
+}
+
+#[test]
+fn an_uncaught_error_reports_file_line_column_kind_and_message() {
+    let w = World::new();
+    w.script(
+        "t.rhai",
+        "let vm = machine();\nvm.add_args(\"-M\", \"none\");\nvm.launch();\n   vm.command(\"no-such-command\");\n",
+    );
+    let o = w.run(&["run", "t.rhai"]);
+    assert_eq!(o.status.code(), Some(1));
+    let out = stdout(&o);
+    assert!(out.starts_with("FAIL t.rhai ("), "{out}");
+    assert!(
+        out.contains("\n    t.rhai:4:7: MonitorResponseError: no-such-command: CommandNotFound: The command no-such-command has not been found\n"),
+        "{out}"
+    );
+    assert!(out.contains("artifacts: "), "{out}");
+    assert!(out.ends_with("0 passed, 1 failed, 0 skipped\n"), "{out}");
+}
+
+#[test]
+fn errors_inside_functions_point_into_the_function() {
+    let w = World::new();
+    w.script(
+        "t.rhai",
+        "fn check(x) {\n    assert_eq(x, 2, \"x is two\");\n}\ncheck(1);\n",
+    );
+    let out = stdout(&w.run(&["run", "t.rhai"]));
+    assert!(
+        out.contains("    t.rhai:2:5: AssertionFailed: x is two\n"),
+        "{out}"
+    );
+    assert!(out.contains("      left: 1\n     right: 2\n"), "{out}");
+    assert!(
+        out.contains("in function check called at t.rhai:4:1"),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_throw_with_three_machines_running_leaves_no_qemu_socket_or_temp_dir() {
+    let w = World::new();
+    w.script("t.rhai", &format!("{THREE_MACHINES}\nthrow \"boom\";\n"));
+    let o = w.run(&["run", "t.rhai"]);
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(out.contains("t.rhai:9:1: ScriptError: boom"), "{out}");
+    let pids = printed_pids(&out);
+    assert_eq!(pids.len(), 3, "{out}");
+    for p in pids {
+        assert!(!is_qemu(p), "QEMU {p} outlived the script");
+    }
+    assert_eq!(w.leftovers(), Vec::<String>::new());
+    assert_eq!(sockets_below(&w.tmp()), Vec::<PathBuf>::new());
+    // The logs stay with the artifacts of the failed test.
+    let art = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("artifacts: "))
+        .unwrap();
+    for vm in ["vm0", "vm1", "vm2"] {
+        assert!(Path::new(art).join(format!("{vm}.log")).exists());
+        assert!(Path::new(art).join(format!("{vm}.qmp.jsonl")).exists());
+    }
+}
+
+#[test]
+fn a_passing_test_leaves_nothing_behind() {
+    let w = World::new();
+    w.script("t.rhai", THREE_MACHINES);
+    let o = w.run(&["run", "t.rhai"]);
+    assert!(o.status.success(), "{}", stdout(&o));
+    let entries: Vec<_> = std::fs::read_dir(w.tmp()).unwrap().collect();
+    assert!(entries.is_empty(), "{entries:?}");
+}
+
+#[test]
+fn the_timeout_stops_a_pure_rhai_loop() {
+    let w = World::new();
+    w.script("t.rhai", "let n = 0;\nloop { n += 1; }\n");
+    let start = Instant::now();
+    let o = w.run(&["run", "--timeout", "2", "t.rhai"]);
+    assert!(start.elapsed() < Duration::from_secs(10));
+    assert_eq!(o.status.code(), Some(1));
+    let out = stdout(&o);
+    assert!(
+        out.contains(": Timeout: the test timed out after 2s"),
+        "{out}"
+    );
+}
+
+#[test]
+fn the_timeout_stops_a_blocking_event_wait() {
+    let w = World::new();
+    w.script(
+        "t.rhai",
+        &format!("{THREE_MACHINES}\nlet vm = machine();\nvm.add_args(\"-M\", \"none\");\nvm.launch();\nprint(`pid ${{vm.get_pid()}}`);\nvm.event_wait(\"NEVER\", 60);\n"),
+    );
+    let start = Instant::now();
+    let o = w.run(&["run", "--timeout", "2", "t.rhai"]);
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        start.elapsed()
+    );
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("t.rhai:13:4: Timeout: the test timed out after 2s"),
+        "{out}"
+    );
+    for p in printed_pids(&out) {
+        assert!(!is_qemu(p), "QEMU {p} outlived the script");
+    }
+    assert_eq!(w.leftovers(), Vec::<String>::new());
+}
+
+#[test]
+fn the_timeout_stops_sleep_wait_until_and_run_host() {
+    let w = World::new();
+    w.script("a.rhai", "sleep(60);\n");
+    w.script("b.rhai", "wait_until(|| false, 60);\n");
+    w.script("c.rhai", "run_host([\"sleep\", \"60\"]);\n");
+    let start = Instant::now();
+    let o = w.run(&["run", "--timeout", "1", "."]);
+    assert!(
+        start.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        start.elapsed()
+    );
+    let out = stdout(&o);
+    assert_eq!(
+        out.matches("Timeout: the test timed out after 1s").count(),
+        3,
+        "{out}"
+    );
+    assert!(out.ends_with("0 passed, 3 failed, 0 skipped\n"), "{out}");
+}
+
+#[test]
+fn sigterm_to_vmscript_leaves_no_qemu() {
+    let w = World::new();
+    w.script(
+        "t.rhai",
+        &format!("{THREE_MACHINES}\nprint(\"ready\");\nsleep(60);\n"),
+    );
+    let mut child = w
+        .command(&["run", "--no-capture", "t.rhai"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut pids = Vec::new();
+    for l in lines.by_ref() {
+        let l = l.unwrap();
+        if l == "ready" {
+            break;
+        }
+        pids.extend(printed_pids(&l));
+    }
+    assert_eq!(pids.len(), 3);
+    assert!(pids.iter().all(|&p| is_qemu(p)));
+    let start = Instant::now();
+    // SAFETY: signals our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    let status = child.wait().unwrap();
+    assert!(start.elapsed() < Duration::from_secs(10));
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{rest:?}");
+    assert!(rest.iter().any(|l| l.contains("Interrupted")), "{rest:?}");
+    for p in pids {
+        assert!(!is_qemu(p), "QEMU {p} outlived vmscript");
+    }
+    assert_eq!(w.leftovers(), Vec::<String>::new());
+}
+
+#[test]
+fn check_reports_a_syntax_error_position() {
+    let w = World::new();
+    w.script("good.rhai", "let x = 1;\n");
+    w.script("bad.rhai", "let x = 1;\nlet y = (x + ;\n");
+    let o = w.run(&["check", "."]);
+    assert_eq!(o.status.code(), Some(1));
+    let out = stdout(&o);
+    assert!(out.contains("bad.rhai:2:14: SyntaxError: "), "{out}");
+    assert!(!out.contains("good.rhai"), "{out}");
+    assert!(w.run(&["check", "good.rhai"]).status.success());
+}
+
+#[test]
+fn a_missing_qemu_binary_is_one_clear_line() {
+    let w = World::new();
+    w.script("t.rhai", "machine();\n");
+    let o = w.run(&["run", "--qemu", "/nonexistent/qemu-system-x86_64", "t.rhai"]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr(&o);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("/nonexistent/qemu-system-x86_64"), "{err}");
+    assert!(
+        err.contains("--qemu") && err.contains("VMSCRIPT_QEMU"),
+        "{err}"
+    );
+
+    let o = w
+        .command(&["run", "t.rhai"])
+        .env("VMSCRIPT_QEMU", "/nonexistent/qemu-from-env")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr(&o);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("/nonexistent/qemu-from-env"), "{err}");
+
+    // Without --qemu or $VMSCRIPT_QEMU, the default is looked up when a
+    // script asks for a machine.
+    let o = w
+        .command(&["run", "t.rhai"])
+        .env("PATH", "/nonexistent")
+        .output()
+        .unwrap();
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("t.rhai:1:1: QEMUMachineError: QEMU binary qemu-system-"),
+        "{out}"
+    );
+    assert!(
+        out.contains("not found in $PATH; pass --qemu BINARY or set VMSCRIPT_QEMU"),
+        "{out}"
+    );
+}
+
+#[test]
+fn doc_lists_every_function_with_its_signature_and_doc() {
+    let w = World::new();
+    let o = w.run(&["doc"]);
+    assert!(o.status.success());
+    let out = stdout(&o);
+    for sig in [
+        "event_wait(vm: Machine, name: String, timeout: secs, match: Map) -> Map",
+        "machine(binary: String, options: Map) -> Machine",
+        "run_host(argv: Array, options: Map) -> Map",
+        "wait_until(f: FnPtr, timeout: secs, interval: secs)",
+        "Machine.full_args -> Array",
+        "expect(con: Console, patterns: Array, timeout: secs) -> int",
+    ] {
+        assert!(out.contains(&format!("{sig}\n")), "{sig} missing");
+    }
+    assert!(out.contains("    Waits up to 60s for event `name`; Timeout otherwise.\n"));
+}
+
+#[test]
+fn skip_ends_the_test_as_skipped_even_inside_try() {
+    let w = World::new();
+    w.script(
+        "t.rhai",
+        "try { skip(\"no guest here\"); } catch (e) { fail(\"caught\"); }\n",
+    );
+    let o = w.run(&["run", "t.rhai"]);
+    assert!(o.status.success());
+    assert_eq!(
+        stdout(&o),
+        "SKIP t.rhai: no guest here\n0 passed, 0 failed, 1 skipped\n"
+    );
+}
+
+#[test]
+fn output_is_captured_unless_no_capture() {
+    let w = World::new();
+    w.script(
+        "t.rhai",
+        "print(\"hello from print\");\nlog(\"hello from log\");\n",
+    );
+    let out = stdout(&w.run(&["run", "t.rhai"]));
+    assert!(!out.contains("hello"), "{out}");
+    let out = stdout(&w.run(&["run", "--no-capture", "t.rhai"]));
+    assert!(out.starts_with("hello from print\n["), "{out}");
+    assert!(out.contains("s] hello from log\n"), "{out}");
+}
+
+#[test]
+fn folders_run_sorted_outside_lib_with_filter_fail_fast_and_params() {
+    let w = World::new();
+    w.script("t/b.rhai", "assert_eq(param(\"who\"), \"me\");\n");
+    w.script("t/a.rhai", "fail(\"a fails\");\n");
+    w.script("t/lib/helper.rhai", "fail(\"modules are not tests\");\n");
+    w.script(
+        "t/c.rhai",
+        "import \"helper2\" as h;\nassert_eq(h::two(), 2);\n",
+    );
+    w.script("t/helper2.rhai", "fn two() { 2 }\n");
+    let o = w.run(&["run", "t", "--", "who=me"]);
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    let order: Vec<String> = out
+        .lines()
+        .filter(|l| !l.starts_with(' '))
+        .map(|l| l.split(' ').take(2).collect::<Vec<_>>().join(" "))
+        .collect();
+    assert_eq!(
+        order,
+        [
+            "FAIL t/a.rhai",
+            "PASS t/b.rhai",
+            "PASS t/c.rhai",
+            "PASS t/helper2.rhai",
+            "3 passed,"
+        ]
+    );
+    let out = stdout(&w.run(&["run", "t", "--filter", "b.rhai", "--", "who=me"]));
+    assert!(out.ends_with("1 passed, 0 failed, 0 skipped\n"), "{out}");
+    let out = stdout(&w.run(&["run", "--fail-fast", "t"]));
+    assert!(
+        out.ends_with("3 not run\n0 passed, 1 failed, 0 skipped\n"),
+        "{out}"
+    );
+    // --lib folders are searched by import.
+    w.script("mods/three.rhai", "fn three() { 3 }\n");
+    w.script(
+        "u/d.rhai",
+        "import \"three\" as t;\nassert_eq(t::three(), 3);\n",
+    );
+    let o = w.run(&["run", "--lib", "mods", "u"]);
+    assert!(o.status.success(), "{}", stdout(&o));
+    let o = w.run(&["run", "t", "--", "novalue"]);
+    assert_eq!(o.status.code(), Some(2));
+    let o = w.run(&["run", "nonexistent.rhai"]);
+    assert_eq!(o.status.code(), Some(2));
+}
