@@ -11,7 +11,13 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use vmscript::runner::{self, Format, Partition};
+
 use vmscript::{qmp, repl, script};
+
+/// Counts heap bytes so that a runaway script is stopped with a clear error
+/// before it takes the machine's memory.
+#[global_allocator]
+static ALLOC: vmscript::script::memory::CountingAlloc = vmscript::script::memory::CountingAlloc;
 
 const EXAMPLES: &str = "\
 Examples:

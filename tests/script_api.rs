@@ -453,3 +453,46 @@ fn folders_run_sorted_outside_lib_with_filter_fail_fast_and_params() {
     let o = w.run(&["run", "nonexistent.rhai"]);
     assert_eq!(o.status.code(), Some(2));
 }
+
+#[test]
+fn deep_recursion_is_a_clear_error_not_a_crash() {
+    let w = World::new();
+    w.script(
+        "deep.rhai",
+        "fn down(n) { if n == 0 { 0 } else { 1 + down(n - 1) } }\n\
+         assert_eq(down(100), 100);\n\
+         fn forever(n) { forever(n + 1) }\n\
+         forever(0);\n",
+    );
+    let o = w.run(&["run", "deep.rhai"]);
+    assert_eq!(o.status.code(), Some(1));
+    let out = stdout(&o);
+    assert!(
+        out.contains("deep.rhai:4:1") && out.contains("Stack overflow"),
+        "{out}"
+    );
+}
+
+#[test]
+fn unbounded_allocation_stops_at_the_memory_limit() {
+    let w = World::new();
+    w.script(
+        "hog.rhai",
+        "let s = \"abcdefgh\";\nlet all = [];\nloop { s += s; all.push(s); }\n",
+    );
+    let start = Instant::now();
+    let o = w
+        .command(&["run", "hog.rhai"])
+        .env("VMSCRIPT_MAX_MEMORY_MB", "256")
+        .output()
+        .unwrap();
+    assert!(start.elapsed() < Duration::from_secs(20));
+    assert_eq!(o.status.code(), Some(1));
+    let out = stdout(&o);
+    assert!(
+        out.contains("hog.rhai:3:")
+            && out.contains("HostError")
+            && out.contains("limit of 256 MiB"),
+        "{out}"
+    );
+}

@@ -18,6 +18,7 @@ pub mod docs;
 pub mod errors;
 pub mod host;
 pub mod machine_api;
+pub mod memory;
 pub mod run;
 
 use std::path::{Path, PathBuf};
@@ -51,15 +52,43 @@ pub struct Outcome {
     pub report: RunReport,
 }
 
+/// An engine with the limits every script gets, in debug and release
+/// builds alike (Rhai's own defaults differ between the two, so a script
+/// that passes in one could fail to compile in the other).
+pub fn base_engine() -> Engine {
+    let mut engine = Engine::new();
+    engine.set_max_call_levels(MAX_CALL_LEVELS);
+    engine.set_max_expr_depths(64, 64);
+    // No size limits on strings, arrays or maps: Rhai checks them by
+    // walking the whole value after every operation, which makes filling
+    // an array quadratic. Memory is bounded by [`memory`] instead.
+    engine
+}
+
+/// How deep script functions may call each other. The thread that runs a
+/// script needs [`SCRIPT_STACK`] bytes of stack to allow it.
+pub const MAX_CALL_LEVELS: usize = 128;
+
+/// The native stack a script thread needs for [`MAX_CALL_LEVELS`].
+pub const SCRIPT_STACK: usize = 64 << 20;
+
 /// A Rhai engine with the whole script API registered for `run`.
 pub fn engine(run: &Rc<Run>) -> Engine {
-    let mut engine = Engine::new();
+    let mut engine = base_engine();
     let r = run.clone();
     engine.on_print(move |s| r.print(s));
     let r = run.clone();
     engine.on_debug(move |s, _, _| r.print(s));
     let c = run.cancel().clone();
+    let limit = memory::limit();
     engine.on_progress(move |_| {
+        if let Some(msg) = memory::exceeded(limit) {
+            return Some(Dynamic::from_map(errors::error_map(
+                "HostError",
+                msg,
+                Vec::new(),
+            )));
+        }
         if !c.is_cancelled() {
             return None;
         }
@@ -108,7 +137,7 @@ pub fn compile(engine: &Engine, path: &Path) -> Result<AST, Box<Failure>> {
 
 /// Compiles `path` without running it (`vmscript check`).
 pub fn check_file(path: &Path) -> Result<(), Box<Failure>> {
-    compile(&Engine::new(), path).map(|_| ())
+    compile(&base_engine(), path).map(|_| ())
 }
 
 /// Runs one script to its end and releases everything it made.
