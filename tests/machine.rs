@@ -289,3 +289,18 @@ fn transcript_records_commands_and_replies() {
         .any(|l| l["dir"] == "received" && l["msg"]["event"] == "SHUTDOWN"));
     assert!(lines.iter().all(|l| l["t"].is_f64()));
 }
+
+#[test]
+fn a_machine_without_a_monitor_shuts_down_cleanly() {
+    let mut vm = Machine::new(none_options(&[])).unwrap();
+    vm.set_qmp_monitor(false).unwrap();
+    vm.launch().unwrap();
+    assert!(vm.is_running());
+    assert!(!vm.full_args().iter().any(|a| a.contains("id=mon")));
+    assert_eq!(
+        vm.command("query-status", None, true).unwrap_err().kind(),
+        "QEMUMachineError"
+    );
+    vm.shutdown(false, secs(10.0)).unwrap();
+    assert!(!vm.is_running());
+}

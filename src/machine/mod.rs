@@ -691,6 +691,7 @@ impl Machine {
         let process = running.process.clone();
         let deadline = Instant::now() + timeout;
         let mut problem: Option<String> = None;
+        let mut terminated = false;
         if hard {
             process.kill();
         } else if process.exit_code().is_none() {
@@ -703,8 +704,10 @@ impl Machine {
                 }
                 self.quit_issued = true;
             } else if running.qmp.is_none() && !self.quit_issued {
-                // No monitor to ask: a polite signal instead.
+                // No monitor to ask: a polite signal instead, QEMU's own
+                // way to a clean exit.
                 process.signal(libc::SIGTERM);
+                terminated = true;
             }
             if process
                 .wait_timeout(deadline.saturating_duration_since(Instant::now()))
@@ -721,7 +724,8 @@ impl Machine {
         }
         self.cleanup();
         if let (Some(code), None) = (self.exitcode, &problem) {
-            if code < 0 && !hard && !self.quit_issued {
+            let asked = self.quit_issued || (terminated && code == -libc::SIGTERM);
+            if code < 0 && !hard && !asked {
                 problem = Some(format!("QEMU received signal {}", -code));
             }
         }
