@@ -26,6 +26,7 @@ Examples:
   vmscript run tests/ --filter migration -- guest=/srv/guest
   vmscript check scripts/examples               compile only
   vmscript doc | grep event_wait                the script API reference
+  vmscript doc guest                            one module: bundled, or found like an import
 
 Environment:
   VMSCRIPT_QEMU    the default QEMU binary (after --qemu)
@@ -55,8 +56,18 @@ enum Command {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
-    /// Print every script function with its signature and documentation.
-    Doc,
+    /// Print every script function and bundled module with signatures and documentation.
+    Doc {
+        /// Document only this module, found as `import "MODULE"` finds it
+        /// from the current folder (then --lib, $VMSCRIPT_PATH, the stdlib).
+        module: Option<String>,
+        /// Output format; markdown is docs/reference.md.
+        #[arg(long, value_enum, default_value_t = DocFormat::Text)]
+        format: DocFormat,
+        /// A folder to look in for MODULE (repeatable; also $VMSCRIPT_PATH).
+        #[arg(long, value_name = "DIR")]
+        lib: Vec<PathBuf>,
+    },
     /// A QMP shell on a running QEMU: a unix socket path or HOST:PORT.
     Qmp {
         address: String,
@@ -67,6 +78,13 @@ enum Command {
         #[arg(long, default_value_t = 10.0)]
         timeout: f64,
     },
+}
+
+/// How `vmscript doc` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum DocFormat {
+    Text,
+    Markdown,
 }
 
 #[derive(clap::Args)]
@@ -124,7 +142,11 @@ fn main() -> ExitCode {
     let code = match cli.command {
         Command::Run(args) => run(args),
         Command::Check { paths } => check(&paths),
-        Command::Doc => doc(),
+        Command::Doc {
+            module,
+            format,
+            lib,
+        } => doc(module.as_deref(), format, &lib),
         Command::Qmp {
             address,
             hmp,
@@ -186,10 +208,23 @@ fn check(paths: &[PathBuf]) -> i32 {
     i32::from(failed > 0)
 }
 
-fn doc() -> i32 {
-    match script::reference() {
-        Ok(entries) => {
-            print!("{}", script::docs::render(&entries));
+fn doc(module: Option<&str>, format: DocFormat, lib: &[PathBuf]) -> i32 {
+    let text = match module {
+        Some(name) => script::module_docs(name, lib).map(|m| match format {
+            DocFormat::Text => script::docs::render_module(&m),
+            DocFormat::Markdown => script::docs::render_markdown(&[], &[m]),
+        }),
+        None => script::reference()
+            .map_err(|e| e.to_string())
+            .and_then(|api| Ok((api, script::stdlib_docs()?)))
+            .map(|(api, modules)| match format {
+                DocFormat::Text => script::docs::render_all(&api, &modules),
+                DocFormat::Markdown => script::docs::render_markdown(&api, &modules),
+            }),
+    };
+    match text {
+        Ok(t) => {
+            print!("{t}");
             0
         }
         Err(e) => {

@@ -8,7 +8,8 @@
 //! [`machine_api`] (the `Machine` type), [`console_api`] (the console) and
 //! [`host`] (the helpers); [`errors`] decides how errors look, [`convert`] converts
 //! between Rhai and JSON values, and [`docs`] carries the doc comments that
-//! `vmscript doc` prints.
+//! `vmscript doc` prints. [`modules`] resolves `import`, finding bundled
+//! [`stdlib`] modules last.
 
 pub mod args;
 pub mod cancel;
@@ -19,13 +20,14 @@ pub mod errors;
 pub mod host;
 pub mod machine_api;
 pub mod memory;
+pub mod modules;
 pub mod run;
+pub mod stdlib;
 
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use rhai::module_resolvers::{FileModuleResolver, ModuleResolversCollection};
 use rhai::{Dynamic, Engine, AST};
 
 pub use cancel::{Cancel, Reason, Watchdog};
@@ -95,26 +97,12 @@ pub fn engine(run: &Rc<Run>) -> Engine {
         c.reason()
             .map(|r| Dynamic::from_map(errors::error_map(r.kind(), r.message(), Vec::new())))
     });
-    engine.set_module_resolver(module_resolver(&run.config().lib_dirs));
+    engine.set_module_resolver(modules::Resolver::new(modules::SearchPath::from_env(
+        &run.config().lib_dirs,
+    )));
     machine_api::register(&mut engine, run);
     host::register(&mut engine, run);
     engine
-}
-
-/// `import` looks in the importing script's folder, then each `--lib`
-/// folder, then each `$VMSCRIPT_PATH` entry.
-fn module_resolver(lib_dirs: &[PathBuf]) -> ModuleResolversCollection {
-    let mut c = ModuleResolversCollection::new();
-    c.push(FileModuleResolver::new());
-    for d in lib_dirs {
-        c.push(FileModuleResolver::new_with_path(d));
-    }
-    if let Some(p) = std::env::var_os("VMSCRIPT_PATH") {
-        for d in std::env::split_paths(&p).filter(|d| !d.as_os_str().is_empty()) {
-            c.push(FileModuleResolver::new_with_path(d));
-        }
-    }
-    c
 }
 
 /// Compiles `path`; a syntax error is reported at its position.
@@ -217,4 +205,32 @@ pub fn reference() -> std::io::Result<Vec<docs::Entry>> {
     )?);
     let engine = engine(&run);
     Ok(docs::reference(&engine))
+}
+
+/// The documentation of every stdlib module.
+pub fn stdlib_docs() -> Result<Vec<docs::ModuleDoc>, String> {
+    let engine = base_engine();
+    stdlib::MODULES
+        .iter()
+        .map(|(name, source)| {
+            let shown = stdlib::shown(name);
+            let ast = engine
+                .compile(*source)
+                .map_err(|e| format!("{shown}: {e}"))?;
+            Ok(docs::module_doc(name, &shown, &ast))
+        })
+        .collect()
+}
+
+/// The documentation of module `name`, found as `import` would find it
+/// from a script in the current folder with `lib_dirs` as `--lib`.
+pub fn module_docs(name: &str, lib_dirs: &[PathBuf]) -> Result<docs::ModuleDoc, String> {
+    let search = modules::SearchPath::from_env(lib_dirs);
+    let at = modules::locate(name, &modules::Folder::Dir(PathBuf::new()), &search)
+        .map_err(|e| e.to_string())?;
+    let ast = modules::compile_cached(&base_engine(), &at).map_err(|e| match e {
+        modules::LoadError::Parse(p) => format!("{}:{}: {}", at.shown, p.1, p.0),
+        e => e.to_string(),
+    })?;
+    Ok(docs::module_doc(name, &at.shown, &ast))
 }
