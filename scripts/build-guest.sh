@@ -5,13 +5,17 @@
 #   vmlinuz    the kernel of the package linux-image-amd64 currently depends on
 #   initrd.gz  a gzip'd newc cpio with a static busybox and an /init
 #   KERNEL     the name of the kernel package it came from
+#   VERSION    the version of this recipe the guest was built with
 #
-# The guest's /init mounts proc, sysfs and devtmpfs, prints the line
-# "VMSCRIPT-READY" on the console and runs a shell there, so a test boots
-# with -kernel/-initrd/-append "console=ttyS0", waits for the marker and
-# types commands.
+# The guest's /init mounts proc, sysfs and devtmpfs, loads the virtio
+# drivers (PCI, network, block: modules in Debian's kernel, copied from the
+# same kernel package with their dependencies), brings up lo, prints the
+# line "VMSCRIPT-READY" on the console and runs a shell there, so a test
+# boots with -kernel/-initrd/-append "console=ttyS0", waits for the marker
+# and types commands.
 #
-# Idempotent: when the three files exist nothing is done. The guest is built
+# Idempotent: when the files exist and VERSION matches nothing is done (a
+# guest of an older recipe is rebuilt). The guest is built
 # in a .tmp folder and renamed into place, under a lock, so a killed build
 # never leaves half a guest and two concurrent runs build it once.
 # Progress goes to stderr; the last line on stdout is the output folder.
@@ -23,8 +27,16 @@ out=${out%/}
 
 say() { echo "build-guest: $*" >&2; }
 
+# Bump when the guest changes, so that an old cached guest is rebuilt.
+# 2: virtio drivers (virtio_pci, virtio_net, virtio_blk) loaded by /init.
+recipe=2
+
+# The kernel modules /init loads, after their dependencies.
+guest_modules=(virtio_pci virtio_net virtio_blk)
+
 complete() {
-  [ -s "$out/vmlinuz" ] && [ -s "$out/initrd.gz" ] && [ -s "$out/KERNEL" ]
+  [ -s "$out/vmlinuz" ] && [ -s "$out/initrd.gz" ] && [ -s "$out/KERNEL" ] &&
+    [ "$(cat "$out/VERSION" 2>/dev/null)" = "$recipe" ]
 }
 
 if complete; then
@@ -121,14 +133,60 @@ if ! apt-get download -qq "$pkg" >&2 2>/dev/null; then
 fi
 debs=("$work/$pkg"_*.deb)
 [ -f "${debs[0]}" ] || { say "apt-get download left no .deb for $pkg"; exit 1; }
-dpkg-deb --fsys-tarfile "${debs[0]}" | tar -x --wildcards './boot/vmlinuz-*'
+# The kernel and the folders the guest's modules and their dependencies
+# live in.
+dpkg-deb --fsys-tarfile "${debs[0]}" | tar -x --wildcards \
+  './boot/vmlinuz-*' \
+  './lib/modules/*/kernel/drivers/virtio/*' \
+  './lib/modules/*/kernel/drivers/net/*.ko*' \
+  './lib/modules/*/kernel/drivers/block/*.ko*' \
+  './lib/modules/*/kernel/net/core/*'
 kernels=("$work"/boot/vmlinuz-*)
 [ -f "${kernels[0]}" ] || { say "$pkg holds no /boot/vmlinuz-*"; exit 1; }
 
+# A module's file by name (modules.dep is made by depmod at install, so
+# the package has none); .ko.xz/.ko.zst/.ko.gz are decompressed, since
+# busybox insmod may not read them.
+module_file() {
+  local name=$1 f
+  f=$(find "$work/lib/modules" \( -name "$name.ko*" -o -name "${name//_/-}.ko*" \) -print -quit)
+  [ -n "$f" ] || { say "$pkg has no module $name"; return 1; }
+  case $f in
+    *.ko) ;;
+    *.ko.xz) xz -d "$f" && f=${f%.xz} ;;
+    *.ko.zst) zstd -q -d --rm "$f" && f=${f%.zst} ;;
+    *.ko.gz) gzip -d "$f" && f=${f%.gz} ;;
+    *) say "$f: unknown module compression"; return 1 ;;
+  esac
+  echo "$f"
+}
+
+# Depth-first: a module's dependencies (its modinfo "depends=" field)
+# before the module itself, each once.
+declare -A module_seen=()
+module_order=()
+add_module() {
+  local name=$1 f deps d
+  [ -n "${module_seen[$name]:-}" ] && return 0
+  module_seen[$name]=1
+  f=$(module_file "$name")
+  deps=$(tr '\0' '\n' <"$f" | sed -n 's/^depends=//p' | head -n 1)
+  for d in ${deps//,/ }; do
+    add_module "$d"
+  done
+  module_order+=("$name")
+  cp "$f" "$rd/lib/modules/$name.ko"
+}
+
 say "making the initramfs"
 rd=$work/rd
-mkdir -p "$rd/bin" "$rd/dev" "$rd/proc" "$rd/sys" "$rd/tmp" "$rd/root"
+mkdir -p "$rd/bin" "$rd/dev" "$rd/proc" "$rd/sys" "$rd/tmp" "$rd/root" "$rd/lib/modules"
 cp "$busybox" "$rd/bin/busybox"
+for m in "${guest_modules[@]}"; do
+  add_module "$m"
+done
+say "modules: ${module_order[*]}"
+printf '%s\n' "${module_order[@]}" >"$rd/lib/modules/order"
 cat >"$rd/init" <<'INIT'
 #!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -136,6 +194,10 @@ export PATH=/bin HOME=/root
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
+for m in $(cat /lib/modules/order); do
+  insmod "/lib/modules/$m.ko" || echo "init: insmod $m failed"
+done
+ip link set lo up
 echo "VMSCRIPT-READY"
 exec setsid cttyhack sh
 INIT
@@ -146,6 +208,7 @@ cp "${kernels[0]}" "$tmp_out/vmlinuz"
 (cd "$rd" && find . | LC_ALL=C sort | "$busybox" cpio -o -H newc -R 0:0 --ignore-devno --renumber-inodes 2>/dev/null) |
   gzip -9 -n >"$tmp_out/initrd.gz"
 echo "$pkg" >"$tmp_out/KERNEL"
+echo "$recipe" >"$tmp_out/VERSION"
 
 # Swap the finished guest in; a stale partial folder (only possible when
 # someone removed files by hand) is replaced.
