@@ -319,6 +319,13 @@ impl Machine {
         &self.full_args
     }
 
+    /// The console `set_console` asked for, as its device type (`None`
+    /// for a serial port) and serial port index; `None` without one.
+    pub fn console_config(&self) -> Option<(Option<&str>, u32)> {
+        let c = &self.console;
+        c.enabled.then(|| (c.device_type.as_deref(), c.index))
+    }
+
     /// The machine's temp dir (exists while launched).
     pub fn temp_dir(&self) -> Option<&Path> {
         self.temp_dir.as_ref().map(|t| t.path())

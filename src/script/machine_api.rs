@@ -478,6 +478,35 @@ fn register_properties(e: &mut Engine) {
     });
     getter(
         "Machine",
+        "binary",
+        "String",
+        "The QEMU binary the machine runs.",
+    )
+    .register_into_engine(e, |vm: &mut MachineRef| {
+        vm.get(|m| m.options().binary.display().to_string())
+    });
+    getter(
+        "Machine",
+        "console",
+        "Map",
+        "The console set_console asked for: #{device_type, index} (device_type () for a serial port), or ().",
+    )
+    .register_into_engine(e, |vm: &mut MachineRef| {
+        vm.get(|m| match m.console_config() {
+            Some((device_type, index)) => {
+                let mut c = Map::new();
+                c.insert(
+                    "device_type".into(),
+                    device_type.map_or(Dynamic::UNIT, |t| t.to_string().into()),
+                );
+                c.insert("index".into(), INT::from(index).into());
+                Dynamic::from_map(c)
+            }
+            None => Dynamic::UNIT,
+        })
+    });
+    getter(
+        "Machine",
         "temp_dir",
         "String",
         "The machine's temp dir while launched, else ().",
