@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds everything and runs every test: the Rust tests (which boot real
-# QEMUs) and, once the runner exists, the example and ported scripts.
+# QEMUs) and, once the runner exists, the example and ported scripts and
+# the stdlib's scripts.
 # Exit status: 0 when everything passed, non-zero otherwise.
 set -euo pipefail
 
@@ -22,11 +23,11 @@ cargo test --release -- --test-threads=2
 
 vmscript=${CARGO_TARGET_DIR:-target}/release/vmscript
 dirs=()
-for dir in scripts/examples scripts/ports; do
+for dir in scripts/examples scripts/ports scripts/stdlib; do
   [ -d "$dir" ] && dirs+=("$dir")
 done
 if [ "${#dirs[@]}" -eq 0 ]; then
-  banner "no scripts/examples or scripts/ports: skipping the script tests"
+  banner "no scripts/examples, scripts/ports or scripts/stdlib: skipping the script tests"
 elif ! "$vmscript" run --help >/dev/null 2>&1; then
   banner "vmscript has no 'run' command yet: skipping the script tests"
 else

@@ -323,7 +323,7 @@ impl Machine {
     /// for a serial port) and serial port index; `None` without one.
     pub fn console_config(&self) -> Option<(Option<&str>, u32)> {
         let c = &self.console;
-        c.enabled.then(|| (c.device_type.as_deref(), c.index))
+        c.enabled.then_some((c.device_type.as_deref(), c.index))
     }
 
     /// The machine's temp dir (exists while launched).

@@ -68,7 +68,7 @@ pub struct Entry {
 pub fn reference(engine: &Engine) -> Vec<Entry> {
     let json = engine.gen_fn_metadata_to_json(false).unwrap_or_default();
     let value: serde_json::Value = serde_json::from_str(&json).unwrap_or_default();
-    let mut by_name: BTreeMap<String, Entry> = BTreeMap::new();
+    let mut by_name: BTreeMap<String, Vec<(String, Vec<String>)>> = BTreeMap::new();
     let functions = value
         .get("functions")
         .and_then(|f| f.as_array())
@@ -101,24 +101,28 @@ pub fn reference(engine: &Engine) -> Vec<Entry> {
                     .map(|l| l.trim_start_matches('/').trim().to_string())
             })
             .collect();
-        let e = by_name.entry(name.clone()).or_insert_with(|| Entry {
-            name,
-            signatures: Vec::new(),
-            docs: Vec::new(),
-        });
-        e.signatures.push(signature);
-        for d in docs {
-            if !e.docs.contains(&d) {
-                e.docs.push(d);
+        by_name.entry(name).or_default().push((signature, docs));
+    }
+    // The engine lists functions in hash order: sort the overloads (by
+    // arity, then text) and take their docs in that order, so the
+    // reference is the same on every run.
+    by_name
+        .into_iter()
+        .map(|(name, mut overloads)| {
+            overloads.sort_by_key(|(s, _)| (s.matches(',').count(), s.clone()));
+            let mut docs: Vec<String> = Vec::new();
+            for d in overloads.iter().flat_map(|(_, d)| d) {
+                if !docs.contains(d) {
+                    docs.push(d.clone());
+                }
             }
-        }
-    }
-    let mut entries: Vec<Entry> = by_name.into_values().collect();
-    for e in &mut entries {
-        e.signatures
-            .sort_by_key(|s| (s.matches(',').count(), s.clone()));
-    }
-    entries
+            Entry {
+                name,
+                signatures: overloads.into_iter().map(|(s, _)| s).collect(),
+                docs,
+            }
+        })
+        .collect()
 }
 
 /// What the reference says before the functions.
@@ -160,7 +164,8 @@ pub fn module_doc(name: &str, source: &str, ast: &AST) -> ModuleDoc {
         .collect();
     let mut by_name: BTreeMap<String, Vec<(usize, String, Vec<String>)>> = BTreeMap::new();
     for f in ast.iter_functions() {
-        if f.access == FnAccess::Private {
+        // Closures are compiled into `anon$…` functions: not the API.
+        if f.access == FnAccess::Private || f.name.starts_with("anon$") {
             continue;
         }
         let signature = format!("{name}::{}({})", f.name, f.params.join(", "));
