@@ -24,18 +24,17 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
+use std::rc::Rc;
 use std::time::SystemTime;
 
 use rhai::module_resolvers::ModuleResolver;
-use std::rc::Rc;
-
 use rhai::{Dynamic, Engine, EvalAltResult, Module, Position, Scope, AST};
+
+use super::{errors, stdlib};
 
 /// A module shared by its importers (Rhai's `SharedModule` without the
 /// `sync` feature).
 type SharedModule = Rc<Module>;
-
-use super::{errors, stdlib};
 
 /// The folders searched after the importing module's own: `--lib` folders,
 /// then `$VMSCRIPT_PATH` entries.
