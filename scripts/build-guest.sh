@@ -153,9 +153,18 @@ module_file() {
   [ -n "$f" ] || { say "$pkg has no module $name"; return 1; }
   case $f in
     *.ko) ;;
-    *.ko.xz) xz -d "$f" && f=${f%.xz} ;;
-    *.ko.zst) zstd -q -d --rm "$f" && f=${f%.zst} ;;
-    *.ko.gz) gzip -d "$f" && f=${f%.gz} ;;
+    *.ko.xz)
+      if command -v xz >/dev/null 2>&1; then xz -d "$f"; else "$busybox" unxz "$f"; fi || return 1
+      f=${f%.xz}
+      ;;
+    *.ko.zst)
+      zstd -q -d --rm "$f" || return 1
+      f=${f%.zst}
+      ;;
+    *.ko.gz)
+      gzip -d "$f" || return 1
+      f=${f%.gz}
+      ;;
     *) say "$f: unknown module compression"; return 1 ;;
   esac
   echo "$f"
