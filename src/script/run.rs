@@ -204,6 +204,7 @@ impl Run {
             .permissions(std::fs::Permissions::from_mode(0o700))
             .tempdir()?;
         let temp_path = temp.path().to_path_buf();
+        cancel.register_temp_dir(temp_path.clone());
         let file = File::create(config.artifacts.join("script.log")).ok();
         let now = Instant::now();
         Ok(Run {
