@@ -114,19 +114,18 @@ impl<'a> Executor<'a> {
             match self.rx.recv_timeout(TICK) {
                 Ok(Msg::Done { id, outcome }) => {
                     if let Some(r) = self.running.remove(&id) {
-                        self.signals.untrack(id);
-                        self.finished(r, *outcome, reporter);
+                        self.finished(id, r, *outcome, reporter);
                     }
                 }
                 Ok(Msg::Signal(sig)) => {
                     if !matches!(self.stopped, Some(StopReason::Signal(_))) {
                         self.stopped = Some(StopReason::Signal(sig));
                     }
+                    // The running tests were cancelled already; counting
+                    // them here would race with their ends.
                     reporter.note(&format!(
-                        "{} received: stopping {} running test(s), {} not started; again to kill at once",
+                        "{} received: stopping the running tests, starting no more; again to kill at once",
                         script::cancel::signal_name(sig),
-                        self.running.len(),
-                        queue.len()
                     ));
                 }
                 Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {}
@@ -240,8 +239,8 @@ impl<'a> Executor<'a> {
         );
     }
 
-    /// A try ended: retry it, or report the test.
-    fn finished(&mut self, r: Running, outcome: Outcome, reporter: &mut Reporter) {
+    /// Try `id` ended: retry it, or report the test.
+    fn finished(&mut self, id: u64, r: Running, outcome: Outcome, reporter: &mut Reporter) {
         let verdict = Verdict::of(&outcome, r.cancel.reason().as_ref());
         let mut attempts = r.earlier;
         attempts.push(Attempt {
@@ -252,8 +251,10 @@ impl<'a> Executor<'a> {
         });
         let retry = matches!(verdict, Verdict::Failed | Verdict::TimedOut)
             && r.number <= self.options.retries
-            && self.stopped.is_none();
+            && self.stopped.is_none()
+            && self.signals.received().is_none();
         if retry {
+            self.signals.untrack(id);
             self.start(r.test, r.number + 1, attempts);
             return;
         }
@@ -269,6 +270,8 @@ impl<'a> Executor<'a> {
         for d in discard {
             self.artifacts.discard(&d);
         }
+        // Only now: a second signal removes what a tracked test would not keep.
+        self.signals.untrack(id);
         self.counts.add(&result);
         if self.options.fail_fast && verdict.is_failure() && self.stopped.is_none() {
             self.stopped = Some(StopReason::FailFast);
@@ -306,7 +309,7 @@ impl<'a> Executor<'a> {
                 duration: r.started.elapsed(),
                 report: RunReport::default(),
             };
-            self.finished(r, outcome, reporter);
+            self.finished(id, r, outcome, reporter);
         }
     }
 
