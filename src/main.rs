@@ -75,6 +75,9 @@ struct RunArgs {
     /// Script files and folders (a folder runs every *.rhai below it, except under lib/).
     #[arg(default_value = ".")]
     paths: Vec<PathBuf>,
+    /// Tests run at once [default: one per CPU; 1 with --no-capture].
+    #[arg(short = 'j', long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    jobs: Option<u16>,
     /// Per-test timeout in seconds: the test is stopped, its machines killed, and it is reported as timed out.
     #[arg(long, value_name = "SECS", default_value_t = 300.0)]
     timeout: f64,
@@ -111,9 +114,6 @@ struct RunArgs {
     /// Also write a JUnit XML report to FILE.
     #[arg(long, value_name = "FILE")]
     junit: Option<PathBuf>,
-    /// Tests run at once [default: one per CPU; 1 with --no-capture].
-    #[arg(short = 'j', long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
-    jobs: Option<u16>,
     /// KEY=VALUE pairs read in scripts with param(key).
     #[arg(last = true, value_name = "KEY=VALUE")]
     params: Vec<String>,

@@ -48,8 +48,8 @@ pub struct SignalWatch {
 
 impl SignalWatch {
     /// Starts receiving SIGINT, SIGTERM and SIGHUP; `on_first` is called
-    /// (on the signal thread) with the first one, after the running tests
-    /// were cancelled.
+    /// (on the signal thread) with the first one, just before the running
+    /// tests are cancelled.
     pub fn install(on_first: impl Fn(i32) + Send + 'static) -> std::io::Result<SignalWatch> {
         let shared = Arc::new(Shared::default());
         let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])?;
@@ -64,10 +64,12 @@ impl SignalWatch {
                         .compare_exchange(0, sig, Ordering::SeqCst, Ordering::SeqCst)
                         .is_ok();
                     if first {
+                        // Told first, so that its note comes before the
+                        // results of the tests it cancels.
+                        on_first(sig);
                         for t in s.running().values() {
                             t.cancel.cancel(Reason::Signal(sig));
                         }
-                        on_first(sig);
                     } else {
                         exit_now(&s, sig);
                     }
