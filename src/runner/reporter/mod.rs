@@ -165,10 +165,19 @@ pub fn failure_text(a: &Attempt) -> String {
         s.push_str(&format!("\n  {n} | {line}"));
     }
     for c in &f.context {
+        // What the script saw as it was stopped can quote a whole console
+        // tail, which the report shows below anyway.
+        let c = match c.char_indices().nth(CONTEXT_CHARS) {
+            Some((i, _)) => format!("{}…", &c[..i]),
+            None => c.clone(),
+        };
         s.push_str(&format!("\n  {c}"));
     }
     s
 }
+
+/// How much of each context line a timeout's report shows.
+const CONTEXT_CHARS: usize = 160;
 
 /// A section `--- title ---` with the last lines of a log, if it has any.
 fn log_section(s: &mut String, title: &str, path: &Path) {
