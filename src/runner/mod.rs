@@ -191,6 +191,9 @@ pub fn run(options: &Options) -> Result<Summary, SetupError> {
     if tests.is_empty() {
         reporter.note("no tests to run");
     }
+    if !options.capture && options.jobs > 1 {
+        reporter.note("--no-capture runs one test at a time, so that output stays readable");
+    }
     let jobs = jobs(options);
     let exec = executor::Executor::new(options, qemu, jobs, artifacts, signals, channel);
     let (summary, results) = exec.run(tests, &mut reporter);
