@@ -24,6 +24,7 @@ Examples:
   vmscript run scripts/examples                 run every *.rhai below a folder
   vmscript run boot.rhai --timeout 60 --no-capture
   vmscript run tests/ --filter migration -- guest=/srv/guest
+  vmscript run tests/ -j 4 --retries 2 --junit junit.xml --partition hash:1/3
   vmscript check scripts/examples               compile only
   vmscript doc | grep event_wait                the script API reference
   vmscript doc guest                            one module: bundled, or found like an import
@@ -92,19 +93,22 @@ struct RunArgs {
     /// Script files and folders (a folder runs every *.rhai below it, except under lib/).
     #[arg(default_value = ".")]
     paths: Vec<PathBuf>,
-    /// Per-test timeout in seconds.
+    /// Tests run at once [default: one per CPU; 1 with --no-capture].
+    #[arg(short = 'j', long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    jobs: Option<u16>,
+    /// Per-test timeout in seconds: the test is stopped, its machines killed, and it is reported as timed out.
     #[arg(long, value_name = "SECS", default_value_t = 300.0)]
     timeout: f64,
     /// The QEMU binary machine() uses by default [else $VMSCRIPT_QEMU, else qemu-system-<arch>].
     #[arg(long, value_name = "BINARY")]
     qemu: Option<PathBuf>,
-    /// Keep every test's logs in DIR/<test>/ [default: a temp folder kept only when the test fails].
+    /// Keep every test's logs in DIR/<test>/ [default: a temp folder, where only failed tests' logs stay].
     #[arg(long, value_name = "DIR")]
     artifacts: Option<PathBuf>,
     /// Keep the artifacts of passing tests too.
     #[arg(long)]
     keep_artifacts: bool,
-    /// Send print/log output straight to stdout instead of capturing it.
+    /// Send print/log output straight to stdout instead of capturing it (runs one test at a time).
     #[arg(long)]
     no_capture: bool,
     /// A folder to look in for `import "name"` (repeatable; also $VMSCRIPT_PATH).
@@ -113,24 +117,21 @@ struct RunArgs {
     /// Run only tests whose name contains TEXT (repeatable).
     #[arg(long, value_name = "TEXT")]
     filter: Vec<String>,
-    /// Stop after the first failed test.
+    /// Start no more tests after the first failure (running ones finish).
     #[arg(long)]
     fail_fast: bool,
-    /// Run a failed test up to N more times.
+    /// Run a failed or timed-out test up to N more times; one that passes then is reported as flaky.
     #[arg(long, value_name = "N", default_value_t = 0)]
     retries: u32,
-    /// Run only a share of the tests: count:K/N or hash:K/N.
+    /// Run only share K of N of the selected tests: count:K/N (every Nth) or hash:K/N (by name), for splitting a suite across CI machines.
     #[arg(long, value_name = "SPEC")]
     partition: Option<Partition>,
-    /// Output format.
+    /// Output format on stdout (a live progress line is drawn on a terminal with the human format).
     #[arg(long, value_enum, default_value_t = Format::Human)]
     format: Format,
     /// Also write a JUnit XML report to FILE.
     #[arg(long, value_name = "FILE")]
     junit: Option<PathBuf>,
-    /// Parallel tests (accepted; tests run one at a time for now).
-    #[arg(short = 'j', long, value_name = "N")]
-    jobs: Option<usize>,
     /// KEY=VALUE pairs read in scripts with param(key).
     #[arg(last = true, value_name = "KEY=VALUE")]
     params: Vec<String>,
@@ -164,6 +165,7 @@ fn run(args: RunArgs) -> i32 {
     let options = (|| -> Result<runner::Options, String> {
         Ok(runner::Options {
             paths: args.paths,
+            jobs: args.jobs.map_or(0, usize::from),
             timeout: secs(args.timeout, "--timeout")?,
             qemu: args.qemu,
             artifacts: args.artifacts,
@@ -177,9 +179,9 @@ fn run(args: RunArgs) -> i32 {
             format: args.format,
             junit: args.junit,
             params: runner::parse_params(&args.params).map_err(|e| e.0)?,
+            progress: true,
         })
     })();
-    let _ = args.jobs;
     match options.map(|o| runner::run(&o).map_err(|e| e.0)) {
         Ok(Ok(summary)) => summary.exit_code(),
         Ok(Err(e)) | Err(e) => {

@@ -415,7 +415,8 @@ fn folders_run_sorted_outside_lib_with_filter_fail_fast_and_params() {
         "import \"helper2\" as h;\nassert_eq(h::two(), 2);\n",
     );
     w.script("t/helper2.rhai", "fn two() { 2 }\n");
-    let o = w.run(&["run", "t", "--", "who=me"]);
+    // One at a time: tests that run at once are reported as they end.
+    let o = w.run(&["run", "-j", "1", "t", "--", "who=me"]);
     let out = stdout(&o);
     assert_eq!(o.status.code(), Some(1), "{out}");
     let order: Vec<String> = out
@@ -435,7 +436,7 @@ fn folders_run_sorted_outside_lib_with_filter_fail_fast_and_params() {
     );
     let out = stdout(&w.run(&["run", "t", "--filter", "b.rhai", "--", "who=me"]));
     assert!(out.ends_with("1 passed, 0 failed, 0 skipped\n"), "{out}");
-    let out = stdout(&w.run(&["run", "--fail-fast", "t"]));
+    let out = stdout(&w.run(&["run", "-j", "1", "--fail-fast", "t"]));
     assert!(
         out.ends_with("3 not run\n0 passed, 1 failed, 0 skipped\n"),
         "{out}"

@@ -1,34 +1,45 @@
-//! `vmscript run`: finds the test scripts, runs each one (sequentially for
-//! now, each with its own engine and [`crate::script::Run`]) and reports
-//! the results.
+//! `vmscript run`: finds the test scripts, runs them in parallel (each
+//! with its own engine, temp dir and artifacts) and reports the results.
 //!
 //! Knows nothing of Rhai: a test is run by [`crate::script::run_file`].
-//! Start with [`run`]; [`discover`] finds tests, [`report`] prints them,
-//! [`signal`] turns Ctrl-C/SIGTERM into the cancellation of the test
-//! running now.
+//! Start with [`run`], which wires the parts together, one module per
+//! responsibility (as in cargo-nextest's runner): [`discover`] finds the
+//! tests, [`partition`] splits them across CI machines, [`executor`]
+//! schedules them on worker threads with retries and `--fail-fast`,
+//! [`artifacts`] decides where logs go and which stay, [`signal`] turns
+//! Ctrl-C/SIGTERM into a clean stop, [`results`] holds what came out, and
+//! [`reporter`] shows it (human, TAP, JSON, JUnit, the live progress line).
 //!
 //! Exit status (see [`Summary::exit_code`]): 0 when nothing failed, 1 when
-//! a test failed, 2 for a usage or setup error, 128+N when stopped by
-//! signal N.
+//! a test failed (timed-out and interrupted tests count as failed), 2 for a
+//! usage or setup error, 128+N when stopped by signal N.
 
+pub mod artifacts;
 pub mod discover;
-pub mod report;
+pub mod executor;
+pub mod partition;
+pub mod reporter;
+pub mod results;
 pub mod signal;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::script::{self, Cancel, QemuBinary, RunConfig, Status};
+use crate::script::QemuBinary;
 
-pub use discover::{Partition, Test};
-pub use report::{Counts, Format, TestResult};
+pub use discover::Test;
+pub use partition::Partition;
+pub use reporter::Format;
+pub use results::{Counts, TestResult, Verdict};
 
 /// What `vmscript run` was asked to do.
 #[derive(Debug, Clone, Default)]
 pub struct Options {
     /// Files and folders (`.` when empty).
     pub paths: Vec<PathBuf>,
+    /// Tests run at once; 0 means one per CPU. `--no-capture` makes it 1.
+    pub jobs: usize,
     /// Per-test timeout.
     pub timeout: Duration,
     /// `--qemu`.
@@ -43,15 +54,17 @@ pub struct Options {
     pub lib_dirs: Vec<PathBuf>,
     /// Run only tests whose name contains one of these.
     pub filters: Vec<String>,
-    /// Stop after the first failure.
+    /// Start no more tests after the first failure.
     pub fail_fast: bool,
-    /// Run a failed test up to this many more times.
+    /// Run a failed or timed-out test up to this many more times.
     pub retries: u32,
     pub partition: Option<Partition>,
     pub format: Format,
     pub junit: Option<PathBuf>,
     /// `KEY=VALUE` pairs for `param()`.
     pub params: BTreeMap<String, String>,
+    /// Draw the live progress line (when stderr is a terminal).
+    pub progress: bool,
 }
 
 /// A usage or setup problem: nothing was run (exit status 2).
@@ -59,23 +72,36 @@ pub struct Options {
 #[error("{0}")]
 pub struct SetupError(pub String);
 
+/// Why a run stopped before starting every test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// `--fail-fast` after a failure.
+    FailFast,
+    /// Ctrl-C, SIGTERM or SIGHUP.
+    Signal(i32),
+}
+
 /// How a whole run ended.
 #[derive(Debug, Clone, Default)]
 pub struct Summary {
     pub counts: Counts,
     /// Tests selected but not run (after --fail-fast or a signal).
     pub not_run: usize,
-    /// The signal that stopped the run.
-    pub signal: Option<i32>,
+    pub stopped: Option<StopReason>,
+    /// Wall-clock time of the run.
+    pub elapsed: Duration,
+    /// Tests run at once.
+    pub jobs: usize,
+    pub partition: Option<Partition>,
 }
 
 impl Summary {
     /// The process exit status; see the module documentation.
     pub fn exit_code(&self) -> i32 {
-        match self.signal {
-            Some(s) => 128 + s,
-            None if self.counts.failed > 0 => 1,
-            None => 0,
+        match self.stopped {
+            Some(StopReason::Signal(s)) => 128 + s,
+            _ if self.counts.failed > 0 => 1,
+            _ => 0,
         }
     }
 }
@@ -129,6 +155,19 @@ pub fn select(options: &Options) -> Result<Vec<Test>, SetupError> {
     })
 }
 
+/// How many tests run at once: `-j`, else one per CPU; one with
+/// `--no-capture`, whose unprefixed output would be unreadable interleaved
+/// (cargo-nextest does the same).
+pub fn jobs(options: &Options) -> usize {
+    if !options.capture {
+        return 1;
+    }
+    match options.jobs {
+        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        n => n,
+    }
+}
+
 /// Runs the selected tests and reports them.
 pub fn run(options: &Options) -> Result<Summary, SetupError> {
     let tests = select(options)?;
@@ -136,122 +175,33 @@ pub fn run(options: &Options) -> Result<Summary, SetupError> {
     if qemu.is_explicit() {
         qemu.locate().map_err(SetupError)?;
     }
-    if let Some(a) = &options.artifacts {
-        std::fs::create_dir_all(a).map_err(|e| {
-            SetupError(format!(
-                "creating the artifacts folder {}: {e}",
-                a.display()
-            ))
-        })?;
+    let artifacts =
+        artifacts::Artifacts::new(options.artifacts.as_deref(), options.keep_artifacts)?;
+    let channel = std::sync::mpsc::channel();
+    let tx = channel.0.clone();
+    let signals = signal::SignalWatch::install(move |sig| {
+        let _ = tx.send(executor::Msg::Signal(sig));
+    })
+    .map_err(|e| SetupError(format!("installing the signal handlers: {e}")))?;
+    if options.artifacts.is_none() {
+        signals.remove_if_empty_on_exit(artifacts.root().to_path_buf());
     }
-    let signals = signal::SignalWatch::install()
-        .map_err(|e| SetupError(format!("installing the signal handlers: {e}")))?;
-    let mut reporter = report::Reporter::new(options.format, options.capture);
-    reporter.start(tests.len());
-    let mut summary = Summary::default();
-    let mut results = Vec::new();
-    for (i, test) in tests.iter().enumerate() {
-        if signals.received().is_some() || (options.fail_fast && summary.counts.failed > 0) {
-            summary.not_run = tests.len() - i;
-            break;
-        }
-        let result = run_test(options, &qemu, &signals, test)?;
-        summary.counts.add(&result.outcome.status);
-        reporter.result(&result);
-        results.push(result);
+    let live = options.progress && options.capture && reporter::progress::wanted();
+    let mut reporter = reporter::Reporter::new(options.format, options.capture, live);
+    if tests.is_empty() {
+        reporter.note("no tests to run");
     }
-    summary.signal = signals.received();
-    reporter.finish(summary.counts, summary.not_run);
+    if !options.capture && options.jobs > 1 {
+        reporter.note("--no-capture runs one test at a time, so that output stays readable");
+    }
+    let jobs = jobs(options);
+    let exec = executor::Executor::new(options, qemu, jobs, artifacts, signals, channel);
+    let (summary, results) = exec.run(tests, &mut reporter);
     if let Some(j) = &options.junit {
-        report::write_junit(j, &results)
+        reporter::junit::write(j, &summary, &results)
             .map_err(|e| SetupError(format!("writing {}: {e}", j.display())))?;
     }
     Ok(summary)
-}
-
-/// Runs one test, retrying a failure up to `--retries` times.
-fn run_test(
-    options: &Options,
-    qemu: &QemuBinary,
-    signals: &signal::SignalWatch,
-    test: &Test,
-) -> Result<TestResult, SetupError> {
-    let mut tries = 0;
-    loop {
-        tries += 1;
-        let artifacts = artifacts_dir(options, test, tries)?;
-        let config = RunConfig {
-            script: test.path.clone(),
-            artifacts: artifacts.clone(),
-            timeout: options.timeout,
-            qemu: qemu.clone(),
-            params: options.params.clone(),
-            capture: options.capture,
-            lib_dirs: options.lib_dirs.clone(),
-        };
-        let cancel = Cancel::new();
-        signals.set_current(Some(cancel.clone()));
-        let outcome = script::run_file(config, cancel);
-        signals.set_current(None);
-        let failed = matches!(outcome.status, Status::Failed(_));
-        let keep = failed || options.keep_artifacts || options.artifacts.is_some();
-        if !keep {
-            let _ = std::fs::remove_dir_all(&artifacts);
-        }
-        if !failed || tries > options.retries || signals.received().is_some() {
-            return Ok(TestResult {
-                test: test.clone(),
-                outcome,
-                tries,
-                artifacts: keep.then_some(artifacts),
-            });
-        }
-        // A failed try that is retried is reported through its last try
-        // only; its logs stay only where the user asked for them.
-        if options.artifacts.is_none() && !options.keep_artifacts {
-            let _ = std::fs::remove_dir_all(&artifacts);
-        }
-    }
-}
-
-/// `DIR/<test>[.tryN]` under `--artifacts`, else a new temp folder.
-fn artifacts_dir(options: &Options, test: &Test, attempt: u32) -> Result<PathBuf, SetupError> {
-    let slug: String = test
-        .name
-        .trim_end_matches(".rhai")
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    let setup = |p: &Path, e: std::io::Error| SetupError(format!("creating {}: {e}", p.display()));
-    match &options.artifacts {
-        Some(root) => {
-            let name = if attempt > 1 {
-                format!("{slug}.try{attempt}")
-            } else {
-                slug
-            };
-            let dir = root.join(name);
-            if dir.exists() {
-                std::fs::remove_dir_all(&dir).map_err(|e| setup(&dir, e))?;
-            }
-            std::fs::create_dir_all(&dir).map_err(|e| setup(&dir, e))?;
-            Ok(dir)
-        }
-        None => tempfile::Builder::new()
-            .prefix(&format!(
-                "vmscript-artifacts-{}-",
-                test.path.file_stem().unwrap_or_default().to_string_lossy()
-            ))
-            .tempdir()
-            .map(|t| t.keep())
-            .map_err(|e| setup(&std::env::temp_dir(), e)),
-    }
 }
 
 #[cfg(test)]
@@ -274,7 +224,9 @@ mod tests {
         assert_eq!(s.exit_code(), 0);
         s.counts.failed = 1;
         assert_eq!(s.exit_code(), 1);
-        s.signal = Some(15);
+        s.stopped = Some(StopReason::FailFast);
+        assert_eq!(s.exit_code(), 1);
+        s.stopped = Some(StopReason::Signal(15));
         assert_eq!(s.exit_code(), 143);
     }
 }

@@ -6,7 +6,10 @@
 //! machine fails at once, and wakes the host helpers that sleep
 //! ([`Cancel::sleep`]). The engine's progress callback checks
 //! [`Cancel::is_cancelled`] so that a pure Rhai loop stops too.
+//! [`Cancel::abandon`] is for a process about to exit without waiting for
+//! the script: it kills the machines and removes the run's temp dir.
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -41,7 +44,8 @@ impl Reason {
     }
 }
 
-fn signal_name(signal: i32) -> String {
+/// A signal's name for reports: `SIGINT (Ctrl-C)`, `SIGTERM`.
+pub fn signal_name(signal: i32) -> String {
     match signal {
         libc::SIGINT => "SIGINT (Ctrl-C)".into(),
         libc::SIGTERM => "SIGTERM".into(),
@@ -63,6 +67,7 @@ struct Inner {
     state: Mutex<State>,
     wake: Condvar,
     machines: Mutex<Vec<KillHandle>>,
+    temp_dirs: Mutex<Vec<PathBuf>>,
 }
 
 /// A run's cancellation token; clones share it.
@@ -108,6 +113,30 @@ impl Cancel {
             .clone();
         for h in handles {
             h.kill();
+        }
+    }
+
+    /// Records the run's temp dir, for [`Cancel::abandon`].
+    pub fn register_temp_dir(&self, path: PathBuf) {
+        self.inner
+            .temp_dirs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(path);
+    }
+
+    /// For a process that exits without waiting for the script: SIGKILLs
+    /// its machines and removes its temp dirs (their sockets with them).
+    pub fn abandon(&self) {
+        self.kill_machines();
+        let dirs = self
+            .inner
+            .temp_dirs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        for d in dirs {
+            let _ = std::fs::remove_dir_all(d);
         }
     }
 
@@ -250,6 +279,18 @@ mod tests {
         c.cancel(Reason::Signal(2));
         assert_eq!(c.reason(), Some(Reason::Timeout(Duration::from_millis(50))));
         assert!(c.is_cancelled());
+    }
+
+    #[test]
+    fn abandon_removes_the_registered_temp_dirs() {
+        let d = tempfile::tempdir().unwrap();
+        let t = d.path().join("run");
+        std::fs::create_dir(&t).unwrap();
+        std::fs::write(t.join("sock"), "").unwrap();
+        let c = Cancel::new();
+        c.register_temp_dir(t.clone());
+        c.abandon();
+        assert!(!t.exists());
     }
 
     #[test]

@@ -204,6 +204,7 @@ impl Run {
             .permissions(std::fs::Permissions::from_mode(0o700))
             .tempdir()?;
         let temp_path = temp.path().to_path_buf();
+        cancel.register_temp_dir(temp_path.clone());
         let file = File::create(config.artifacts.join("script.log")).ok();
         let now = Instant::now();
         Ok(Run {
@@ -381,8 +382,11 @@ impl Run {
         self.fds.borrow_mut().clear();
         if let Some(t) = self.temp.borrow_mut().take() {
             let path = t.path().display().to_string();
-            if let Err(e) = t.close() {
-                report.problems.push(format!("removing {path}: {e}"));
+            match t.close() {
+                // Gone already: removed by [`Cancel::abandon`].
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => report.problems.push(format!("removing {path}: {e}")),
+                Ok(()) => {}
             }
         }
         if let Some(mut f) = self.output.file.borrow_mut().take() {

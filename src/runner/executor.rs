@@ -1,0 +1,337 @@
+//! Running the selected tests: up to `jobs` at once, each try on a thread
+//! of its own with its own engine, temp dir and artifacts folder
+//! ([`script::run_file`] does the rest), retries of failed tries,
+//! `--fail-fast`, signals, and a backstop for a test that does not stop at
+//! its timeout.
+//!
+//! One thread, the caller's, owns the schedule: worker threads only run a
+//! script and send its [`Outcome`] back over a channel, so results are
+//! counted, reported and their artifacts kept or removed in one place, in
+//! the order tests end. Start with [`Executor::run`].
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::time::{Duration, Instant};
+
+use crate::script::{self, Cancel, Failure, Outcome, QemuBinary, RunConfig, RunReport, Status};
+
+use super::artifacts::Artifacts;
+use super::discover::Test;
+use super::reporter::{ProgressState, Reporter};
+use super::results::{Attempt, Counts, TestResult, Verdict};
+use super::signal::SignalWatch;
+use super::{Options, StopReason, Summary};
+
+/// How often the progress line and the stuck-test backstop are looked at.
+const TICK: Duration = Duration::from_millis(250);
+/// How long a test may go on after its timeout before it is abandoned.
+/// Every wait in the script layer ends when the run is cancelled, so only
+/// a bug gets here.
+const STUCK_GRACE: Duration = Duration::from_secs(15);
+
+/// What worker threads and the signal thread tell the executor.
+pub enum Msg {
+    /// A try ended.
+    Done { id: u64, outcome: Box<Outcome> },
+    /// The first Ctrl-C or SIGTERM; the running tests were cancelled.
+    Signal(i32),
+}
+
+/// A try that is running.
+struct Running {
+    test: Test,
+    number: u32,
+    /// The test's earlier tries.
+    earlier: Vec<Attempt>,
+    cancel: Cancel,
+    started: Instant,
+    dir: Option<PathBuf>,
+}
+
+/// The schedule of one `vmscript run`; see the module documentation.
+pub struct Executor<'a> {
+    options: &'a Options,
+    qemu: QemuBinary,
+    jobs: usize,
+    artifacts: Artifacts,
+    signals: SignalWatch,
+    tx: Sender<Msg>,
+    rx: Receiver<Msg>,
+    running: BTreeMap<u64, Running>,
+    next_id: u64,
+    counts: Counts,
+    results: Vec<TestResult>,
+    stopped: Option<StopReason>,
+}
+
+impl<'a> Executor<'a> {
+    /// `tx` and `rx` are one channel, whose sender the signal thread also has.
+    pub fn new(
+        options: &'a Options,
+        qemu: QemuBinary,
+        jobs: usize,
+        artifacts: Artifacts,
+        signals: SignalWatch,
+        (tx, rx): (Sender<Msg>, Receiver<Msg>),
+    ) -> Executor<'a> {
+        Executor {
+            options,
+            qemu,
+            jobs: jobs.max(1),
+            artifacts,
+            signals,
+            tx,
+            rx,
+            running: BTreeMap::new(),
+            next_id: 0,
+            counts: Counts::default(),
+            results: Vec::new(),
+            stopped: None,
+        }
+    }
+
+    /// Runs `tests` and reports each as it ends; returns the summary and
+    /// every result, in the order they ended.
+    pub fn run(mut self, tests: Vec<Test>, reporter: &mut Reporter) -> (Summary, Vec<TestResult>) {
+        let start = Instant::now();
+        let total = tests.len();
+        let mut queue: VecDeque<Test> = tests.into();
+        reporter.start(total);
+        loop {
+            if let (None, Some(sig)) = (self.stopped, self.signals.received()) {
+                self.stopped = Some(StopReason::Signal(sig));
+            }
+            while self.stopped.is_none() && self.running.len() < self.jobs {
+                let Some(test) = queue.pop_front() else {
+                    break;
+                };
+                self.start(test, 1, Vec::new());
+            }
+            if self.running.is_empty() {
+                break;
+            }
+            match self.rx.recv_timeout(TICK) {
+                Ok(Msg::Done { id, outcome }) => {
+                    if let Some(r) = self.running.remove(&id) {
+                        self.finished(id, r, *outcome, reporter);
+                    }
+                }
+                Ok(Msg::Signal(sig)) => {
+                    if !matches!(self.stopped, Some(StopReason::Signal(_))) {
+                        self.stopped = Some(StopReason::Signal(sig));
+                    }
+                    // The running tests were cancelled already; counting
+                    // them here would race with their ends.
+                    reporter.note(&format!(
+                        "{} received: stopping the running tests, starting no more; again to kill at once",
+                        script::cancel::signal_name(sig),
+                    ));
+                }
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {}
+            }
+            self.abandon_stuck(reporter);
+            reporter.tick(&self.progress(start, total));
+        }
+        self.artifacts.finish();
+        let summary = Summary {
+            counts: self.counts,
+            not_run: queue.len(),
+            stopped: self.stopped,
+            elapsed: start.elapsed(),
+            jobs: self.jobs,
+            partition: self.options.partition,
+        };
+        reporter.finish(&summary, &self.results);
+        (summary, self.results)
+    }
+
+    /// Starts try `number` of `test` on a thread of its own.
+    fn start(&mut self, test: Test, number: u32, earlier: Vec<Attempt>) {
+        let id = self.next_id;
+        self.next_id += 1;
+        let cancel = Cancel::new();
+        let started = Instant::now();
+        let shown = test.path.display().to_string();
+        let dir = match self.artifacts.create(&test, number) {
+            Ok(d) => d,
+            Err(e) => {
+                self.running.insert(
+                    id,
+                    Running {
+                        test,
+                        number,
+                        earlier,
+                        cancel,
+                        started,
+                        dir: None,
+                    },
+                );
+                let _ = self.tx.send(Msg::Done {
+                    id,
+                    outcome: Box::new(host_failure(&shown, e.0, started)),
+                });
+                return;
+            }
+        };
+        let discard = if self.artifacts.keeps(Verdict::Interrupted) {
+            Vec::new()
+        } else {
+            vec![dir.clone()]
+        };
+        self.signals.track(id, cancel.clone(), discard);
+        let config = RunConfig {
+            script: test.path.clone(),
+            artifacts: dir.clone(),
+            timeout: self.options.timeout,
+            qemu: self.qemu.clone(),
+            params: self.options.params.clone(),
+            capture: self.options.capture,
+            lib_dirs: self.options.lib_dirs.clone(),
+        };
+        let tx = self.tx.clone();
+        let c = cancel.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("test {}", test.name))
+            .stack_size(script::SCRIPT_STACK)
+            .spawn(move || {
+                let shown = config.script.display().to_string();
+                let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    script::run_file(config, c)
+                }))
+                .unwrap_or_else(|panic| {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    host_failure(
+                        &shown,
+                        format!("vmscript bug: the test's thread panicked: {what}"),
+                        started,
+                    )
+                });
+                let _ = tx.send(Msg::Done {
+                    id,
+                    outcome: Box::new(outcome),
+                });
+            });
+        if let Err(e) = spawned {
+            let _ = self.tx.send(Msg::Done {
+                id,
+                outcome: Box::new(host_failure(
+                    &shown,
+                    format!("starting a thread: {e}"),
+                    started,
+                )),
+            });
+        }
+        self.running.insert(
+            id,
+            Running {
+                test,
+                number,
+                earlier,
+                cancel,
+                started,
+                dir: Some(dir),
+            },
+        );
+    }
+
+    /// Try `id` ended: retry it, or report the test.
+    fn finished(&mut self, id: u64, r: Running, outcome: Outcome, reporter: &mut Reporter) {
+        let verdict = Verdict::of(&outcome, r.cancel.reason().as_ref());
+        let mut attempts = r.earlier;
+        attempts.push(Attempt {
+            number: r.number,
+            verdict,
+            outcome,
+            artifacts: r.dir,
+        });
+        let retry = matches!(verdict, Verdict::Failed | Verdict::TimedOut)
+            && r.number <= self.options.retries
+            && self.stopped.is_none()
+            && self.signals.received().is_none();
+        if retry {
+            self.signals.untrack(id);
+            self.start(r.test, r.number + 1, attempts);
+            return;
+        }
+        // The report reads the logs' tails, so folders go after it.
+        let mut discard = Vec::new();
+        for a in &mut attempts {
+            if !self.artifacts.keeps(a.verdict) {
+                discard.extend(a.artifacts.take());
+            }
+        }
+        let result = TestResult::new(r.test, attempts);
+        reporter.result(&result);
+        for d in discard {
+            self.artifacts.discard(&d);
+        }
+        // Only now: a second signal removes what a tracked test would not keep.
+        self.signals.untrack(id);
+        self.counts.add(&result);
+        if self.options.fail_fast && verdict.is_failure() && self.stopped.is_none() {
+            self.stopped = Some(StopReason::FailFast);
+        }
+        self.results.push(result);
+    }
+
+    /// Reports as timed out, and stops waiting for, a test that goes on
+    /// well past its timeout; its machines are killed and its temp dir
+    /// removed, its thread is left to end with the process.
+    fn abandon_stuck(&mut self, reporter: &mut Reporter) {
+        let limit = self.options.timeout + STUCK_GRACE;
+        let stuck: Vec<u64> = self
+            .running
+            .iter()
+            .filter(|(_, r)| r.started.elapsed() > limit)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in stuck {
+            let Some(r) = self.running.remove(&id) else {
+                continue;
+            };
+            self.signals.untrack(id);
+            r.cancel
+                .cancel(script::Reason::Timeout(self.options.timeout));
+            r.cancel.abandon();
+            let message = format!(
+                "the test timed out after {}s and did not stop within {}s more; it was abandoned",
+                self.options.timeout.as_secs_f64(),
+                STUCK_GRACE.as_secs()
+            );
+            let shown = r.test.path.display().to_string();
+            let outcome = Outcome {
+                status: Status::Failed(Failure::plain(&shown, "Timeout", message)),
+                duration: r.started.elapsed(),
+                report: RunReport::default(),
+            };
+            self.finished(id, r, outcome, reporter);
+        }
+    }
+
+    fn progress(&self, start: Instant, total: usize) -> ProgressState {
+        ProgressState {
+            elapsed: start.elapsed(),
+            total,
+            counts: self.counts,
+            running: self
+                .running
+                .values()
+                .map(|r| (r.test.name.clone(), r.number, r.started.elapsed()))
+                .collect(),
+        }
+    }
+}
+
+/// A try that failed before or outside its script.
+fn host_failure(script: &str, message: String, started: Instant) -> Outcome {
+    Outcome {
+        status: Status::Failed(Failure::plain(script, "HostError", message)),
+        duration: started.elapsed(),
+        report: RunReport::default(),
+    }
+}

@@ -1,0 +1,763 @@
+//! `vmscript run` at scale, through the binary: parallel jobs, timeouts,
+//! retries and flaky tests, fail-fast, skips, partitions, exit codes, the
+//! TAP, JSON and JUnit reports (each read back by a parser), artifacts,
+//! the progress line on a terminal, and Ctrl-C/SIGTERM with machines
+//! running.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const VMSCRIPT: &str = env!("CARGO_BIN_EXE_vmscript");
+
+/// A temp folder holding one test's scripts, also `$TMPDIR` (below
+/// `tmp/`) so that whatever vmscript leaves behind shows up there.
+struct World {
+    dir: tempfile::TempDir,
+}
+
+impl World {
+    fn new() -> World {
+        let w = World {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        std::fs::create_dir_all(w.tmp()).unwrap();
+        w
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn tmp(&self) -> PathBuf {
+        self.path().join("tmp")
+    }
+
+    fn script(&self, name: &str, text: &str) {
+        let p = self.path().join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(VMSCRIPT);
+        c.args(args)
+            .current_dir(self.path())
+            .env("TMPDIR", self.tmp())
+            .env_remove("VMSCRIPT_QEMU")
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().unwrap()
+    }
+
+    /// Everything in `$TMPDIR`.
+    fn leftovers(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.tmp())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The JSON lines of `--format json`: the tests, then the summary.
+fn json_lines(o: &Output) -> (Vec<serde_json::Value>, serde_json::Value) {
+    let mut v: Vec<serde_json::Value> = stdout(o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect();
+    let summary = v.pop().unwrap();
+    (v, summary["summary"].clone())
+}
+
+/// Whether `pid` is a running QEMU.
+fn is_qemu(pid: i32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| String::from_utf8_lossy(&c).contains("qemu"))
+        .unwrap_or(false)
+}
+
+/// Every unix socket file below `dir`.
+fn sockets_below(dir: &Path) -> Vec<PathBuf> {
+    use std::os::unix::fs::FileTypeExt;
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let ty = e.file_type().unwrap();
+            if ty.is_dir() {
+                stack.push(e.path());
+            } else if ty.is_socket() {
+                out.push(e.path());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn four_jobs_run_eight_sleeping_tests_in_a_quarter_of_the_time() {
+    let w = World::new();
+    for i in 0..8 {
+        w.script(&format!("s/t{i}.rhai"), "sleep(2);\n");
+    }
+    let time = |jobs: &str| {
+        let start = Instant::now();
+        let o = w.run(&["run", "-j", jobs, "s"]);
+        assert!(o.status.success(), "{}", stdout(&o));
+        assert!(stdout(&o).ends_with("\n8 passed, 0 failed, 0 skipped\n"));
+        start.elapsed()
+    };
+    let one = time("1");
+    let four = time("4");
+    eprintln!("-j 1: {one:?}, -j 4: {four:?}");
+    assert!(one >= Duration::from_secs(16), "{one:?}");
+    assert!(four < Duration::from_secs(8), "{four:?}");
+    assert!(
+        one.as_secs_f64() / four.as_secs_f64() > 2.5,
+        "-j 1 {one:?} vs -j 4 {four:?}"
+    );
+}
+
+const TWO_MACHINES: &str = r#"
+let a = machine();
+a.add_args("-M", "none");
+a.launch();
+let b = machine();
+b.add_args("-M", "none");
+b.launch();
+log(`status ${a.command("query-status").status}`);
+assert_eq(b.command("query-status").status, "running");
+sleep(1);
+"#;
+
+#[test]
+fn tests_with_several_machines_run_at_once_and_keep_their_artifacts_apart() {
+    let w = World::new();
+    for i in 0..4 {
+        w.script(&format!("m/vm{i}.rhai"), TWO_MACHINES);
+    }
+    let o = w.run(&[
+        "run",
+        "-j",
+        "4",
+        "--keep-artifacts",
+        "--format",
+        "json",
+        "m",
+    ]);
+    let (tests, summary) = json_lines(&o);
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    assert_eq!(summary["passed"], 4);
+    let mut dirs = BTreeSet::new();
+    for t in &tests {
+        let dir = PathBuf::from(t["artifacts"].as_str().unwrap());
+        assert!(dirs.insert(dir.clone()), "shared artifacts folder {dir:?}");
+        for f in ["vm0.log", "vm1.log", "vm0.qmp.jsonl", "vm1.qmp.jsonl"] {
+            assert!(dir.join(f).is_file(), "{f} missing in {dir:?}");
+        }
+        let log = std::fs::read_to_string(dir.join("script.log")).unwrap();
+        assert!(log.contains("s] status running"), "{log}");
+        // The QMP transcript: every command, reply and event, timestamped.
+        let qmp = std::fs::read_to_string(dir.join("vm0.qmp.jsonl")).unwrap();
+        let lines: Vec<serde_json::Value> = qmp
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert!(lines.iter().all(|l| l["t"].is_f64()));
+        assert!(lines
+            .iter()
+            .any(|l| l["dir"] == "sent" && l["msg"]["execute"] == "query-status"));
+        assert!(lines
+            .iter()
+            .any(|l| l["dir"] == "received" && l["msg"]["return"]["status"] == "running"));
+    }
+    // Kept artifacts are all that is left.
+    let left = w.leftovers();
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(left[0].starts_with("vmscript-artifacts-"), "{left:?}");
+}
+
+#[test]
+fn a_timeout_kills_the_machines_and_says_what_the_test_was_waiting_for() {
+    let w = World::new();
+    w.script(
+        "u.rhai",
+        &format!(
+            "let vm = machine();\nvm.add_args(\"-M\", \"none\");\nvm.launch();\nwrite_file(\"{}/pid\", `${{vm.get_pid()}}`);\nvm.event_wait(\"NEVER\", 600);\n",
+            w.path().display()
+        ),
+    );
+    let start = Instant::now();
+    let o = w.run(&["run", "--timeout", "2", "-j", "2", "u.rhai"]);
+    assert!(start.elapsed() < Duration::from_secs(15));
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(out.starts_with("TIMEOUT u.rhai (2."), "{out}");
+    assert!(
+        out.contains("u.rhai:5:4: Timeout: the test timed out after 2s, waiting for event NEVER\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("\n      5 | vm.event_wait(\"NEVER\", 600);\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("    1 timed out\n0 passed, 1 failed, 0 skipped\n"),
+        "{out}"
+    );
+    let pid: i32 = std::fs::read_to_string(w.path().join("pid"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(!is_qemu(pid), "QEMU {pid} outlived its test");
+    // A timed-out test keeps its artifacts, and nothing else is left.
+    let left = w.leftovers();
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(left[0].starts_with("vmscript-artifacts-"));
+    assert!(sockets_below(&w.tmp()).is_empty());
+
+    let o = w.run(&["run", "--timeout", "2", "--format", "json", "u.rhai"]);
+    let (tests, summary) = json_lines(&o);
+    assert_eq!(tests[0]["status"], "timeout");
+    assert_eq!(tests[0]["error"]["waiting_for"], "event NEVER");
+    assert_eq!(summary["timed_out"], 1);
+    assert_eq!(summary["failed"], 1);
+}
+
+/// Fails on its first try, passes on the next: it leaves a mark in `dir`.
+const FLAKY: &str = r#"
+let mark = `${param("dir")}/flaky-mark`;
+if !file_exists(mark) {
+    write_file(mark, "tried");
+    fail("first try fails");
+}
+"#;
+
+#[test]
+fn retries_make_a_flaky_test_pass_and_say_so() {
+    let w = World::new();
+    w.script("f/flaky.rhai", FLAKY);
+    w.script("f/ok.rhai", "let x = 1;\n");
+    let dir = format!("dir={}", w.path().display());
+    let o = w.run(&["run", "--retries", "2", "f", "--", &dir]);
+    let out = stdout(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(
+        out.contains("FLAKY f/flaky.rhai (") && out.contains(", passed on try 2)\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("    try 1 failed (") && out.contains("AssertionFailed: first try fails"),
+        "{out}"
+    );
+    assert!(
+        out.ends_with("    1 flaky\n2 passed, 0 failed, 0 skipped\n"),
+        "{out}"
+    );
+    // Without retries it fails (the mark is gone again).
+    std::fs::remove_file(w.path().join("flaky-mark")).unwrap();
+    let o = w.run(&["run", "f/flaky.rhai", "--", &dir]);
+    assert_eq!(o.status.code(), Some(1));
+    // A test that always fails is tried 1 + retries times.
+    w.script("g/bad.rhai", "fail(\"always\");\n");
+    let o = w.run(&["run", "--retries", "2", "--format", "json", "g"]);
+    assert_eq!(o.status.code(), Some(1));
+    let (tests, _) = json_lines(&o);
+    assert_eq!(tests[0]["tries"], 3);
+    assert_eq!(tests[0]["status"], "failed");
+    assert_eq!(tests[0]["flaky"], false);
+}
+
+#[test]
+fn fail_fast_starts_nothing_after_a_failure_and_lets_running_tests_finish() {
+    let w = World::new();
+    w.script("t/a.rhai", "fail(\"a fails\");\n");
+    w.script("t/b.rhai", "sleep(1);\n");
+    for c in ["c", "d", "e"] {
+        w.script(&format!("t/{c}.rhai"), "let x = 1;\n");
+    }
+    let o = w.run(&["run", "-j", "2", "--fail-fast", "t"]);
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(out.contains("FAIL t/a.rhai"), "{out}");
+    assert!(out.contains("PASS t/b.rhai"), "{out}");
+    assert!(
+        out.ends_with(
+            "    Stopped after a failure (--fail-fast)\n3 not run\n1 passed, 1 failed, 0 skipped\n"
+        ),
+        "{out}"
+    );
+}
+
+#[test]
+fn exit_codes_are_0_when_nothing_failed_1_on_a_failure_2_on_a_usage_error() {
+    let w = World::new();
+    w.script("ok/pass.rhai", "let x = 1;\n");
+    w.script("ok/skip.rhai", "skip(\"not today\");\n");
+    w.script("bad/fail.rhai", "assert_eq(1, 2);\n");
+    let o = w.run(&["run", "ok"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    assert!(stdout(&o).contains("SKIP ok/skip.rhai: not today\n"));
+    assert!(stdout(&o).ends_with("\n1 passed, 0 failed, 1 skipped\n"));
+    assert_eq!(w.run(&["run", "."]).status.code(), Some(1));
+    for bad in [
+        &["run", "--partition", "count:4/3", "."][..],
+        &["run", "--partition", "slice:1/2", "."],
+        &["run", "-j", "0", "."],
+        &["run", "nonexistent"],
+        &["run", "--retries", "x", "."],
+    ] {
+        let o = w.run(bad);
+        assert_eq!(o.status.code(), Some(2), "{bad:?}: {}", stderr(&o));
+    }
+}
+
+/// The names a run of `--partition spec` ran.
+fn partition(w: &World, spec: &str) -> BTreeSet<String> {
+    let o = w.run(&["run", "--format", "json", "--partition", spec, "p"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (tests, _) = json_lines(&o);
+    tests
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn partitions_are_disjoint_and_together_the_whole_suite() {
+    let w = World::new();
+    let mut all = BTreeSet::new();
+    for i in 0..11 {
+        w.script(&format!("p/t{i:02}.rhai"), "let x = 1;\n");
+        all.insert(format!("p/t{i:02}.rhai"));
+    }
+    w.script("p/lib/helper.rhai", "fail(\"not a test\");\n");
+    for kind in ["count", "hash"] {
+        let parts: Vec<BTreeSet<String>> = (1..=3)
+            .map(|k| partition(&w, &format!("{kind}:{k}/3")))
+            .collect();
+        for (i, a) in parts.iter().enumerate() {
+            for b in &parts[i + 1..] {
+                assert!(a.is_disjoint(b), "{kind}: {a:?} and {b:?} overlap");
+            }
+        }
+        let union: BTreeSet<String> = parts.into_iter().flatten().collect();
+        assert_eq!(union, all, "{kind}");
+    }
+    // count deals tests out in order.
+    assert_eq!(
+        partition(&w, "count:2/3"),
+        ["p/t01.rhai", "p/t04.rhai", "p/t07.rhai", "p/t10.rhai"]
+            .map(String::from)
+            .into()
+    );
+}
+
+/// A suite with one test of each kind of result.
+fn mixed_suite(w: &World) {
+    w.script("x/pass.rhai", "let x = 1;\n");
+    w.script(
+        "x/fail.rhai",
+        "print(\"before <the> failure & after\");\nassert_eq(1, 2, \"one is two\");\n",
+    );
+    w.script("x/slow.rhai", "sleep(60);\n");
+    w.script("x/skip.rhai", "skip(\"no guest\");\n");
+    w.script("x/flaky.rhai", FLAKY);
+}
+
+#[test]
+fn junit_reads_back_with_failures_messages_and_output() {
+    let w = World::new();
+    mixed_suite(&w);
+    let dir = format!("dir={}", w.path().display());
+    let o = w.run(&[
+        "run",
+        "-j",
+        "4",
+        "--retries",
+        "1",
+        "--timeout",
+        "2",
+        "--junit",
+        "junit.xml",
+        "x",
+        "--",
+        &dir,
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    let xml = std::fs::read_to_string(w.path().join("junit.xml")).unwrap();
+
+    // Well-formed XML, by a generic parser.
+    let mut reader = quick_xml::Reader::from_str(&xml);
+    let mut elements = Vec::new();
+    loop {
+        match reader.read_event() {
+            Ok(quick_xml::events::Event::Eof) => break,
+            Ok(quick_xml::events::Event::Start(e) | quick_xml::events::Event::Empty(e)) => {
+                elements.push(String::from_utf8_lossy(e.name().as_ref()).into_owned());
+            }
+            Ok(_) => {}
+            Err(e) => panic!("malformed XML at {}: {e}\n{xml}", reader.buffer_position()),
+        }
+    }
+    assert_eq!(elements.iter().filter(|e| *e == "testcase").count(), 5);
+
+    // And as JUnit, by quick-junit's reader.
+    let report = quick_junit::Report::deserialize_from_str(&xml).unwrap();
+    assert_eq!(report.tests, 5);
+    assert_eq!(report.failures, 2);
+    let suite = &report.test_suites[0];
+    assert_eq!(suite.skipped, 1);
+    let case = |name: &str| {
+        suite
+            .test_cases
+            .iter()
+            .find(|c| c.name.as_str() == name)
+            .unwrap_or_else(|| panic!("{name} missing"))
+    };
+    use quick_junit::TestCaseStatus as S;
+    match &case("x/fail.rhai").status {
+        S::NonSuccess {
+            message,
+            ty,
+            description,
+            reruns,
+            ..
+        } => {
+            assert_eq!(message.as_ref().unwrap().as_str(), "one is two");
+            assert_eq!(ty.as_ref().unwrap().as_str(), "AssertionFailed");
+            let d = description.as_ref().unwrap().as_str();
+            assert!(
+                d.contains("x/fail.rhai:2:1: AssertionFailed: one is two"),
+                "{d}"
+            );
+            assert!(d.contains("artifacts: "), "{d}");
+            assert_eq!(reruns.runs.len(), 1);
+        }
+        s => panic!("{s:?}"),
+    }
+    assert_eq!(
+        case("x/fail.rhai").system_out.as_ref().unwrap().as_str(),
+        "before <the> failure & after"
+    );
+    match &case("x/slow.rhai").status {
+        S::NonSuccess { message, ty, .. } => {
+            assert_eq!(ty.as_ref().unwrap().as_str(), "Timeout");
+            assert!(message
+                .as_ref()
+                .unwrap()
+                .as_str()
+                .starts_with("the test timed out after 2s"));
+        }
+        s => panic!("{s:?}"),
+    }
+    match &case("x/flaky.rhai").status {
+        S::Success { flaky_runs } => assert_eq!(flaky_runs.len(), 1),
+        s => panic!("{s:?}"),
+    }
+    assert!(matches!(case("x/skip.rhai").status, S::Skipped { .. }));
+    assert!(matches!(case("x/pass.rhai").status, S::Success { .. }));
+    assert_eq!(
+        case("x/pass.rhai").classname.as_ref().unwrap().as_str(),
+        "x"
+    );
+}
+
+/// A test point of a TAP stream.
+#[derive(Debug)]
+struct Point {
+    ok: bool,
+    number: usize,
+    description: String,
+    directive: Option<String>,
+    yaml: serde_json::Map<String, serde_json::Value>,
+}
+
+/// A strict reader of the TAP 14 that vmscript writes: the version line,
+/// one plan, test points numbered 1, 2, … with optional YAML blocks (whose
+/// values are double-quoted scalars or plain numbers and booleans), comments,
+/// and an optional `Bail out!`.
+fn parse_tap(text: &str) -> (usize, Vec<Point>, Option<String>) {
+    let point_re =
+        regex::Regex::new(r"^(not )?ok (\d+)(?: - ((?:[^#\\]|\\.)*?))?(?: # (.*))?$").unwrap();
+    let mut lines = text.lines().peekable();
+    assert_eq!(lines.next(), Some("TAP version 14"), "{text}");
+    let mut plan = None;
+    let mut points: Vec<Point> = Vec::new();
+    let mut bail = None;
+    while let Some(line) = lines.next() {
+        if let Some(n) = line.strip_prefix("1..") {
+            assert!(plan.is_none(), "two plans: {text}");
+            plan = Some(n.parse::<usize>().unwrap());
+        } else if let Some(c) = point_re.captures(line) {
+            let number: usize = c[2].parse().unwrap();
+            assert_eq!(number, points.len() + 1, "out of order: {line}");
+            let mut yaml = serde_json::Map::new();
+            if lines.peek() == Some(&"  ---") {
+                lines.next();
+                loop {
+                    let l = lines.next().expect("unterminated YAML block");
+                    if l == "  ..." {
+                        break;
+                    }
+                    let (k, v) = l
+                        .strip_prefix("  ")
+                        .and_then(|l| l.split_once(": "))
+                        .unwrap_or_else(|| panic!("bad YAML line {l:?}"));
+                    let v: serde_json::Value = serde_json::from_str(v)
+                        .unwrap_or_else(|e| panic!("bad YAML value {v:?}: {e}"));
+                    yaml.insert(k.to_string(), v);
+                }
+            }
+            points.push(Point {
+                ok: c.get(1).is_none(),
+                number,
+                description: c.get(3).map_or("", |m| m.as_str()).replace("\\#", "#"),
+                directive: c.get(4).map(|m| m.as_str().to_string()),
+                yaml,
+            });
+        } else if let Some(reason) = line.strip_prefix("Bail out!") {
+            bail = Some(reason.trim().to_string());
+            break;
+        } else {
+            assert!(
+                line.starts_with('#') || line.is_empty(),
+                "not TAP: {line:?}\n{text}"
+            );
+        }
+    }
+    for rest in lines {
+        assert!(rest.starts_with('#'), "after Bail out!: {rest:?}");
+    }
+    (plan.expect("no plan"), points, bail)
+}
+
+#[test]
+fn tap_output_is_tap_14_with_diagnostics() {
+    let w = World::new();
+    mixed_suite(&w);
+    w.script("x/odd # name.rhai", "let x = 1;\n");
+    let dir = format!("dir={}", w.path().display());
+    let o = w.run(&[
+        "run",
+        "-j",
+        "3",
+        "--retries",
+        "1",
+        "--timeout",
+        "2",
+        "--format",
+        "tap",
+        "x",
+        "--",
+        &dir,
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let out = stdout(&o);
+    let (plan, points, bail) = parse_tap(&out);
+    assert_eq!(plan, 6);
+    assert_eq!(points.len(), 6);
+    assert!(bail.is_none());
+    let point = |name: &str| {
+        points
+            .iter()
+            .find(|p| p.description == name)
+            .unwrap_or_else(|| panic!("{name} missing in {out}"))
+    };
+    assert!(point("x/pass.rhai").ok);
+    assert!(point("x/odd # name.rhai").ok);
+    let skip = point("x/skip.rhai");
+    assert!(skip.ok && skip.directive.as_deref() == Some("SKIP no guest"));
+    let fail = point("x/fail.rhai");
+    assert!(!fail.ok);
+    assert_eq!(fail.yaml["kind"], "AssertionFailed");
+    assert_eq!(fail.yaml["at"], "x/fail.rhai:2:1");
+    assert_eq!(fail.yaml["tries"], 2);
+    let slow = point("x/slow.rhai");
+    assert!(!slow.ok);
+    assert_eq!(slow.yaml["status"], "timeout");
+    let flaky = point("x/flaky.rhai");
+    assert!(flaky.ok && flaky.yaml["flaky"] == true);
+    assert!(points.iter().all(|p| p.number >= 1));
+    assert!(out.contains("\n# 3 passed, 2 failed, 1 skipped\n"), "{out}");
+
+    // Cut short: Bail out!
+    let o = w.run(&["run", "-j", "1", "--fail-fast", "--format", "tap", "x"]);
+    let (plan, points, bail) = parse_tap(&stdout(&o));
+    assert_eq!(plan, 6);
+    assert_eq!(points.len(), 1);
+    assert!(bail.unwrap().contains("--fail-fast"));
+}
+
+/// Scripts `sig/tN.rhai` that launch a machine, write its pid to
+/// `pids/tN` and sleep.
+fn sleeping_machines(w: &World, n: usize) {
+    std::fs::create_dir_all(w.path().join("pids")).unwrap();
+    for i in 0..n {
+        w.script(
+            &format!("sig/t{i}.rhai"),
+            &format!(
+                "let vm = machine();\nvm.add_args(\"-M\", \"none\");\nvm.set_console();\nvm.launch();\nwrite_file(\"{}/pids/t{i}\", `${{vm.get_pid()}}`);\nsleep(120);\n",
+                w.path().display()
+            ),
+        );
+    }
+}
+
+/// The pids written to `pids/`, once there are `n`.
+fn wait_for_pids(w: &World, n: usize) -> Vec<i32> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let pids: Vec<i32> = std::fs::read_dir(w.path().join("pids"))
+            .unwrap()
+            .filter_map(|e| std::fs::read_to_string(e.unwrap().path()).ok())
+            .filter_map(|s| s.trim().parse().ok())
+            .collect();
+        if pids.len() >= n {
+            return pids;
+        }
+        assert!(Instant::now() < deadline, "the tests did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn signal_stops_the_run_cleanly(sig: i32, name: &str) {
+    let w = World::new();
+    sleeping_machines(&w, 4);
+    let child = w
+        .command(&["run", "-j", "2", "sig"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pids = wait_for_pids(&w, 2);
+    assert!(pids.iter().all(|&p| is_qemu(p)));
+    let start = Instant::now();
+    // SAFETY: signals our own child.
+    unsafe { libc::kill(child.id() as i32, sig) };
+    let o = child.wait_with_output().unwrap();
+    assert!(start.elapsed() < Duration::from_secs(10));
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(128 + sig), "{out}");
+    assert!(
+        stderr(&o).contains(&format!(
+            "{name} received: stopping the running tests, starting no more"
+        )),
+        "{}",
+        stderr(&o)
+    );
+    let lines = out.lines().filter(|l| l.starts_with("INTERRUPTED sig/t"));
+    assert_eq!(lines.count(), 2, "{out}");
+    assert!(
+        out.contains(&format!("Interrupted: the test was interrupted by {name}")),
+        "{out}"
+    );
+    assert!(
+        out.ends_with(&format!(
+            "    2 interrupted\n    Stopped by {name}\n2 not run\n0 passed, 2 failed, 0 skipped\n"
+        )),
+        "{out}"
+    );
+    for p in pids {
+        assert!(!is_qemu(p), "QEMU {p} outlived vmscript");
+    }
+    assert_eq!(w.leftovers(), Vec::<String>::new());
+}
+
+#[test]
+fn sigint_stops_every_running_test_and_prints_the_partial_summary() {
+    signal_stops_the_run_cleanly(libc::SIGINT, "SIGINT (Ctrl-C)");
+}
+
+#[test]
+fn sigterm_stops_every_running_test_and_prints_the_partial_summary() {
+    signal_stops_the_run_cleanly(libc::SIGTERM, "SIGTERM");
+}
+
+#[test]
+fn a_second_signal_exits_at_once_and_leaves_nothing() {
+    let w = World::new();
+    sleeping_machines(&w, 3);
+    let child = w
+        .command(&["run", "-j", "3", "sig"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pids = wait_for_pids(&w, 3);
+    // Two different signals, so that the second is not merged into the
+    // first while it is pending.
+    // SAFETY: signals our own child.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let o = child.wait_with_output().unwrap();
+    // Cancelled tests end within milliseconds, so the run may finish from
+    // the first signal before the second is handled; either way it ends
+    // by a signal's status and leaves nothing.
+    match o.status.code() {
+        Some(143) => assert!(
+            stderr(&o).contains("second signal 15: killed "),
+            "{}",
+            stderr(&o)
+        ),
+        Some(130) => assert!(stdout(&o).ends_with("0 passed, 3 failed, 0 skipped\n")),
+        c => panic!("exit status {c:?}: {}", stdout(&o)),
+    }
+    for p in pids {
+        assert!(!is_qemu(p), "QEMU {p} outlived vmscript");
+    }
+    assert_eq!(w.leftovers(), Vec::<String>::new());
+    assert!(sockets_below(&w.tmp()).is_empty());
+}
+
+#[test]
+fn a_terminal_gets_a_live_progress_line_and_a_pipe_plain_lines() {
+    let w = World::new();
+    w.script("p/a.rhai", "sleep(1);\n");
+    w.script("p/b.rhai", "sleep(2);\n");
+    // A pipe: no control characters at all.
+    let o = w.run(&["run", "-j", "2", "p"]);
+    assert!(!stdout(&o).contains('\x1b') && !stderr(&o).contains('\x1b'));
+    // A terminal, through script(1) from util-linux.
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("no script(1): skipping the terminal half");
+        return;
+    }
+    let cmd = format!("{VMSCRIPT} run -j 2 p");
+    let o = Command::new("script")
+        .args(["-qfec", &cmd, "/dev/null"])
+        .current_dir(w.path())
+        .env("TMPDIR", w.tmp())
+        .env("TERM", "xterm")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let screen = stdout(&o);
+    assert!(
+        screen.contains(
+            "\r\x1b[K[    0s] 0/2 done: 0 passed, 0 failed | 2 running: p/a.rhai 0s, p/b.rhai 0s"
+        ),
+        "{screen:?}"
+    );
+    assert!(screen.contains("PASS p/a.rhai"), "{screen:?}");
+    assert!(
+        screen.ends_with("2 passed, 0 failed, 0 skipped\r\n"),
+        "{screen:?}"
+    );
+}
