@@ -18,8 +18,10 @@
 //! evaluates each module once per run, so every import of a module in one
 //! test shares it, and it refuses import cycles. [`locate`] finds a module
 //! without loading it. Compiled modules are kept for the thread's lifetime
-//! ([`compile_cached`]), so a module imported by many tests of one
-//! `vmscript run` is compiled once (and again only when its file changes).
+//! ([`compile_cached`]), so a module imported by every test a thread runs
+//! is compiled once (and again only when its file changes). The cache is
+//! per thread because Rhai's `AST` is neither `Send` nor `Sync` without
+//! Rhai's `sync` feature, which the bindings (built on `Rc`) do not use.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
