@@ -506,13 +506,17 @@ impl Machine {
 
     fn try_launch(&mut self) -> std::result::Result<(), (String, Vec<String>)> {
         let fail = |what: &str, e: &dyn std::fmt::Display| (format!("{what}: {e}"), Vec::new());
+        // Private: it holds the sockets (qtest, a unix monitor) that
+        // control QEMU.
+        use std::os::unix::fs::PermissionsExt;
+        let prefix = format!("vmscript-{}-", self.name);
+        let mut builder = tempfile::Builder::new();
+        builder
+            .prefix(&prefix)
+            .permissions(std::fs::Permissions::from_mode(0o700));
         let temp = match &self.opts.base_temp_dir {
-            Some(base) => tempfile::Builder::new()
-                .prefix(&format!("vmscript-{}-", self.name))
-                .tempdir_in(base),
-            None => tempfile::Builder::new()
-                .prefix(&format!("vmscript-{}-", self.name))
-                .tempdir(),
+            Some(base) => builder.tempdir_in(base),
+            None => builder.tempdir(),
         }
         .map_err(|e| fail("creating the temp dir", &e))?;
         self.sock_dir = self
