@@ -244,6 +244,8 @@ fn artifacts_dir(options: &Options, test: &Test, attempt: u32) -> Result<PathBuf
             Ok(dir)
         }
         None => tempfile::Builder::new()
+            // Private: QEMU and console logs may hold what the guest printed.
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
             .prefix(&format!(
                 "vmscript-artifacts-{}-",
                 test.path.file_stem().unwrap_or_default().to_string_lossy()
