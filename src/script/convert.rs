@@ -243,7 +243,7 @@ mod tests {
                 any::<INT>().prop_map(Dynamic::from_int),
                 any::<f64>().prop_map(Dynamic::from_float),
                 any::<char>().prop_map(Dynamic::from_char),
-                "\\PC{0,16}".prop_map(|s| Dynamic::from(s)),
+                "\\PC{0,16}".prop_map(Dynamic::from),
                 proptest::collection::vec(any::<u8>(), 0..8).prop_map(Dynamic::from_blob),
                 Just(Dynamic::from(Opaque)),
             ];
