@@ -161,8 +161,17 @@ impl Reader {
 
     /// Writes one chunk to every log. A log that fails (a full disk) is
     /// dropped: the guest must not stall for it, and the transcript goes on.
-    fn log(&mut self, bytes: &[u8]) {
-        self.logs.retain_mut(|f| f.write_all(bytes).is_ok());
+    /// Returns the error of a log that failed now.
+    fn log(&mut self, bytes: &[u8]) -> Option<String> {
+        let mut failed = None;
+        self.logs.retain_mut(|f| match f.write_all(bytes) {
+            Ok(()) => true,
+            Err(e) => {
+                failed.get_or_insert_with(|| e.to_string());
+                false
+            }
+        });
+        failed
     }
 }
 
@@ -183,6 +192,8 @@ struct State {
     cursor: usize,
     cap: usize,
     ended: Option<Ended>,
+    /// The first error writing a log file; the log stopped there.
+    log_error: Option<String>,
     /// Waiters asleep on the condvar; with none, a chunk wakes nobody (a
     /// syscall saved per chunk on the drain thread's hot path).
     sleepers: usize,
@@ -281,8 +292,11 @@ impl Shared {
     /// Logs one chunk, appends it to the transcript and wakes the waiters.
     /// The log comes first, so whoever sees a match can find it there too.
     fn deliver(&self, bytes: &[u8], reader: &mut Reader) {
-        reader.log(bytes);
+        let log_error = reader.log(bytes);
         let mut st = self.lock();
+        if let Some(e) = log_error {
+            st.log_error.get_or_insert(e);
+        }
         st.append(bytes);
         let anyone = st.sleepers > 0;
         drop(st);
@@ -457,6 +471,7 @@ impl Console {
                 cursor: 0,
                 cap,
                 ended: None,
+                log_error: None,
                 sleepers: 0,
             }),
             cond: Condvar::new(),
@@ -657,6 +672,12 @@ impl Console {
     pub fn is_closed(&self) -> bool {
         self.inner.pump_now();
         self.inner.shared.lock().ended.is_some()
+    }
+
+    /// The first error writing a log file (a full or read-only disk): the
+    /// log stopped there, the in-memory transcript did not.
+    pub fn log_error(&self) -> Option<String> {
+        self.inner.shared.lock().log_error.clone()
     }
 
     /// Shuts the socket down and joins the drain thread, so the log files

@@ -176,7 +176,38 @@ pub struct Machine {
     log: Option<String>,
     /// Events left queued when the monitor closed.
     leftover_events: Vec<Value>,
-    transcript: Option<Arc<Mutex<std::io::BufWriter<File>>>>,
+    transcript: Option<Arc<Mutex<Transcript>>>,
+    /// Logs that could not be written (a full or read-only disk).
+    artifact_errors: Vec<String>,
+}
+
+/// The QMP transcript file and the first error writing it, after which
+/// it stops (so it never ends in half a line written later).
+struct Transcript {
+    out: std::io::BufWriter<File>,
+    error: Option<String>,
+}
+
+impl Transcript {
+    fn write(&mut self, parts: &[&[u8]]) {
+        use std::io::Write;
+        if self.error.is_some() {
+            return;
+        }
+        if let Err(e) = parts.iter().try_for_each(|p| self.out.write_all(p)) {
+            self.error = Some(e.to_string());
+        }
+    }
+
+    fn flush(&mut self) -> Option<String> {
+        use std::io::Write;
+        if self.error.is_none() {
+            if let Err(e) = self.out.flush() {
+                self.error = Some(e.to_string());
+            }
+        }
+        self.error.clone()
+    }
 }
 
 static NEXT_NAME: AtomicUsize = AtomicUsize::new(0);
@@ -213,6 +244,7 @@ impl Machine {
             log: None,
             leftover_events: Vec::new(),
             transcript: None,
+            artifact_errors: Vec::new(),
             opts,
         })
     }
@@ -366,6 +398,12 @@ impl Machine {
         self.log_dir.join(format!("{}.console.log", self.name))
     }
 
+    /// Logs that could not be written or were cut short (a full or
+    /// read-only disk), one line each, over every launch so far.
+    pub fn artifact_errors(&self) -> &[String] {
+        &self.artifact_errors
+    }
+
     /// The path of the QMP transcript.
     pub fn qmp_transcript_path(&self) -> PathBuf {
         self.log_dir.join(format!("{}.qmp.jsonl", self.name))
@@ -475,13 +513,17 @@ impl Machine {
 
     fn try_launch(&mut self) -> std::result::Result<(), (String, Vec<String>)> {
         let fail = |what: &str, e: &dyn std::fmt::Display| (format!("{what}: {e}"), Vec::new());
+        // Private: it holds the sockets (qtest, a unix monitor) that
+        // control QEMU.
+        use std::os::unix::fs::PermissionsExt;
+        let prefix = format!("vmscript-{}-", self.name);
+        let mut builder = tempfile::Builder::new();
+        builder
+            .prefix(&prefix)
+            .permissions(std::fs::Permissions::from_mode(0o700));
         let temp = match &self.opts.base_temp_dir {
-            Some(base) => tempfile::Builder::new()
-                .prefix(&format!("vmscript-{}-", self.name))
-                .tempdir_in(base),
-            None => tempfile::Builder::new()
-                .prefix(&format!("vmscript-{}-", self.name))
-                .tempdir(),
+            Some(base) => builder.tempdir_in(base),
+            None => builder.tempdir(),
         }
         .map_err(|e| fail("creating the temp dir", &e))?;
         self.sock_dir = self
@@ -669,12 +711,22 @@ impl Machine {
         if !self.opts.qmp_transcript {
             return None;
         }
-        let file = File::create(self.qmp_transcript_path()).ok()?;
-        let w = Arc::new(Mutex::new(std::io::BufWriter::new(file)));
+        let path = self.qmp_transcript_path();
+        let file = match File::create(&path) {
+            Ok(f) => f,
+            Err(e) => {
+                self.artifact_errors
+                    .push(format!("creating {}: {e}", path.display()));
+                return None;
+            }
+        };
+        let w = Arc::new(Mutex::new(Transcript {
+            out: std::io::BufWriter::new(file),
+            error: None,
+        }));
         self.transcript = Some(w.clone());
         let start = Instant::now();
         Some(Arc::new(move |dir: qmp::Direction, bytes: &[u8]| {
-            use std::io::Write;
             let mut w = w.lock().unwrap_or_else(|e| e.into_inner());
             let dir = match dir {
                 qmp::Direction::Sent => "sent",
@@ -682,9 +734,8 @@ impl Machine {
             };
             let t = start.elapsed().as_secs_f64();
             // Only parsed (so valid JSON) messages reach the observer.
-            let _ = write!(w, "{{\"t\":{t:.6},\"dir\":\"{dir}\",\"msg\":");
-            let _ = w.write_all(bytes);
-            let _ = w.write_all(b"}\n");
+            let head = format!("{{\"t\":{t:.6},\"dir\":\"{dir}\",\"msg\":");
+            w.write(&[head.as_bytes(), bytes, b"}\n"]);
         }))
     }
 
@@ -771,11 +822,19 @@ impl Machine {
         }
         if let Some(console) = running.console.take() {
             console.close();
+            if let Some(e) = console.log_error() {
+                let path = self.console_log_path();
+                self.artifact_errors
+                    .push(format!("writing {}: {e}", path.display()));
+            }
         }
         running.qtest.take();
         if let Some(w) = self.transcript.take() {
-            use std::io::Write;
-            let _ = w.lock().unwrap_or_else(|e| e.into_inner()).flush();
+            if let Some(e) = w.lock().unwrap_or_else(|e| e.into_inner()).flush() {
+                let path = self.qmp_transcript_path();
+                self.artifact_errors
+                    .push(format!("writing {}: {e}", path.display()));
+            }
         }
         self.log = Some(
             std::fs::read(self.log_path())

@@ -36,11 +36,22 @@ impl Artifacts {
                         d.display()
                     ))
                 })?;
+                // An unwritable folder is a setup error of the run, found
+                // before any test starts rather than once per test.
+                tempfile::tempfile_in(d).map_err(|e| {
+                    SetupError(format!(
+                        "creating a file in the artifacts folder {}: {e}",
+                        d.display()
+                    ))
+                })?;
                 (d.to_path_buf(), true)
             }
             None => {
+                use std::os::unix::fs::PermissionsExt;
+                // Logs can hold secrets a guest printed: private, like the temp dirs.
                 let t = tempfile::Builder::new()
                     .prefix("vmscript-artifacts-")
+                    .permissions(std::fs::Permissions::from_mode(0o700))
                     .tempdir()
                     .map_err(|e| {
                         SetupError(format!(

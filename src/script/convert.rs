@@ -197,4 +197,127 @@ mod tests {
         assert_eq!(show(&d), "{\n  \"a\": 1\n}");
         assert_eq!(show(&Dynamic::from("x ")), "\"x \"");
     }
+
+    mod props {
+        //! Property tests: arbitrary JSON and Rhai values convert without
+        //! a panic and round-trip where the module says they do. Cases:
+        //! `$VMSCRIPT_FUZZ_CASES` (256 by default, as in CI).
+        use super::*;
+        use proptest::prelude::*;
+
+        fn cases() -> u32 {
+            std::env::var("VMSCRIPT_FUZZ_CASES")
+                .ok()
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(256)
+        }
+
+        /// JSON whose every number is an i64 or a finite float.
+        fn json() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                any::<i64>().prop_map(Value::from),
+                any::<f64>()
+                    .prop_filter("finite", |f| f.is_finite())
+                    .prop_map(Value::from),
+                "\\PC{0,16}".prop_map(Value::String),
+            ];
+            leaf.prop_recursive(6, 64, 8, |inner| {
+                prop_oneof![
+                    proptest::collection::vec(inner.clone(), 0..8).prop_map(Value::Array),
+                    proptest::collection::btree_map("\\PC{0,8}", inner, 0..8)
+                        .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        /// Rhai values, some with no JSON form (NaN, infinities, a type
+        /// of ours) or a lossy one (chars, blobs).
+        fn rhai_value() -> impl Strategy<Value = Dynamic> {
+            #[derive(Clone)]
+            struct Opaque;
+            let leaf = prop_oneof![
+                Just(Dynamic::UNIT),
+                any::<bool>().prop_map(Dynamic::from_bool),
+                any::<INT>().prop_map(Dynamic::from_int),
+                any::<f64>().prop_map(Dynamic::from_float),
+                any::<char>().prop_map(Dynamic::from_char),
+                "\\PC{0,16}".prop_map(Dynamic::from),
+                proptest::collection::vec(any::<u8>(), 0..8).prop_map(Dynamic::from_blob),
+                Just(Dynamic::from(Opaque)),
+            ];
+            leaf.prop_recursive(6, 64, 8, |inner| {
+                prop_oneof![
+                    proptest::collection::vec(inner.clone(), 0..8).prop_map(Dynamic::from_array),
+                    proptest::collection::btree_map("\\PC{0,8}", inner.clone(), 0..8).prop_map(
+                        |m| Dynamic::from_map(m.into_iter().map(|(k, v)| (k.into(), v)).collect())
+                    ),
+                    inner.prop_map(Dynamic::into_shared),
+                ]
+            })
+        }
+
+        /// Whether a Rhai value has an exact JSON form.
+        fn exact(v: &Dynamic) -> bool {
+            let v = v.flatten_clone();
+            if let Ok(f) = v.as_float() {
+                return f.is_finite();
+            }
+            if let Some(a) = v.read_lock::<Array>() {
+                return a.iter().all(exact);
+            }
+            if let Some(m) = v.read_lock::<Map>() {
+                return m.values().all(exact);
+            }
+            v.is_unit() || v.is_bool() || v.is_int() || v.is_string()
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(cases()))]
+
+            #[test]
+            fn json_round_trips_through_rhai(v in json()) {
+                let back = to_json(&from_json(&v)).unwrap();
+                prop_assert_eq!(&back, &v);
+                // Integers stay integers, floats stay floats.
+                prop_assert!(json_eq(&back, &v));
+            }
+
+            #[test]
+            fn any_json_text_converts_without_panic(text in "\\PC{0,64}") {
+                if let Ok(v) = serde_json::from_str::<Value>(&text) {
+                    let d = from_json(&v);
+                    let _ = to_json(&d);
+                    let _ = show(&d);
+                }
+            }
+
+            #[test]
+            fn large_numbers_become_floats_of_the_same_value(n in any::<u64>()) {
+                let d = from_json(&Value::from(n));
+                match i64::try_from(n) {
+                    Ok(i) => prop_assert_eq!(d.as_int().unwrap(), i),
+                    Err(_) => prop_assert_eq!(d.as_float().unwrap(), n as f64),
+                }
+            }
+
+            #[test]
+            fn rhai_values_convert_or_name_what_cannot(v in rhai_value()) {
+                let _ = show(&v);
+                match to_json(&v) {
+                    Ok(j) => {
+                        if exact(&v) {
+                            // Back to Rhai and to JSON again: the same value.
+                            prop_assert_eq!(to_json(&from_json(&j)).unwrap(), j);
+                        }
+                    }
+                    Err(e) => {
+                        prop_assert!(!exact(&v), "{e}");
+                        prop_assert!(e.contains("no JSON form"), "{e}");
+                    }
+                }
+            }
+        }
+    }
 }

@@ -181,7 +181,28 @@ pub fn run_file(config: RunConfig, cancel: Cancel) -> Outcome {
             Status::Failed(f)
         }
     };
-    outcome(status, report)
+    outcome(with_lost_artifacts(status, &report, &shown), report)
+}
+
+/// A test whose logs could not all be written (a full or read-only disk)
+/// does not pass silently: a pass becomes a `HostError` naming them, a
+/// failure gets them as context.
+fn with_lost_artifacts(status: Status, report: &RunReport, shown: &str) -> Status {
+    if report.lost.is_empty() {
+        return status;
+    }
+    let lost = report.lost.join("; ");
+    match status {
+        Status::Failed(mut f) => {
+            f.context.push(format!("artifacts lost: {lost}"));
+            Status::Failed(f)
+        }
+        _ => Status::Failed(Failure::plain(
+            shown,
+            "HostError",
+            format!("the test's artifacts could not all be written: {lost}"),
+        )),
+    }
 }
 
 fn first_line(text: &str) -> &str {

@@ -141,6 +141,9 @@ pub struct RunReport {
     /// Cleanup problems (a machine that would not die, a temp dir that
     /// would not go).
     pub problems: Vec<String>,
+    /// Artifacts that could not be written or were cut short (a full or
+    /// read-only disk), one line each naming the file and the error.
+    pub lost: Vec<String>,
 }
 
 /// `print` and `log` output: captured for the report or sent to stdout,
@@ -150,13 +153,23 @@ struct Output {
     start: Instant,
     lines: RefCell<VecDeque<String>>,
     file: RefCell<Option<File>>,
+    /// Why `script.log` is incomplete: the first error, after which it
+    /// is closed (so it never goes on after a gap).
+    error: RefCell<Option<(&'static str, String)>>,
 }
 
 impl Output {
     fn line(&self, line: String) {
-        if let Some(f) = self.file.borrow_mut().as_mut() {
-            let _ = writeln!(f, "{line}");
+        let mut file = self.file.borrow_mut();
+        if let Some(f) = file.as_mut() {
+            if let Err(e) = writeln!(f, "{line}") {
+                *file = None;
+                self.error
+                    .borrow_mut()
+                    .get_or_insert(("writing", e.to_string()));
+            }
         }
+        drop(file);
         if self.capture {
             let mut lines = self.lines.borrow_mut();
             for l in line.lines() {
@@ -205,7 +218,10 @@ impl Run {
             .tempdir()?;
         let temp_path = temp.path().to_path_buf();
         cancel.register_temp_dir(temp_path.clone());
-        let file = File::create(config.artifacts.join("script.log")).ok();
+        let (file, error) = match File::create(config.artifacts.join("script.log")) {
+            Ok(f) => (Some(f), None),
+            Err(e) => (None, Some(("creating", e.to_string()))),
+        };
         let now = Instant::now();
         Ok(Run {
             output: Output {
@@ -213,6 +229,7 @@ impl Run {
                 start: now,
                 lines: RefCell::default(),
                 file: RefCell::new(file),
+                error: RefCell::new(error),
             },
             deadline: now + config.timeout,
             config,
@@ -370,6 +387,7 @@ impl Run {
                         .push(format!("shutting down {}: {e}", m.name()));
                 }
             }
+            report.lost.extend(m.artifact_errors().iter().cloned());
             if !m.log_dir().as_os_str().is_empty() {
                 let console = m.console_log_path();
                 report.machines.push(MachineLogs {
@@ -390,7 +408,16 @@ impl Run {
             }
         }
         if let Some(mut f) = self.output.file.borrow_mut().take() {
-            let _ = f.flush();
+            if let Err(e) = f.flush() {
+                self.output
+                    .error
+                    .borrow_mut()
+                    .get_or_insert(("writing", e.to_string()));
+            }
+        }
+        if let Some((what, e)) = self.output.error.borrow_mut().take() {
+            let path = self.config.artifacts.join("script.log");
+            report.lost.push(format!("{what} {}: {e}", path.display()));
         }
         report.output = self.output.lines.borrow_mut().drain(..).collect();
         report

@@ -2,6 +2,8 @@
 //! and leak checks on this process.
 #![allow(dead_code)]
 
+pub mod world;
+
 use std::path::PathBuf;
 use std::time::Duration;
 

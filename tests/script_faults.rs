@@ -1,0 +1,495 @@
+//! Faults injected while `vmscript run` runs scripts: QEMU SIGKILLed or
+//! SIGSTOPped while a script waits on it, scripts that never end or take
+//! all the memory, artifacts on a full or read-only disk. Each test checks
+//! what the report says, that the other tests of the same run were not
+//! affected, and that no process, temp folder, socket or descriptor was
+//! left. (tests/faults.rs does the same for the machine layer.)
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::world::*;
+
+/// The line number (1-based) of the first line of `script` that contains `needle`.
+fn line_of(script: &str, needle: &str) -> usize {
+    script
+        .lines()
+        .position(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("{needle:?} not in the script"))
+        + 1
+}
+
+/// b.rhai of the SIGKILL tests: after a.rhai's fault, the same vmscript
+/// has its descriptors back and still runs machines.
+const AFTER: &str = r#"
+let base = parse_int(read_file(param("state") + "/fds"));
+let vm = machine();
+vm.add_args("-M", "none");
+vm.launch();
+assert_eq(vm.command("query-status").status, "running");
+vm.shutdown();
+assert_eq(vmscript_fds(), base, "vmscript's descriptors after the fault");
+"#;
+
+/// Runs a.rhai, which launches a machine (after `setup`), prints its pid
+/// and `waiting`, then blocks in `wait` for 30 s or more; SIGKILLs that
+/// QEMU; returns the line of the report that gives a.rhai's error, after
+/// checking that the run ended promptly, that b.rhai passed, and that
+/// nothing was left.
+fn sigkill_while(setup: &str, wait: &str) -> String {
+    let w = World::new();
+    let state = w.dir("state");
+    let a = format!(
+        "{PROBE}\nwrite_file(param(\"state\") + \"/fds\", `${{vmscript_fds()}}`);\n\
+         let vm = machine();\nvm.add_args(\"-M\", \"none\");\nvm.set_console();\nvm.launch();\n\
+         {setup}\nprint(`pid ${{vm.get_pid()}}`);\nprint(\"waiting\");\n{wait}\n"
+    );
+    w.script("a.rhai", &a);
+    w.script("b.rhai", &format!("{PROBE}{AFTER}"));
+    let state_param = format!("state={}", state.display());
+    let mut run = w.spawn(&[
+        "run",
+        "-j",
+        "1",
+        "--no-capture",
+        "--timeout",
+        "60",
+        "a.rhai",
+        "b.rhai",
+        "--",
+        &state_param,
+    ]);
+    run.until("waiting");
+    let pid = run.pids()[0];
+    // Let the script get into its wait.
+    std::thread::sleep(Duration::from_millis(300));
+    let killed = Instant::now();
+    signal(pid, libc::SIGKILL);
+    let (code, out, err) = run.finish();
+    let took = killed.elapsed();
+    assert!(took < Duration::from_secs(10), "took {took:?}:\n{out}");
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(out.contains("\nPASS b.rhai"), "{out}");
+    assert!(out.contains("1 passed, 1 failed, 0 skipped"), "{out}");
+    assert!(!is_qemu(pid));
+    w.assert_clean();
+    let at = format!("a.rhai:{}:", line_of(&a, wait));
+    line_with(&out, &at).to_string()
+}
+
+#[test]
+fn qemu_sigkilled_during_a_qmp_command_fails_the_command_at_once() {
+    // A stopped QEMU never answers, so the command is surely in its wait.
+    let line = sigkill_while(
+        "run_host([\"kill\", \"-STOP\", `${vm.get_pid()}`]);",
+        "vm.command(\"query-status\");",
+    );
+    assert!(
+        line.contains(
+            "QEMUMachineError: QEMU exited with code -9 while waiting for the reply to query-status"
+        ),
+        "{line}"
+    );
+}
+
+#[test]
+fn qemu_sigkilled_during_an_event_wait_fails_the_wait_at_once() {
+    let line = sigkill_while("", "vm.event_wait(\"NEVER\", 30);");
+    assert!(
+        line.contains("QEMUMachineError: QEMU exited with code -9 while waiting for event NEVER"),
+        "{line}"
+    );
+}
+
+#[test]
+fn qemu_sigkilled_during_get_qmp_event_forever_fails_it_at_once() {
+    let line = sigkill_while("", "vm.get_qmp_event(true);");
+    assert!(
+        line.contains("QEMUMachineError: QEMU exited with code -9 while waiting for an event"),
+        "{line}"
+    );
+}
+
+#[test]
+fn qemu_sigkilled_during_a_console_wait_fails_the_wait_at_once() {
+    let line = sigkill_while("", "vm.wait_for_console_pattern(\"never\");");
+    assert!(
+        line.contains(
+            "QEMUMachineError: QEMU exited with code -9 while waiting for \"never\" on the console"
+        ),
+        "{line}"
+    );
+    let line = sigkill_while(
+        "let con = vm.console_socket();",
+        "con.wait_for(\"never\", 30);",
+    );
+    assert!(
+        line.contains("ConsoleError: console closed while waiting for"),
+        "{line}"
+    );
+}
+
+#[test]
+fn qemu_sigkilled_mid_launch_is_a_launch_failure_and_takes_its_group_along() {
+    let w = World::new();
+    let state = w.dir("state");
+    // The wrapper stands for a QEMU that is slow to start; it and its
+    // `sleep` child hold the monitor socket until both are gone.
+    let a = format!(
+        "{PROBE}\nwrite_file(param(\"state\") + \"/fds\", `${{vmscript_fds()}}`);\n\
+         let vm = machine((), #{{ wrapper: [\"sh\", \"-c\", \"sleep 30; exec \\\"$@\\\"\", \"sh\"] }});\n\
+         vm.add_args(\"-M\", \"none\");\nprint(\"launching\");\nvm.launch();\n"
+    );
+    w.script("a.rhai", &a);
+    w.script("b.rhai", &format!("{PROBE}{AFTER}"));
+    let state_param = format!("state={}", state.display());
+    let mut run = w.spawn(&[
+        "run",
+        "-j",
+        "1",
+        "--no-capture",
+        "a.rhai",
+        "b.rhai",
+        "--",
+        &state_param,
+    ]);
+    run.until("launching");
+    let vmscript = run.child.id() as i32;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let wrapper = loop {
+        if let Some(&p) = children_of(vmscript, "sleep 30").first() {
+            break p;
+        }
+        assert!(Instant::now() < deadline, "the wrapper never started");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let killed = Instant::now();
+    signal(wrapper, libc::SIGKILL);
+    let (code, out, err) = run.finish();
+    assert!(killed.elapsed() < Duration::from_secs(10), "{out}");
+    assert_eq!(code, Some(1), "{out}{err}");
+    let line = line_with(&out, &format!("a.rhai:{}:", line_of(&a, "vm.launch()")));
+    assert!(
+        line.contains("VMLaunchFailure: failed to launch QEMU"),
+        "{line}"
+    );
+    assert!(line.contains("exit code -9"), "{line}");
+    assert!(out.contains("\nPASS b.rhai"), "{out}");
+    w.assert_clean();
+}
+
+#[test]
+fn a_stopped_qemu_times_out_every_wait_and_shutdown_escalates_to_sigkill() {
+    let w = World::new();
+    // Every wait on a SIGSTOPped QEMU ends at its own timeout (1 s).
+    w.script(
+        "a_waits.rhai",
+        &format!(
+            "{PROBE}{}",
+            r#"
+let base = vmscript_fds();
+let vm = machine();
+vm.add_args("-M", "none");
+vm.set_console();
+vm.launch();
+let pid = vm.get_pid();
+print(`pid ${pid}`);
+let con = vm.console_socket();
+run_host(["kill", "-STOP", `${pid}`]);
+let waits = [
+    ["event_wait", || vm.event_wait("NEVER", 1)],
+    ["events_wait", || vm.events_wait([["A", ()], ["B", ()]], 1)],
+    ["wait_for_console_pattern", || vm.wait_for_console_pattern("never", (), 1)],
+    ["con.wait_for", || con.wait_for("never", 1)],
+    ["con.wait_for_regex", || con.wait_for_regex("nev+er", 1)],
+    ["con.expect", || con.expect(["a1", "b2"], 1)],
+    ["wait_until", || wait_until(|| vm.get_qmp_event(false) != (), 1)],
+];
+for w in waits {
+    let t0 = now();
+    try {
+        w[1].call();
+        fail(`${w[0]} returned`);
+    } catch (e) {
+        assert_eq(e.kind, "Timeout", `${w[0]}: ${e.message}`);
+    }
+    let took = now() - t0;
+    assert(took >= 0.9 && took < 3.0, `${w[0]} took ${took}s`);
+}
+let t0 = now();
+assert_eq(vm.get_qmp_event(1.0), ());
+assert(now() - t0 >= 0.9 && now() - t0 < 3.0);
+let t0 = now();
+try {
+    vm.shutdown(#{ timeout: 1 });
+    fail("shutdown of a stopped QEMU succeeded");
+} catch (e) {
+    assert_eq(e.kind, "AbnormalShutdown", e.message);
+    print(`shutdown: ${e.message}`);
+}
+let took = now() - t0;
+assert(took < 3.0, `shutdown took ${took}s`);
+assert_eq(vm.exitcode(), -9);
+assert(!vm.is_running());
+// The console's socket goes with the last handle on it.
+waits = ();
+con = ();
+assert_eq(vmscript_fds(), base, "vmscript's descriptors");
+"#
+        ),
+    );
+    // A QMP command has no timeout of its own but the test's.
+    let b = r#"
+let vm = machine();
+vm.add_args("-M", "none");
+vm.launch();
+print(`pid ${vm.get_pid()}`);
+run_host(["kill", "-STOP", `${vm.get_pid()}`]);
+vm.command("query-status");
+"#;
+    w.script("b_command.rhai", b);
+    // wait() on a stopped QEMU ends at its timeout and kills it.
+    w.script(
+        "c_wait.rhai",
+        r#"
+let vm = machine();
+vm.add_args("-M", "none");
+vm.launch();
+print(`pid ${vm.get_pid()}`);
+run_host(["kill", "-STOP", `${vm.get_pid()}`]);
+let t0 = now();
+try { vm.wait(1); fail("wait returned"); } catch (e) { assert_eq(e.kind, "AbnormalShutdown", e.message); }
+assert(now() - t0 < 3.0);
+assert_eq(vm.exitcode(), -9);
+"#,
+    );
+    // A stopped QEMU left running at the end is killed by the cleanup.
+    w.script(
+        "d_left.rhai",
+        r#"
+let vm = machine();
+vm.add_args("-M", "none");
+vm.launch();
+print(`pid ${vm.get_pid()}`);
+run_host(["kill", "-STOP", `${vm.get_pid()}`]);
+"#,
+    );
+    let start = Instant::now();
+    let o = w.run(&[
+        "run",
+        "-j",
+        "1",
+        "--no-capture",
+        "--timeout",
+        "30",
+        "--filter",
+        "_w",
+        "--filter",
+        "_l",
+        ".",
+    ]);
+    let took = start.elapsed();
+    let mut out = stdout(&o);
+    assert!(o.status.success(), "{out}{}", stderr(&o));
+    assert_eq!(
+        out.lines().filter(|l| l.starts_with("PASS ")).count(),
+        3,
+        "{out}"
+    );
+    // 7 waits and a shutdown of 1 s, a 1 s wait, a 1 s final grace, and
+    // the launches.
+    assert!(took < Duration::from_secs(25), "took {took:?}");
+    let start = Instant::now();
+    let o = w.run(&["run", "--no-capture", "--timeout", "3", "b_command.rhai"]);
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        start.elapsed()
+    );
+    out.push_str(&stdout(&o));
+    assert_eq!(o.status.code(), Some(1), "{out}{}", stderr(&o));
+    let line = line_with(
+        &out,
+        &format!("b_command.rhai:{}:", line_of(b, "query-status")),
+    );
+    assert!(
+        line.contains("Timeout: the test timed out after 3s"),
+        "{line}"
+    );
+    let pids = printed_pids(&out);
+    assert_eq!(pids.len(), 4, "{out}");
+    for p in pids {
+        assert!(!is_qemu(p), "QEMU {p} outlived its test");
+    }
+    w.assert_clean();
+}
+
+/// A test that launches a machine, commands it and checks vmscript's
+/// descriptors against the baseline 0_base.rhai wrote.
+const HEALTHY: &str = r#"
+let base = parse_int(read_file(param("state") + "/fds"));
+let vm = machine();
+vm.add_args("-M", "none");
+vm.launch();
+assert_eq(vm.command("query-status").status, "running");
+vm.shutdown();
+// Memory the runaway tests took is free again: this fits under the limit.
+let s = "0123456789abcdef";
+for i in 0..22 { s += s; }
+assert_eq(s.len, 64 * 1024 * 1024);
+assert_eq(vmscript_fds(), base, "vmscript's descriptors");
+"#;
+
+#[test]
+fn runaway_scripts_stop_at_their_limits_and_the_other_tests_still_pass() {
+    let w = World::new();
+    let state = w.dir("state");
+    w.script(
+        "t/0_base.rhai",
+        &format!("{PROBE}\nwrite_file(param(\"state\") + \"/fds\", `${{vmscript_fds()}}`);\n"),
+    );
+    w.script("t/1_loop.rhai", "let n = 0;\nloop { n += 1; }\n");
+    w.script("t/2_healthy.rhai", &format!("{PROBE}{HEALTHY}"));
+    // Catching every error does not catch the timeout.
+    w.script(
+        "t/3_swallow.rhai",
+        "loop {\n    try { sleep(10); } catch (e) { }\n}\n",
+    );
+    w.script(
+        "t/4_recursion.rhai",
+        "fn down(n) { down(n + 1) }\ndown(0);\n",
+    );
+    w.script("t/5_healthy.rhai", &format!("{PROBE}{HEALTHY}"));
+    w.script(
+        "t/6_hog.rhai",
+        "let s = \"abcdefgh\";\nlet all = [];\nloop { s += s; all.push(s); }\n",
+    );
+    w.script("t/7_healthy.rhai", &format!("{PROBE}{HEALTHY}"));
+    // A loop with a machine running: the timeout kills it too.
+    w.script(
+        "t/8_loop_with_machine.rhai",
+        "let vm = machine();\nvm.add_args(\"-M\", \"none\");\nvm.launch();\nprint(`pid ${vm.get_pid()}`);\nloop { }\n",
+    );
+    w.script("t/9_healthy.rhai", &format!("{PROBE}{HEALTHY}"));
+    let state_param = format!("state={}", state.display());
+    let start = Instant::now();
+    let o = w
+        .command(&["run", "-j", "1", "--timeout", "4", "t", "--", &state_param])
+        .env("VMSCRIPT_MAX_MEMORY_MB", "256")
+        .output()
+        .unwrap();
+    let out = stdout(&o);
+    assert!(start.elapsed() < Duration::from_secs(60), "{out}");
+    assert_eq!(o.status.code(), Some(1), "{out}{}", stderr(&o));
+    for ok in ["0_base", "2_healthy", "5_healthy", "7_healthy", "9_healthy"] {
+        assert!(out.contains(&format!("PASS t/{ok}.rhai")), "{ok}:\n{out}");
+    }
+    let timeout = "Timeout: the test timed out after 4s";
+    assert!(
+        line_with(&out, "t/1_loop.rhai:2:").contains(timeout),
+        "{out}"
+    );
+    assert!(
+        line_with(&out, "t/3_swallow.rhai:2:").contains(timeout),
+        "{out}"
+    );
+    assert!(
+        line_with(&out, "t/8_loop_with_machine.rhai:5:").contains(timeout),
+        "{out}"
+    );
+    let rec = line_with(&out, "t/4_recursion.rhai:");
+    assert!(
+        rec.contains("ScriptError") && rec.contains("Stack overflow"),
+        "{rec}"
+    );
+    let hog = line_with(&out, "t/6_hog.rhai:3:");
+    assert!(
+        hog.contains("HostError") && hog.contains("over the limit of 256 MiB"),
+        "{hog}"
+    );
+    assert!(out.contains("5 passed, 5 failed, 0 skipped"), "{out}");
+    w.assert_clean();
+}
+
+/// Two small tests around one that fills the disk: the first's artifacts
+/// stay whole; the filler and the one after it fail, saying what was lost.
+#[test]
+fn a_full_artifacts_disk_is_a_clear_error_and_spares_earlier_artifacts() {
+    let w = World::new();
+    let Some(disk) = Tmpfs::mount(&w.path().join("art"), "size=64k") else {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    };
+    let small = "let vm = machine();\nvm.add_args(\"-M\", \"none\");\nvm.launch();\n\
+                 vm.command(\"query-status\");\nprint(\"hello\");\nvm.shutdown();\n";
+    w.script("t/a_first.rhai", small);
+    let fill = "let vm = machine();\nvm.add_args(\"-M\", \"none\");\nvm.launch();\n\
+                let s = \"0123456789abcdef\";\nfor i in 0..13 { s += s; }\n\
+                write_file(vm.log_dir + \"/big.bin\", s);\n";
+    w.script("t/b_fill.rhai", fill);
+    w.script("t/c_after.rhai", small);
+    let art = disk.path.display().to_string();
+    let o = w.run(&["run", "-j", "1", "--artifacts", &art, "t"]);
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}{}", stderr(&o));
+    assert!(out.contains("PASS t/a_first.rhai"), "{out}");
+    let at = format!("t/b_fill.rhai:{}:", line_of(fill, "write_file"));
+    let line = line_with(&out, &at);
+    assert!(
+        line.contains("HostError: write_file: ") && line.contains("No space left on device"),
+        "{line}"
+    );
+    let line = line_with(&out, "t/c_after.rhai: HostError");
+    assert!(
+        line.contains("the test's artifacts could not all be written")
+            && line.contains("script.log: No space left on device"),
+        "{line}"
+    );
+    assert!(out.contains("1 passed, 2 failed, 0 skipped"), "{out}");
+    // The first test's artifacts are whole.
+    let first = std::fs::read_dir(&disk.path)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().contains("a_first"))
+        .unwrap();
+    assert_eq!(
+        std::fs::read_to_string(first.join("script.log")).unwrap(),
+        "hello\n"
+    );
+    let transcript = std::fs::read_to_string(first.join("vm0.qmp.jsonl")).unwrap();
+    assert!(transcript.lines().count() >= 4, "{transcript}");
+    for l in transcript.lines() {
+        serde_json::from_str::<serde_json::Value>(l).unwrap();
+    }
+    assert!(first.join("vm0.log").exists());
+    w.assert_clean();
+}
+
+#[test]
+fn a_read_only_artifacts_folder_is_one_clear_setup_error() {
+    let w = World::new();
+    let Some(disk) = Tmpfs::mount(&w.path().join("ro"), "ro,size=64k") else {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    };
+    w.script(
+        "t/a.rhai",
+        "let vm = machine();\nvm.add_args(\"-M\", \"none\");\nvm.launch();\n",
+    );
+    let art = disk.path.display().to_string();
+    let o = w.run(&["run", "--artifacts", &art, "t"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stdout(&o));
+    let err = stderr(&o);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("vmscript: error: creating ") && err.contains("Read-only file system"),
+        "{err}"
+    );
+    assert!(!stdout(&o).contains("PASS"), "{}", stdout(&o));
+    w.assert_clean();
+    drop(disk);
+    assert!(!Path::new(&art).join("t_a").exists());
+}
