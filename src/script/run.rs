@@ -303,6 +303,7 @@ impl Run {
     pub fn add_machine(&self, opts: MachineOptions) -> ScriptResult<Rc<RefCell<Machine>>> {
         let m = Machine::new(opts).map_err(errors::machine_error)?;
         self.cancel.register(m.kill_handle());
+        self.cancel.register_interrupt(m.interrupt_handle());
         let m = Rc::new(RefCell::new(m));
         self.machines.borrow_mut().push(m.clone());
         Ok(m)
