@@ -47,7 +47,9 @@ const QMP_HELP: &str = "\
 Lines: `command-name key=value …` (values are JSON where they parse, else
 strings; a.b=1 nests), or a raw JSON message. Tab completes command and
 argument names from query-qmp-schema. Events print as they arrive.
-History: $XDG_STATE_HOME/vmscript/qmp_history (else ~/.local/state/vmscript/).";
+-H sends lines as HMP commands; Tab completes them and `info` topics.
+History: $XDG_STATE_HOME/vmscript/qmp_history and hmp_history (else in
+~/.local/state/vmscript/).";
 
 /// Drive QEMU virtual machines from Rhai scripts.
 #[derive(Parser)]
@@ -243,7 +245,7 @@ fn qmp_shell(address: String, hmp: bool, timeout: f64) -> i32 {
     let opts = repl::qmp_shell::ShellOptions {
         address: qmp::Address::parse(&address),
         hmp,
-        history: repl::history_path("qmp_history"),
+        history: repl::history_path(if hmp { "hmp_history" } else { "qmp_history" }),
         timeout,
     };
     match repl::qmp_shell::run(&opts) {

@@ -66,6 +66,9 @@ impl Terminal {
     /// `select` ignores what its own buffer holds); a bracketed paste is
     /// read whole. A person typing sends one key at a time.
     fn type_text(&self, text: &str) {
+        if text.is_empty() {
+            return;
+        }
         let before = self.screen().trim_end().len();
         self.tmux(&["set-buffer", "-b", "typed", "--", text]);
         self.tmux(&["paste-buffer", "-p", "-d", "-b", "typed"]);
@@ -384,11 +387,27 @@ fn qmp_shell_on_a_qemu_started_by_someone_else() {
     let out = t.run("/machine", prompt);
     assert!(out.contains("\"name\": \"type\""), "{out}");
 
+    // Enum values complete from the schema, for the variant chosen.
+    t.type_text("blockdev-add driver=null-c");
+    t.press("Tab");
+    t.wait_for("blockdev-add driver=null-co");
+    t.type_text(" node-name=n0 rea");
+    t.press("Tab");
+    t.wait_for("node-name=n0 read-");
+    t.press("Tab");
+    t.press("Tab");
+    t.wait_for("read-zeroes=");
+    let out = t.run("only=true", prompt);
+    assert!(out.ends_with("{\n  \"return\": {}\n}"), "{out}");
+
     // An event shows as it arrives; an error reply is one line.
     let out = t.run("stop", prompt);
-    assert!(out.contains("STOP"), "{out}");
+    assert!(out.contains("\nevent STOP"), "{out}");
     let out = t.run("no-such-command", prompt);
-    assert!(out.contains("CommandNotFound"), "{out}");
+    assert!(
+        out.ends_with("\nerror: CommandNotFound: The command no-such-command has not been found"),
+        "{out}"
+    );
 
     t.press("C-d");
     t.wait_for(EXIT_OK);
@@ -400,11 +419,16 @@ fn qmp_shell_on_a_qemu_started_by_someone_else() {
         &[("XDG_STATE_HOME", state.path())],
     );
     t.wait_for("(HMP) ");
-    let out = t.run("info status", "(HMP) ");
+    t.type_text("info statu");
+    t.press("Tab");
+    t.wait_for("info status");
+    let out = t.run("", "(HMP) ");
     assert!(out.contains("VM status: paused"), "{out}");
     t.press("C-d");
     t.wait_for(EXIT_OK);
     assert!(qemu.running());
     let history = std::fs::read_to_string(state.path().join("vmscript/qmp_history")).unwrap();
+    assert!(history.contains("query-status"), "{history}");
+    let history = std::fs::read_to_string(state.path().join("vmscript/hmp_history")).unwrap();
     assert!(history.contains("info status"), "{history}");
 }
