@@ -211,6 +211,13 @@ fn repl_session_from_launch_to_quit() {
     let out = t.run(r#"vm.command("stop")"#, PROMPT);
     assert!(out.contains("[vm0] STOP"), "{out}");
 
+    // ... unless hidden.
+    t.run(":events off", PROMPT);
+    let out = t.run(r#"vm.command("cont")"#, PROMPT);
+    assert!(!out.contains("RESUME"), "{out}");
+    t.run(":events on", PROMPT);
+    t.run(r#"vm.command("stop")"#, PROMPT);
+
     // Ctrl-C ends a 60 s wait at once; the machine keeps running.
     let before = t.screen().trim_end().len();
     t.line(r#"vm.event_wait("NEVER", 60)"#);
@@ -401,8 +408,9 @@ fn qmp_shell_on_a_qemu_started_by_someone_else() {
     assert!(out.ends_with("{\n  \"return\": {}\n}"), "{out}");
 
     // An event shows as it arrives; an error reply is one line.
-    let out = t.run("stop", prompt);
-    assert!(out.contains("\nevent STOP"), "{out}");
+    let before = t.screen().trim_end().len();
+    t.run("stop", prompt);
+    t.wait_for_after(before, "\nevent STOP");
     let out = t.run("no-such-command", prompt);
     assert!(
         out.ends_with("\nerror: CommandNotFound: The command no-such-command has not been found"),

@@ -152,7 +152,7 @@ pub fn run(opts: ReplOptions) -> Result<(), String> {
     }
 
     let events_on = Arc::new(AtomicBool::new(true));
-    start_event_printer(&mut editor, &session.borrow(), events_on.clone());
+    let events = start_event_printer(&mut editor, &session.borrow(), events_on.clone());
     let evaluating = Arc::new(AtomicBool::new(false));
     let signals = watch_signals(cancel.clone(), evaluating.clone(), cleanup)
         .map_err(|e| format!("installing the signal handler: {e}"))?;
@@ -165,6 +165,7 @@ pub fn run(opts: ReplOptions) -> Result<(), String> {
         cancel: &cancel,
         evaluating: &evaluating,
         events_on: &events_on,
+        events: &events,
     };
     loop {
         if let Some(h) = editor.helper() {
@@ -239,6 +240,7 @@ struct Loop<'a> {
     cancel: &'a Cancel,
     evaluating: &'a Arc<AtomicBool>,
     events_on: &'a Arc<AtomicBool>,
+    events: &'a mpsc::Sender<Printed>,
 }
 
 impl Loop<'_> {
@@ -253,6 +255,11 @@ impl Loop<'_> {
         let result = f(&mut self.session.borrow_mut());
         self.evaluating.store(false, Ordering::SeqCst);
         self.cancel.clear_interrupt();
+        // The events that came before the result are shown before it.
+        let (done, flushed) = mpsc::sync_channel(1);
+        if self.events.send(Printed::Flush(done)).is_ok() {
+            let _ = flushed.recv_timeout(Duration::from_secs(1));
+        }
         match result {
             Ok(v) => {
                 if let Some(text) = show::value(&v) {
@@ -306,13 +313,23 @@ fn help() -> String {
     out
 }
 
-/// Shows each machine's QMP events above the prompt while `on`.
+/// What the event printer thread is handed.
+enum Printed {
+    /// An event, as a line.
+    Line(String),
+    /// Answer once everything sent before is printed.
+    Flush(mpsc::SyncSender<()>),
+}
+
+/// Shows each machine's QMP events above the prompt while `on`; returns
+/// the printer thread's queue.
 fn start_event_printer(
     editor: &mut Editor<Helper, FileHistory>,
     session: &Session,
     on: Arc<AtomicBool>,
-) {
-    let (tx, rx) = mpsc::channel::<String>();
+) -> mpsc::Sender<Printed> {
+    let (tx, rx) = mpsc::channel::<Printed>();
+    let queue = tx.clone();
     session.run().observe_machines(move |name| {
         let tx = tx.clone();
         let on = on.clone();
@@ -325,7 +342,7 @@ fn start_event_printer(
                 return;
             };
             if let Some(line) = show::event(&name, &msg) {
-                let _ = tx.send(line);
+                let _ = tx.send(Printed::Line(line));
             }
         }) as qmp::Observer
     });
@@ -335,15 +352,19 @@ fn start_event_printer(
     let _ = std::thread::Builder::new()
         .name("repl-events".into())
         .spawn(move || {
-            for line in rx {
-                match printer.as_mut() {
-                    Some(p) => {
+            for msg in rx {
+                match (msg, printer.as_mut()) {
+                    (Printed::Line(line), Some(p)) => {
                         let _ = p.print(format!("{line}\n"));
                     }
-                    None => println!("{line}"),
+                    (Printed::Line(line), None) => println!("{line}"),
+                    (Printed::Flush(done), _) => {
+                        let _ = done.send(());
+                    }
                 }
             }
         });
+    queue
 }
 
 /// The terminal settings at start, put back when a signal ends the REPL

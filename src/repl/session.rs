@@ -7,7 +7,8 @@
 //! [`Scope`] for the variables and one [`AST`] holding every function
 //! defined so far, merged with each new input before it runs. Modules
 //! imported with `import "path" as name;` stay available under `name`.
-//! The inputs that ran without error are kept for [`Session::save`].
+//! The inputs that ran without error are kept for [`Session::save`]; the
+//! functions of an input that failed are dropped with it.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -177,12 +178,13 @@ impl Session {
                 value: None,
                 context: Vec::new(),
             })?;
-        self.functions += ast.clone_functions_only();
         let program = self.functions.merge(&ast);
         let result = self
             .engine
             .eval_ast_with_scope::<Dynamic>(&mut self.scope, &program)
             .map_err(|e| Box::new(Failure::from_eval(&e, source)))?;
+        // Only functions of input that ran stay, as only that is saved.
+        self.functions += ast.clone_functions_only();
         self.keep_imports(input);
         Ok(result)
     }
@@ -440,6 +442,8 @@ mod tests {
         assert!(show(&mut s, "let = 1").starts_with("SyntaxError: "));
         assert!(show(&mut s, "nope()").starts_with("ScriptError: Function not found: nope"));
         assert_eq!(show(&mut s, "x"), "1");
+        assert!(show(&mut s, "fn g() { 2 } throw \"no\"").contains("no"));
+        assert!(show(&mut s, "g()").contains("Function not found"));
     }
 
     #[test]
