@@ -7,6 +7,8 @@
 //!   console, as a plain Rust API modelled on QEMU's Python `QEMUMachine`.
 //! - [`script`]: the Rhai bindings over [`machine`], and running one script.
 //! - [`runner`]: `vmscript run`: finding, running and reporting tests.
+//! - [`repl`]: `vmscript repl` (a script session, line by line) and
+//!   `vmscript qmp` (a QMP shell for a QEMU started elsewhere).
 //!
 //! The first two are usable from Rust without Rhai.
 

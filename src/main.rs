@@ -38,6 +38,21 @@ Environment:
 Exit status: 0 nothing failed, 1 a test failed, 2 usage or setup error,
 128+N stopped by signal N.";
 
+const REPL_HELP: &str = "\
+In the REPL: :help, :doc NAME, :load FILE, :save FILE, :vms, :events on|off, :quit.
+Tab completes functions, methods, variables, QMP command names in vm.qmp(\"…\")
+and event names in vm.event_wait(\"…\"). Ctrl-C interrupts a wait; Ctrl-D leaves
+and shuts down every machine started in the session.
+History: $XDG_STATE_HOME/vmscript/repl_history (else ~/.local/state/vmscript/).";
+
+const QMP_HELP: &str = "\
+Lines: `command-name key=value …` (values are JSON where they parse, else
+strings; a.b=1 nests), or a raw JSON message. Tab completes command and
+argument names from query-qmp-schema. Events print as they arrive.
+-H sends lines as HMP commands; Tab completes them and `info` topics.
+History: $XDG_STATE_HOME/vmscript/qmp_history and hmp_history (else in
+~/.local/state/vmscript/).";
+
 /// Drive QEMU virtual machines from Rhai scripts.
 #[derive(Parser)]
 #[command(version, about, after_help = EXAMPLES)]
@@ -69,11 +84,26 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         lib: Vec<PathBuf>,
     },
+    /// Rhai with the whole script API, line by line: boot a VM, poke it, then :save the script.
+    #[command(after_help = REPL_HELP)]
+    Repl {
+        /// The QEMU binary machine() uses by default [else $VMSCRIPT_QEMU, else qemu-system-<arch>].
+        #[arg(long, value_name = "BINARY")]
+        qemu: Option<PathBuf>,
+        /// A folder to look in for `import "name"` (repeatable; also $VMSCRIPT_PATH).
+        #[arg(long, value_name = "DIR")]
+        lib: Vec<PathBuf>,
+        /// Keep the machines' logs in DIR [default: a temp folder removed at the end].
+        #[arg(long, value_name = "DIR")]
+        artifacts: Option<PathBuf>,
+    },
     /// A QMP shell on a running QEMU: a unix socket path or HOST:PORT.
+    #[command(after_help = QMP_HELP)]
     Qmp {
+        /// The monitor: QEMU started with -qmp unix:PATH,server=on,wait=off or -qmp tcp:HOST:PORT,server=on,wait=off.
         address: String,
         /// Send lines as HMP commands (human-monitor-command).
-        #[arg(long)]
+        #[arg(short = 'H', long)]
         hmp: bool,
         /// Connect and negotiate timeout, seconds.
         #[arg(long, default_value_t = 10.0)]
@@ -148,6 +178,11 @@ fn main() -> ExitCode {
             format,
             lib,
         } => doc(module.as_deref(), format, &lib),
+        Command::Repl {
+            qemu,
+            lib,
+            artifacts,
+        } => repl_session(qemu, lib, artifacts),
         Command::Qmp {
             address,
             hmp,
@@ -247,13 +282,31 @@ fn qmp_shell(address: String, hmp: bool, timeout: f64) -> i32 {
     let opts = repl::qmp_shell::ShellOptions {
         address: qmp::Address::parse(&address),
         hmp,
-        history: std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".vmscript_qmp_history")),
+        history: repl::history_path(if hmp { "hmp_history" } else { "qmp_history" }),
         timeout,
     };
     match repl::qmp_shell::run(&opts) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("vmscript: error: {address}: {e}");
+            2
+        }
+    }
+}
+
+fn repl_session(qemu: Option<PathBuf>, lib: Vec<PathBuf>, artifacts: Option<PathBuf>) -> i32 {
+    let opts = repl::ReplOptions {
+        session: repl::session::SessionOptions {
+            qemu,
+            lib_dirs: lib,
+            artifacts,
+        },
+        history: repl::history_path("repl_history"),
+    };
+    match repl::run(opts) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("vmscript: error: {e}");
             2
         }
     }

@@ -304,3 +304,47 @@ fn a_machine_without_a_monitor_shuts_down_cleanly() {
     vm.shutdown(false, secs(10.0)).unwrap();
     assert!(!vm.is_running());
 }
+
+#[test]
+fn an_interrupt_ends_an_event_wait_and_qemu_keeps_running() {
+    let mut vm = launched(&[]);
+    let handle = vm.interrupt_handle();
+    let t = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(200));
+        handle.interrupt();
+    });
+    let start = Instant::now();
+    let err = vm.event_wait("NEVER", secs(60.0), None).unwrap_err();
+    assert!(start.elapsed() < Duration::from_secs(5));
+    assert!(matches!(err, Error::Interrupted { .. }), "{err:?}");
+    assert_eq!(err.kind(), "Interrupted");
+    assert_eq!(err.to_string(), "interrupted while waiting for event NEVER");
+    t.join().unwrap();
+    assert!(vm.is_running());
+    let status = vm.command("query-status", None, true).unwrap();
+    assert_eq!(status["status"], "running");
+    vm.shutdown(false, secs(30.0)).unwrap();
+    assert_eq!(vm.exitcode(), Some(0));
+}
+
+#[test]
+fn an_observer_sees_every_qmp_message() {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let mut vm = Machine::new(none_options(&[])).unwrap();
+    let s = seen.clone();
+    vm.observe_qmp(std::sync::Arc::new(move |_, bytes: &[u8]| {
+        s.lock()
+            .unwrap()
+            .push(String::from_utf8_lossy(bytes).into_owned())
+    }));
+    vm.launch().unwrap();
+    vm.command("stop", None, true).unwrap();
+    vm.event_wait("STOP", secs(5.0), None).unwrap();
+    vm.shutdown(false, secs(30.0)).unwrap();
+    let seen = seen.lock().unwrap();
+    assert!(
+        seen.iter().any(|m| m.contains("\"execute\":\"stop\"")),
+        "{seen:?}"
+    );
+    assert!(seen.iter().any(|m| m.contains("\"STOP\"")), "{seen:?}");
+}

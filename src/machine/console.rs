@@ -69,6 +69,9 @@ const REGEX_RESCAN_NS_PER_BYTE: u64 = 4;
 /// How long a regex match that ends at the end of the output waits for the
 /// output to stop before it is taken (see [`Console::wait_for_regex`]).
 const REGEX_SETTLE: Duration = Duration::from_millis(10);
+/// Without a drain thread, the longest a waiter reads the socket before it
+/// looks at the transcript (and at interrupts) again.
+const DIRECT_SLICE: Duration = Duration::from_millis(100);
 
 /// What went wrong on the console.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -93,6 +96,9 @@ pub enum ConsoleError {
     /// A pattern that does not compile.
     #[error("invalid console regex {pattern:?}: {message}")]
     BadRegex { pattern: String, message: String },
+    /// [`Interrupter::interrupt`] woke the wait; the console is intact.
+    #[error("interrupted while {what}")]
+    Interrupted { what: String },
 }
 
 /// The end of `tail` as one quoted line, for error messages; the whole
@@ -197,6 +203,8 @@ struct State {
     /// Waiters asleep on the condvar; with none, a chunk wakes nobody (a
     /// syscall saved per chunk on the drain thread's hot path).
     sleepers: usize,
+    /// Bumped by [`Interrupter::interrupt`]: a wait that sees it change ends.
+    interrupts: u64,
 }
 
 impl State {
@@ -473,6 +481,7 @@ impl Console {
                 ended: None,
                 log_error: None,
                 sleepers: 0,
+                interrupts: 0,
             }),
             cond: Condvar::new(),
         });
@@ -686,6 +695,37 @@ impl Console {
     pub fn close(&self) {
         self.inner.close();
     }
+
+    /// A handle that interrupts this console's waits from any thread.
+    pub fn interrupter(&self) -> Interrupter {
+        Interrupter {
+            shared: Arc::downgrade(&self.inner.shared),
+        }
+    }
+}
+
+/// Ends the waits of a [`Console`] in progress from another thread (a
+/// Ctrl-C handler), leaving the console as it was.
+///
+/// Every wait under way when [`Interrupter::interrupt`] is called returns
+/// [`ConsoleError::Interrupted`], consuming nothing; waits that start
+/// afterwards are not affected. Holds the console weakly, so it never keeps
+/// it open.
+#[derive(Debug, Clone)]
+pub struct Interrupter {
+    shared: std::sync::Weak<Shared>,
+}
+
+impl Interrupter {
+    /// Wakes every wait in progress with [`ConsoleError::Interrupted`].
+    pub fn interrupt(&self) {
+        if let Some(shared) = self.shared.upgrade() {
+            let mut st = shared.lock();
+            st.interrupts = st.interrupts.wrapping_add(1);
+            drop(st);
+            shared.cond.notify_all();
+        }
+    }
 }
 
 impl Inner {
@@ -748,6 +788,7 @@ impl Inner {
         let deadline = Instant::now().checked_add(timeout);
         self.pump_now();
         let mut st = self.shared.lock();
+        let interrupts = st.interrupts;
         loop {
             let expired = deadline.is_some_and(|d| Instant::now() >= d);
             let final_look = expired || st.ended.is_some();
@@ -758,6 +799,11 @@ impl Inner {
             };
             if st.ended.is_some() {
                 return Err(st.closed_error(what));
+            }
+            if st.interrupts != interrupts {
+                return Err(ConsoleError::Interrupted {
+                    what: what.to_string(),
+                });
             }
             if expired {
                 return Err(ConsoleError::Timeout {
@@ -785,7 +831,9 @@ impl Inner {
             };
             if let Some(mut reader) = reader {
                 drop(st);
-                self.pump(&mut reader, until);
+                // In slices, so that an interrupt is seen soon.
+                let slice = Instant::now() + DIRECT_SLICE;
+                self.pump(&mut reader, earliest(until, Some(slice)));
                 drop(reader);
                 // Taking the state lock before notifying: a waiter that
                 // found the reader busy is then already asleep on the
@@ -1393,5 +1441,32 @@ mod tests {
         assert_eq!(complete_utf8_len("a€".as_bytes()), 4);
         assert_eq!(complete_utf8_len(b"a\xF0\x9F\x98"), 1);
         assert_eq!(complete_utf8_len(b"\xFF"), 1);
+    }
+
+    #[test]
+    fn an_interrupt_ends_a_wait_and_consumes_nothing() {
+        for drain in [true, false] {
+            let (con, mut peer) = console(drain);
+            peer.write_all(b"partial output").unwrap();
+            let interrupter = con.interrupter();
+            let t = std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(100));
+                interrupter.interrupt();
+            });
+            let start = Instant::now();
+            let err = con.wait_for("never", Duration::from_secs(30)).unwrap_err();
+            assert!(start.elapsed() < Duration::from_secs(5), "drain {drain}");
+            assert!(
+                matches!(&err, ConsoleError::Interrupted { what } if what.contains("never")),
+                "{err:?}"
+            );
+            t.join().unwrap();
+            // The console goes on, with the output still unconsumed.
+            peer.write_all(b" then more").unwrap();
+            assert_eq!(
+                con.wait_for("more", LONG).unwrap(),
+                "partial output then more"
+            );
+        }
     }
 }

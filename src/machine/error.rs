@@ -58,6 +58,9 @@ pub enum Error {
     /// A host operation (files, sockets) failed.
     #[error("{what}: {message}")]
     Host { what: String, message: String },
+    /// An [`super::InterruptHandle`] ended the wait; QEMU is still running.
+    #[error("interrupted while {what}")]
+    Interrupted { what: String },
 }
 
 impl Error {
@@ -65,6 +68,9 @@ impl Error {
     /// script-visible error kind.
     pub fn kind(&self) -> &'static str {
         match self {
+            Error::Interrupted { .. }
+            | Error::Qmp(qmp::Error::Interrupted { .. })
+            | Error::Console(ConsoleError::Interrupted { .. }) => "Interrupted",
             Error::Machine(_) | Error::Exited { .. } => "QEMUMachineError",
             Error::AddDevice(_) => "QEMUMachineAddDeviceError",
             Error::LaunchFailure { .. } => "VMLaunchFailure",

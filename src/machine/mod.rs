@@ -8,7 +8,8 @@
 //! [`console::Console`]. [`Machine::shutdown`] always cleans up; so does
 //! `Drop`. A [`KillHandle`] lets another thread (a watchdog, a signal
 //! handler) kill QEMU without touching the `Machine`, which makes every
-//! wait on it end at once.
+//! wait on it end at once; an [`InterruptHandle`] ends the waits in
+//! progress instead and leaves QEMU running (Ctrl-C in the REPL).
 
 pub mod console;
 mod error;
@@ -146,6 +147,40 @@ impl KillHandle {
     }
 }
 
+/// Interrupts a machine's waits in progress (QMP replies and events, the
+/// console) from any thread, without its `Machine`; QEMU keeps running.
+///
+/// The waits fail with [`Error::Interrupted`]; waits that start later are
+/// not affected, so a caller that must stop a whole sequence of waits keeps
+/// interrupting until it is over.
+#[derive(Debug, Clone, Default)]
+pub struct InterruptHandle {
+    targets: Arc<Mutex<Interrupters>>,
+}
+
+#[derive(Debug, Default)]
+struct Interrupters {
+    qmp: Option<qmp::Interrupter>,
+    console: Option<console::Interrupter>,
+}
+
+impl InterruptHandle {
+    /// Ends every wait in progress on the machine with [`Error::Interrupted`].
+    pub fn interrupt(&self) {
+        let t = self.targets.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(q) = &t.qmp {
+            q.interrupt();
+        }
+        if let Some(c) = &t.console {
+            c.interrupt();
+        }
+    }
+
+    fn set(&self, targets: Interrupters) {
+        *self.targets.lock().unwrap_or_else(|e| e.into_inner()) = targets;
+    }
+}
+
 /// What exists only while QEMU runs.
 struct Running {
     process: Arc<Process>,
@@ -170,6 +205,9 @@ pub struct Machine {
     log_dir: PathBuf,
     running: Option<Running>,
     kill_handle: KillHandle,
+    interrupt_handle: InterruptHandle,
+    /// Sees every QMP message besides the transcript ([`Machine::observe_qmp`]).
+    observer: Option<qmp::Observer>,
     greeting: Value,
     quit_issued: bool,
     exitcode: Option<i32>,
@@ -238,6 +276,8 @@ impl Machine {
             log_dir: PathBuf::new(),
             running: None,
             kill_handle: KillHandle::default(),
+            interrupt_handle: InterruptHandle::default(),
+            observer: None,
             greeting: Value::Null,
             quit_issued: false,
             exitcode: None,
@@ -386,6 +426,18 @@ impl Machine {
     /// A handle that kills QEMU from any thread.
     pub fn kill_handle(&self) -> KillHandle {
         self.kill_handle.clone()
+    }
+
+    /// A handle that interrupts the machine's waits from any thread.
+    pub fn interrupt_handle(&self) -> InterruptHandle {
+        self.interrupt_handle.clone()
+    }
+
+    /// Calls `observer` with every QMP message sent and received from the
+    /// next launch on (on the reader thread: it must not block), as the
+    /// transcript sees them.
+    pub fn observe_qmp(&mut self, observer: qmp::Observer) {
+        self.observer = Some(observer);
     }
 
     /// The path of QEMU's output log.
@@ -659,7 +711,13 @@ impl Machine {
                     .map_err(|e| with_cmd(format!("waiting for QEMU to connect to QMP: {e}")))?,
                 (None, None) => unreachable!("a monitor has a socketpair or a listener"),
             };
-            let observer = self.open_transcript();
+            let observer = match (self.open_transcript(), self.observer.clone()) {
+                (Some(a), Some(b)) => Some(Arc::new(move |d: qmp::Direction, m: &[u8]| {
+                    a(d, m);
+                    b(d, m);
+                }) as qmp::Observer),
+                (a, b) => a.or(b),
+            };
             let remaining = deadline.saturating_duration_since(Instant::now());
             let mut client =
                 qmp::Client::with_options(stream, remaining, qmp::Limits::default(), observer)
@@ -703,6 +761,12 @@ impl Machine {
             if let Some(r) = self.running.as_mut() {
                 r.console = Some(console);
             }
+        }
+        if let Some(r) = &self.running {
+            self.interrupt_handle.set(Interrupters {
+                qmp: r.qmp.as_ref().map(qmp::Client::interrupter),
+                console: r.console.as_ref().map(Console::interrupter),
+            });
         }
         Ok(())
     }
@@ -842,6 +906,7 @@ impl Machine {
                 .unwrap_or_default(),
         );
         self.kill_handle.set(None);
+        self.interrupt_handle.set(Interrupters::default());
         // Logs outside the temp dir stay; the temp dir (and the sockets in it) go.
         if let Some(t) = self.temp_dir.take() {
             let _ = t.close();
@@ -867,6 +932,9 @@ impl Machine {
     fn qmp_failure(&self, what: &str, err: qmp::Error) -> Error {
         match err {
             qmp::Error::Closed { .. } => self.exited_error(what).unwrap_or(Error::Qmp(err)),
+            qmp::Error::Interrupted { .. } => Error::Interrupted {
+                what: what.to_string(),
+            },
             e => Error::Qmp(e),
         }
     }
@@ -1076,6 +1144,9 @@ impl Machine {
     fn console_failure(&self, what: &str, err: ConsoleError) -> Error {
         match err {
             ConsoleError::Closed { .. } => self.exited_error(what).unwrap_or(Error::Console(err)),
+            ConsoleError::Interrupted { .. } => Error::Interrupted {
+                what: what.to_string(),
+            },
             e => Error::Console(e),
         }
     }

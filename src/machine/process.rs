@@ -2,14 +2,18 @@
 //! parent-death signal, reaped by a waiter thread, killed through a pidfd
 //! so a signal can never reach a recycled pid.
 //!
-//! Every child is forked from one long-lived spawner thread, because
+//! Every child is started from one long-lived spawner thread, because
 //! Linux sends the parent-death signal when the *thread* that forked the
-//! child exits, and script threads come and go.
+//! child exits, and script threads come and go. It is started the way
+//! `posix_spawn` starts one (see [`vfork_exec`]), not with `fork`, whose
+//! cost grows with our memory.
 
+use std::ffi::{CString, OsString};
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
+use std::os::unix::ffi::OsStringExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -165,51 +169,9 @@ impl Process {
 }
 
 fn spawn_here(argv: Vec<String>, log: File, keep_fds: &[RawFd]) -> std::io::Result<Arc<Process>> {
-    let (program, args) = argv
-        .split_first()
-        .ok_or_else(|| std::io::Error::other("empty command line"))?;
-    let err_log = log.try_clone()?;
-    let mut cmd = Command::new(program);
-    cmd.args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(log))
-        .stderr(Stdio::from(err_log));
-    let parent = std::process::id() as libc::pid_t;
-    let keep = keep_fds.to_vec();
-    // SAFETY: the closure runs between fork and exec and only makes
-    // async-signal-safe syscalls.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setpgid(0, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            ) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            // The parent may have died before prctl took effect.
-            if libc::getppid() != parent {
-                libc::_exit(1);
-            }
-            for &fd in &keep {
-                let flags = libc::fcntl(fd, libc::F_GETFD);
-                if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
-    }
-    let child = cmd.spawn()?;
-    let pid = child.id() as i32;
-    // std's Child is never waited on: the reaper below owns the pid.
-    drop(child);
+    let pid = vfork_exec(&argv, &log, keep_fds)?;
+    // Our copy of the log goes now; QEMU has its own.
+    drop(log);
     // SAFETY: pidfd_open on our own unreaped child.
     let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as RawFd;
     if raw < 0 {
@@ -243,4 +205,276 @@ fn spawn_here(argv: Vec<String>, log: File, keep_fds: &[RawFd]) -> std::io::Resu
         return Err(e);
     }
     Ok(process)
+}
+
+/// Everything the child does between the clone and `execve`, prepared by
+/// the parent: the child shares the parent's memory (`CLONE_VM`) and must
+/// not allocate, since another thread may hold the allocator's lock.
+struct Exec {
+    path: CString,
+    /// Null-terminated, pointing into `strings`.
+    argv: Vec<*const libc::c_char>,
+    /// Null-terminated, pointing into `strings`.
+    envp: Vec<*const libc::c_char>,
+    _strings: Vec<CString>,
+    stdin: RawFd,
+    log: RawFd,
+    keep: Vec<RawFd>,
+    parent: libc::pid_t,
+    /// The errno of the step that failed in the child; 0 once it reached
+    /// a successful `execve`.
+    error: AtomicI32,
+}
+
+/// The child's stack; it needs well under a page.
+const CHILD_STACK: usize = 64 << 10;
+
+/// Starts `argv` the way `posix_spawn` does, with `clone(CLONE_VM |
+/// CLONE_VFORK)`: no copy of our page tables, and this thread sleeps only
+/// until the child has called `execve`. A `fork` (what `Command` does once
+/// `pre_exec` is set) costs time proportional to our memory, and every page
+/// we write afterwards faults once; `posix_spawn` itself cannot set the
+/// parent-death signal. In the child: a process group of its own,
+/// `PR_SET_PDEATHSIG`, stdin from /dev/null, stdout and stderr into `log`,
+/// and `keep` inherited. Returns the child's pid.
+fn vfork_exec(argv: &[String], log: &File, keep: &[RawFd]) -> std::io::Result<libc::pid_t> {
+    let invalid = |what: &str| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{what} contains a NUL byte"),
+        )
+    };
+    let program = argv
+        .first()
+        .ok_or_else(|| std::io::Error::other("empty command line"))?;
+    let path = if program.contains('/') {
+        PathBuf::from(program)
+    } else {
+        super::which(program).ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("{program} not found in PATH"),
+            )
+        })?
+    };
+    let path = CString::new(path.into_os_string().into_vec()).map_err(|_| invalid("the path"))?;
+    let mut strings = Vec::with_capacity(argv.len() + 64);
+    for a in argv {
+        strings.push(CString::new(a.as_bytes()).map_err(|_| invalid("an argument"))?);
+    }
+    for (k, v) in std::env::vars_os() {
+        let mut kv: OsString = k;
+        kv.push("=");
+        kv.push(v);
+        strings.push(CString::new(kv.into_vec()).map_err(|_| invalid("the environment"))?);
+    }
+    let ptrs = |s: &[CString]| {
+        s.iter()
+            .map(|c| c.as_ptr())
+            .chain(std::iter::once(std::ptr::null()))
+            .collect::<Vec<_>>()
+    };
+    let devnull = File::options().read(true).write(true).open("/dev/null")?;
+    let exec = Exec {
+        path,
+        argv: ptrs(&strings[..argv.len()]),
+        envp: ptrs(&strings[argv.len()..]),
+        _strings: strings,
+        stdin: devnull.as_raw_fd(),
+        log: log.as_raw_fd(),
+        keep: keep.to_vec(),
+        parent: std::process::id() as libc::pid_t,
+        error: AtomicI32::new(0),
+    };
+    let mut stack = vec![0u8; CHILD_STACK];
+    let top = (stack.as_mut_ptr() as usize + CHILD_STACK) & !15;
+    // SAFETY: the child runs `exec_child` on `stack` with `exec`, both
+    // alive and untouched until clone returns, which CLONE_VFORK delays
+    // until the child has exec'd or exited. All signals are blocked across
+    // the clone so that no handler of ours runs in the child before it
+    // resets them; the mask is restored right after.
+    let (pid, clone_err) = unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
+        let pid = libc::clone(
+            exec_child,
+            top as *mut libc::c_void,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            &exec as *const Exec as *mut libc::c_void,
+        );
+        let err = std::io::Error::last_os_error();
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+        (pid, err)
+    };
+    if pid < 0 {
+        return Err(clone_err);
+    }
+    match exec.error.load(Ordering::SeqCst) {
+        0 => Ok(pid),
+        errno => {
+            // SAFETY: reaping our own child, which has exited.
+            unsafe {
+                while libc::waitpid(pid, std::ptr::null_mut(), 0) < 0
+                    && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR)
+                {
+                }
+            }
+            Err(std::io::Error::from_raw_os_error(errno))
+        }
+    }
+}
+
+/// The child of [`vfork_exec`]: only async-signal-safe syscalls, no
+/// allocation, no panics.
+extern "C" fn exec_child(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` is the parent's `Exec`, which outlives this call (the
+    // parent is suspended until we exec or exit).
+    let exec = unsafe { &*(arg as *const Exec) };
+    // SAFETY: syscalls on this (child) process's own state; the pointers
+    // are the Exec's null-terminated arrays.
+    unsafe {
+        let fail = |exec: &Exec| -> libc::c_int {
+            let errno = *libc::__errno_location();
+            exec.error
+                .store(if errno == 0 { libc::EIO } else { errno }, Ordering::SeqCst);
+            libc::_exit(127)
+        };
+        // A handler of ours must never run here, on the parent's memory:
+        // reset them all (exec would, but only later). SIGPIPE, which
+        // Rust programs ignore, goes back to the default too, as
+        // `Command` does.
+        for sig in 1..=libc::SIGRTMAX() {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(sig, std::ptr::null(), &mut sa) != 0 {
+                continue;
+            }
+            let ignored = sa.sa_sigaction == libc::SIG_IGN;
+            if sa.sa_sigaction != libc::SIG_DFL && (!ignored || sig == libc::SIGPIPE) {
+                let mut dfl: libc::sigaction = std::mem::zeroed();
+                dfl.sa_sigaction = libc::SIG_DFL;
+                libc::sigaction(sig, &dfl, std::ptr::null_mut());
+            }
+        }
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        if libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut()) != 0 {
+            return fail(exec);
+        }
+        if libc::setpgid(0, 0) != 0 {
+            return fail(exec);
+        }
+        if libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        ) != 0
+        {
+            return fail(exec);
+        }
+        // The parent may have died before prctl took effect.
+        if libc::getppid() != exec.parent {
+            libc::_exit(1);
+        }
+        for (from, to) in [(exec.stdin, 0), (exec.log, 1), (exec.log, 2)] {
+            if libc::dup2(from, to) < 0 {
+                return fail(exec);
+            }
+        }
+        for &fd in &exec.keep {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                return fail(exec);
+            }
+        }
+        libc::execve(exec.path.as_ptr(), exec.argv.as_ptr(), exec.envp.as_ptr());
+        fail(exec)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::os::unix::net::UnixStream;
+
+    fn run(argv: &[&str], keep: Vec<RawFd>) -> (i32, String) {
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let argv = argv.iter().map(|a| a.to_string()).collect();
+        let p = Process::spawn(argv, log.reopen().unwrap(), keep).unwrap();
+        let code = p.wait_timeout(Duration::from_secs(10)).unwrap();
+        (code, std::fs::read_to_string(log.path()).unwrap())
+    }
+
+    fn run_sh(script: &str, keep: Vec<RawFd>) -> (i32, String) {
+        run(&["sh", "-c", script], keep)
+    }
+
+    #[test]
+    fn output_goes_to_the_log_and_kept_descriptors_are_inherited() {
+        let (mut ours, theirs) = UnixStream::pair().unwrap();
+        let fd = theirs.as_raw_fd();
+        let (code, log) = run_sh(
+            &format!("echo out; echo err >&2; echo kept >&{fd}"),
+            vec![fd],
+        );
+        drop(theirs);
+        assert_eq!(code, 0, "{log}");
+        assert_eq!(log, "out\nerr\n");
+        let mut got = String::new();
+        ours.read_to_string(&mut got).unwrap();
+        assert_eq!(got, "kept\n");
+    }
+
+    #[test]
+    fn descriptors_not_kept_are_closed() {
+        let (_ours, theirs) = UnixStream::pair().unwrap();
+        let fd = theirs.as_raw_fd();
+        let (code, log) = run_sh(&format!("[ -e /proc/self/fd/{fd} ] && echo leaked"), vec![]);
+        assert_eq!((code, log.as_str()), (1, ""));
+    }
+
+    #[test]
+    fn child_leads_its_own_process_group() {
+        // Field 5 of /proc/PID/stat is the process group.
+        let (code, log) = run_sh(
+            "set -- $(cat /proc/$$/stat); [ \"$5\" = $$ ] && echo own-group",
+            vec![],
+        );
+        assert_eq!((code, log.as_str()), (0, "own-group\n"));
+    }
+
+    #[test]
+    fn child_starts_with_no_signal_blocked_and_sigpipe_default() {
+        // Hex masks; SIGPIPE (bit 13) is ignored by Rust programs. (Read by
+        // the child itself: a shell's mask changes while it forks.)
+        let (code, log) = run(
+            &["grep", "-E", "^Sig(Blk|Ign)", "/proc/self/status"],
+            vec![],
+        );
+        assert_eq!(code, 0, "{log}");
+        assert!(log.contains("SigBlk:\t0000000000000000"), "{log}");
+        let ign = log
+            .lines()
+            .find_map(|l| l.strip_prefix("SigIgn:\t"))
+            .map(|h| u64::from_str_radix(h, 16).unwrap())
+            .unwrap();
+        assert_eq!(
+            ign & (1 << (libc::SIGPIPE - 1)),
+            0,
+            "SIGPIPE ignored: {log}"
+        );
+    }
+
+    #[test]
+    fn a_missing_program_is_not_found() {
+        for program in ["no-such-program-vmscript", "/nonexistent/no-such-program"] {
+            let log = tempfile::tempfile().unwrap();
+            let err = Process::spawn(vec![program.into()], log, vec![]).unwrap_err();
+            assert_eq!(err.kind(), std::io::ErrorKind::NotFound, "{program}: {err}");
+        }
+    }
 }

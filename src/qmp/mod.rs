@@ -136,6 +136,9 @@ pub enum Error {
     /// The operation needs a unix socket.
     #[error("{what} needs a unix socket monitor, not TCP")]
     NotUnix { what: String },
+    /// [`Interrupter::interrupt`] woke the wait; the connection is intact.
+    #[error("interrupted while {what}")]
+    Interrupted { what: String },
 }
 
 impl Error {
@@ -161,6 +164,8 @@ struct State {
     ended: Option<Error>,
     /// Replies still owed to callers that gave up waiting for them.
     orphans: usize,
+    /// Bumped by [`Interrupter::interrupt`]: a wait that sees it change ends.
+    interrupts: u64,
 }
 
 struct Shared {
@@ -175,19 +180,26 @@ impl Shared {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Waits until `ready` yields a value, the reader ends, or the deadline passes.
+    /// Waits until `ready` yields a value, the reader ends, the deadline
+    /// passes, or an interrupt comes ([`Error::Interrupted`]).
     fn wait_for<T>(
         &self,
         deadline: Instant,
         mut ready: impl FnMut(&mut State) -> Option<T>,
     ) -> std::result::Result<Option<T>, Error> {
         let mut st = self.lock();
+        let interrupts = st.interrupts;
         loop {
             if let Some(v) = ready(&mut st) {
                 return Ok(Some(v));
             }
             if let Some(err) = &st.ended {
                 return Err(err.clone());
+            }
+            if st.interrupts != interrupts {
+                return Err(Error::Interrupted {
+                    what: "waiting".into(),
+                });
             }
             let now = Instant::now();
             if now >= deadline {
@@ -381,6 +393,12 @@ impl Client {
                     after: timeout,
                 })
             }
+            Err(Error::Interrupted { .. }) => {
+                self.shared.lock().orphans += 1;
+                Err(Error::Interrupted {
+                    what: format!("waiting for the reply to {what}"),
+                })
+            }
             Err(Error::Closed { .. }) => Err(Error::Closed {
                 what: format!("waiting for the reply to {what}"),
             }),
@@ -460,6 +478,9 @@ impl Client {
             hit.and_then(|i| st.events.remove(start + i))
         });
         match found {
+            Err(Error::Interrupted { .. }) => Err(Error::Interrupted {
+                what: "waiting for an event".into(),
+            }),
             // Even after the reader ended, queued events stay readable.
             Err(err) => {
                 let mut st = self.shared.lock();
@@ -487,6 +508,13 @@ impl Client {
         self.shared.lock().events.clear();
     }
 
+    /// A handle that interrupts this client's waits from any thread.
+    pub fn interrupter(&self) -> Interrupter {
+        Interrupter {
+            shared: Arc::downgrade(&self.shared),
+        }
+    }
+
     /// Why the connection ended, if it has.
     pub fn ended(&self) -> Option<Error> {
         self.shared.lock().ended.clone()
@@ -495,7 +523,10 @@ impl Client {
     /// Waits until the peer hangs up, up to `timeout`. True when it did.
     pub fn wait_closed(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
-        !matches!(self.shared.wait_for(deadline, |_| None::<()>), Ok(None))
+        !matches!(
+            self.shared.wait_for(deadline, |_| None::<()>),
+            Ok(None) | Err(Error::Interrupted { .. })
+        )
     }
 
     /// Closes the connection and stops the reader.
@@ -513,6 +544,30 @@ impl Client {
 impl Drop for Client {
     fn drop(&mut self) {
         self.close();
+    }
+}
+
+/// Ends the waits of a [`Client`] in progress from another thread (a
+/// Ctrl-C handler), leaving the connection usable.
+///
+/// Every wait under way when [`Interrupter::interrupt`] is called returns
+/// [`Error::Interrupted`]; waits that start afterwards are not affected. A
+/// command whose reply was being awaited still gets its reply, which is
+/// then discarded. Holds the client weakly: once it is gone, nothing happens.
+#[derive(Debug, Clone)]
+pub struct Interrupter {
+    shared: std::sync::Weak<Shared>,
+}
+
+impl Interrupter {
+    /// Wakes every wait in progress with [`Error::Interrupted`].
+    pub fn interrupt(&self) {
+        if let Some(shared) = self.shared.upgrade() {
+            let mut st = shared.lock();
+            st.interrupts = st.interrupts.wrapping_add(1);
+            drop(st);
+            shared.cond.notify_all();
+        }
     }
 }
 

@@ -412,3 +412,52 @@ mod fuzz {
         }
     }
 }
+
+#[test]
+fn an_interrupt_ends_an_event_wait_and_the_client_goes_on() {
+    let (client, mut peer) = pair();
+    let interrupter = client.interrupter();
+    let t = thread::spawn(move || {
+        thread::sleep(Duration::from_millis(100));
+        interrupter.interrupt();
+    });
+    let start = Instant::now();
+    let err = client
+        .take_event(Duration::from_secs(30), |_| true)
+        .unwrap_err();
+    assert!(start.elapsed() < Duration::from_secs(5));
+    assert!(matches!(err, Error::Interrupted { .. }), "{err:?}");
+    assert_eq!(err.to_string(), "interrupted while waiting for an event");
+    t.join().unwrap();
+    // Later waits are not affected.
+    peer.write_all(b"{\"event\": \"STOP\"}\r\n").unwrap();
+    let ev = client.take_event(T, |_| true).unwrap().unwrap();
+    assert_eq!(ev["event"], "STOP");
+}
+
+#[test]
+fn an_interrupted_command_discards_its_late_reply() {
+    let (client, mut peer) = pair();
+    let interrupter = client.interrupter();
+    let t = thread::spawn(move || {
+        let first = read_command(&mut peer);
+        // Time for the client to start waiting for the reply.
+        thread::sleep(Duration::from_millis(100));
+        interrupter.interrupt();
+        thread::sleep(Duration::from_millis(50));
+        peer.write_all(b"{\"return\": \"late\"}\r\n").unwrap();
+        let second = read_command(&mut peer);
+        peer.write_all(b"{\"return\": \"second\"}\r\n").unwrap();
+        (first, second, peer)
+    });
+    let err = client.execute("slow", None, T).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "interrupted while waiting for the reply to slow"
+    );
+    let reply = client.execute("next", None, T).unwrap();
+    assert_eq!(reply["return"], "second");
+    let (first, second, _peer) = t.join().unwrap();
+    assert_eq!(first["execute"], "slow");
+    assert_eq!(second["execute"], "next");
+}

@@ -1,3 +1,432 @@
-//! Interactive front ends: the QMP shell (`vmscript qmp`).
+//! Interactive front ends: `vmscript repl` (Rhai with the whole script API,
+//! line by line) and `vmscript qmp` ([`qmp_shell`], a QMP shell for a QEMU
+//! someone else started).
+//!
+//! This module is the REPL's terminal side: the line editor (history,
+//! multi-line input, Tab completion through [`complete`]), Ctrl-C, the
+//! `:commands`, and QMP events printed above the prompt. What an input
+//! does is [`session::Session`]'s business; how results look is
+//! [`show`]'s. Start at [`run`].
+//!
+//! Ctrl-C while an input runs interrupts it, not the machines: a signal
+//! thread calls [`Cancel::interrupt`], which ends the waits in progress
+//! (QMP, console, `sleep`) and stops the Rhai code, and keeps doing so
+//! until the input has returned, since a wait may start just after an
+//! interrupt. SIGTERM and SIGHUP kill the session's machines and exit.
 
+pub mod complete;
+pub mod input;
 pub mod qmp_shell;
+pub mod session;
+pub mod show;
+
+use std::cell::{Cell, RefCell};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use rhai::Engine;
+use rustyline::completion::{Completer, FilenameCompleter, Pair};
+use rustyline::error::ReadlineError;
+use rustyline::history::{FileHistory, History};
+use rustyline::validate::{ValidationContext, ValidationResult, Validator};
+use rustyline::{CompletionType, Config, Editor, ExternalPrinter};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+
+use crate::qmp;
+use crate::script::{Cancel, Reason};
+use input::Command;
+use session::{Session, SessionOptions};
+
+const PROMPT: &str = "vmscript> ";
+const CONTINUATION: &str = "     ...> ";
+
+/// Options of `vmscript repl`.
+#[derive(Debug, Clone, Default)]
+pub struct ReplOptions {
+    pub session: SessionOptions,
+    /// The history file; none when `None`.
+    pub history: Option<PathBuf>,
+}
+
+/// Where an interactive command keeps its history `name`:
+/// `$XDG_STATE_HOME/vmscript/`, else `~/.local/state/vmscript/`.
+pub fn history_path(name: &str) -> Option<PathBuf> {
+    let state = std::env::var_os("XDG_STATE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|v| !v.is_empty())
+                .map(|h| PathBuf::from(h).join(".local/state"))
+        })?;
+    Some(state.join("vmscript").join(name))
+}
+
+/// The line editor's helper: completion, multi-line input.
+struct Helper {
+    session: Rc<RefCell<Session>>,
+    /// Checks whether input is finished; needs no functions.
+    syntax: Engine,
+    files: FilenameCompleter,
+    /// Whether the line being edited is empty (for Ctrl-C's message).
+    empty: Cell<bool>,
+}
+
+impl Completer for Helper {
+    type Candidate = Pair;
+
+    fn complete(
+        &self,
+        line: &str,
+        pos: usize,
+        ctx: &rustyline::Context<'_>,
+    ) -> rustyline::Result<(usize, Vec<Pair>)> {
+        let (start, what) = complete::context(&line[..pos]);
+        if what == complete::Context::File {
+            return self.files.complete(line, pos, ctx);
+        }
+        let Ok(session) = self.session.try_borrow() else {
+            return Ok((pos, Vec::new()));
+        };
+        Ok((start, complete::candidates(&what, &*session)))
+    }
+}
+
+impl rustyline::hint::Hinter for Helper {
+    type Hint = String;
+
+    fn hint(&self, line: &str, _pos: usize, _ctx: &rustyline::Context<'_>) -> Option<String> {
+        self.empty.set(line.is_empty());
+        None
+    }
+}
+
+impl rustyline::highlight::Highlighter for Helper {}
+
+impl Validator for Helper {
+    fn validate(&self, ctx: &mut ValidationContext) -> rustyline::Result<ValidationResult> {
+        Ok(if input::is_incomplete(&self.syntax, ctx.input()) {
+            ValidationResult::Incomplete
+        } else {
+            ValidationResult::Valid(None)
+        })
+    }
+}
+
+impl rustyline::Helper for Helper {}
+
+/// Runs the REPL until Ctrl-D or `:quit`, then shuts down every machine
+/// of the session. Errors are setup failures.
+pub fn run(opts: ReplOptions) -> Result<(), String> {
+    let own_artifacts = opts.session.artifacts.is_none();
+    let session = Session::new(opts.session).map_err(|e| format!("starting the session: {e}"))?;
+    let cancel = session.cancel();
+    // What a signal that ends the REPL removes: only what the session made.
+    let mut cleanup = vec![session.run().temp_dir().to_path_buf()];
+    if own_artifacts {
+        cleanup.push(session.run().artifacts().to_path_buf());
+    }
+    let session = Rc::new(RefCell::new(session));
+    let config = Config::builder()
+        .auto_add_history(true)
+        .max_history_size(10_000)
+        .map_err(|e| e.to_string())?
+        .history_ignore_dups(true)
+        .map_err(|e| e.to_string())?
+        .completion_type(CompletionType::List)
+        .build();
+    let mut editor: Editor<Helper, FileHistory> =
+        Editor::with_config(config).map_err(|e| format!("starting the line editor: {e}"))?;
+    editor.set_helper(Some(Helper {
+        session: session.clone(),
+        syntax: Engine::new_raw(),
+        files: FilenameCompleter::new(),
+        empty: Cell::new(true),
+    }));
+    if let Some(h) = &opts.history {
+        let _ = editor.load_history(h);
+    }
+
+    let events_on = Arc::new(AtomicBool::new(true));
+    let events = start_event_printer(&mut editor, &session.borrow(), events_on.clone());
+    let evaluating = Arc::new(AtomicBool::new(false));
+    let signals = watch_signals(cancel.clone(), evaluating.clone(), cleanup)
+        .map_err(|e| format!("installing the signal handler: {e}"))?;
+
+    println!(
+        "vmscript repl: Rhai with the vmscript API. :help for help, Tab completes, Ctrl-D leaves."
+    );
+    let mut ctx = Loop {
+        session: &session,
+        cancel: &cancel,
+        evaluating: &evaluating,
+        events_on: &events_on,
+        events: &events,
+    };
+    loop {
+        if let Some(h) = editor.helper() {
+            h.empty.set(true);
+        }
+        let mut text = match editor.readline(PROMPT) {
+            Ok(l) => l,
+            Err(ReadlineError::Interrupted) => {
+                if editor.helper().is_none_or(|h| h.empty.get()) {
+                    println!("(To leave, press Ctrl-D or type :quit)");
+                }
+                continue;
+            }
+            Err(ReadlineError::Eof) => break,
+            Err(e) => {
+                eprintln!("vmscript: reading input: {e}");
+                break;
+            }
+        };
+        // Without a terminal there is no validator: gather the lines here.
+        let syntax = Engine::new_raw();
+        while input::is_incomplete(&syntax, &text) {
+            match editor.readline(CONTINUATION) {
+                Ok(more) => {
+                    text.push('\n');
+                    text.push_str(&more);
+                }
+                Err(_) => break,
+            }
+        }
+        if let Some(h) = &opts.history {
+            save_history(editor.history_mut(), h);
+        }
+        match input::parse_command(&text) {
+            Some(Ok(Command::Quit)) => break,
+            Some(Ok(c)) => ctx.command(c),
+            Some(Err(e)) => println!("{e}"),
+            None if text.trim().is_empty() => {}
+            None => ctx.eval(|s| s.eval(&text)),
+        }
+    }
+
+    events_on.store(false, Ordering::SeqCst);
+    let running: Vec<String> = session
+        .borrow()
+        .vms()
+        .into_iter()
+        .filter(|v| v.pid.is_some())
+        .map(|v| v.name)
+        .collect();
+    if !running.is_empty() {
+        println!("Shutting down {}", running.join(", "));
+    }
+    let report = session.borrow().finish();
+    for p in report.problems {
+        eprintln!("vmscript: {p}");
+    }
+    signals.close();
+    Ok(())
+}
+
+fn save_history(history: &mut FileHistory, path: &std::path::Path) {
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let _ = history.save(path);
+}
+
+/// What the loop's commands need.
+struct Loop<'a> {
+    session: &'a Rc<RefCell<Session>>,
+    cancel: &'a Cancel,
+    evaluating: &'a Arc<AtomicBool>,
+    events_on: &'a Arc<AtomicBool>,
+    events: &'a mpsc::Sender<Printed>,
+}
+
+impl Loop<'_> {
+    /// Runs `f` on the session as one interruptible evaluation and prints
+    /// its result.
+    fn eval(
+        &mut self,
+        f: impl FnOnce(&mut Session) -> Result<rhai::Dynamic, Box<crate::script::Failure>>,
+    ) {
+        self.cancel.clear_interrupt();
+        self.evaluating.store(true, Ordering::SeqCst);
+        let result = f(&mut self.session.borrow_mut());
+        self.evaluating.store(false, Ordering::SeqCst);
+        self.cancel.clear_interrupt();
+        // The events that came before the result are shown before it.
+        let (done, flushed) = mpsc::sync_channel(1);
+        if self.events.send(Printed::Flush(done)).is_ok() {
+            let _ = flushed.recv_timeout(Duration::from_secs(1));
+        }
+        match result {
+            Ok(v) => {
+                if let Some(text) = show::value(&v) {
+                    println!("{text}");
+                }
+            }
+            Err(f) => eprintln!("{}", show::failure(&f)),
+        }
+    }
+
+    fn command(&mut self, c: Command) {
+        match c {
+            Command::Help => println!("{}", help()),
+            Command::Quit => {}
+            Command::Vms => println!("{}", session::vms_table(&self.session.borrow().vms())),
+            Command::Doc(name) => match self.session.borrow().doc(&name) {
+                Some(d) => print!("{d}"),
+                None => println!("no function {name} (Tab after :doc lists them)"),
+            },
+            Command::Load(path) => self.eval(|s| s.load(&path)),
+            Command::Save(path) => match self.session.borrow().save(&path) {
+                Ok(n) => println!("wrote {n} inputs to {}", path.display()),
+                Err(e) => eprintln!("HostError: writing {}: {e}", path.display()),
+            },
+            Command::Events(on) => {
+                if let Some(on) = on {
+                    self.events_on.store(on, Ordering::SeqCst);
+                }
+                let on = self.events_on.load(Ordering::SeqCst);
+                println!("events are {}", if on { "shown" } else { "hidden" });
+            }
+        }
+    }
+}
+
+fn help() -> String {
+    let mut out = String::from(
+        "Type Rhai statements; variables and functions stay for the next ones.\n\
+         A statement left open (a block, a call, `let x =`) continues on the next line.\n\
+         Results print as pretty JSON (maps, arrays) or text; errors as KIND: message.\n\n",
+    );
+    for (c, what) in input::COMMANDS {
+        out.push_str(&format!("  {c:16} {what}\n"));
+    }
+    out.push_str(
+        "\nKeys: Tab completes functions, methods, variables, QMP commands in qmp(\"…\")\n\
+         and command(\"…\") and events in event_wait(\"…\"); Ctrl-R searches the history;\n\
+         Ctrl-C interrupts a running wait (the machines keep running); Ctrl-D leaves.\n\
+         Every machine is shut down when the session ends. `vmscript doc` lists the API.",
+    );
+    out
+}
+
+/// What the event printer thread is handed.
+enum Printed {
+    /// An event, as a line.
+    Line(String),
+    /// Answer once everything sent before is printed.
+    Flush(mpsc::SyncSender<()>),
+}
+
+/// Shows each machine's QMP events above the prompt while `on`; returns
+/// the printer thread's queue.
+fn start_event_printer(
+    editor: &mut Editor<Helper, FileHistory>,
+    session: &Session,
+    on: Arc<AtomicBool>,
+) -> mpsc::Sender<Printed> {
+    let (tx, rx) = mpsc::channel::<Printed>();
+    let queue = tx.clone();
+    session.run().observe_machines(move |name| {
+        let tx = tx.clone();
+        let on = on.clone();
+        let name = name.to_string();
+        Arc::new(move |dir: qmp::Direction, bytes: &[u8]| {
+            if dir != qmp::Direction::Received || !on.load(Ordering::Relaxed) {
+                return;
+            }
+            let Ok(msg) = serde_json::from_slice::<serde_json::Value>(bytes) else {
+                return;
+            };
+            if let Some(line) = show::event(&name, &msg) {
+                let _ = tx.send(Printed::Line(line));
+            }
+        }) as qmp::Observer
+    });
+    // The reader threads must never block on the terminal: they hand the
+    // lines to this thread.
+    let mut printer = editor.create_external_printer().ok();
+    let _ = std::thread::Builder::new()
+        .name("repl-events".into())
+        .spawn(move || {
+            for msg in rx {
+                match (msg, printer.as_mut()) {
+                    (Printed::Line(line), Some(p)) => {
+                        let _ = p.print(format!("{line}\n"));
+                    }
+                    (Printed::Line(line), None) => println!("{line}"),
+                    (Printed::Flush(done), _) => {
+                        let _ = done.send(());
+                    }
+                }
+            }
+        });
+    queue
+}
+
+/// The terminal settings at start, put back when a signal ends the REPL
+/// while the line editor has the terminal in raw mode.
+fn saved_terminal() -> Option<libc::termios> {
+    if !std::io::stdin().is_terminal() {
+        return None;
+    }
+    // SAFETY: tcgetattr writes a termios for an open descriptor (stdin).
+    unsafe {
+        let mut t: libc::termios = std::mem::zeroed();
+        (libc::tcgetattr(0, &mut t) == 0).then_some(t)
+    }
+}
+
+/// Receives SIGINT, SIGTERM and SIGHUP; see the module documentation.
+fn watch_signals(
+    cancel: Cancel,
+    evaluating: Arc<AtomicBool>,
+    cleanup: Vec<PathBuf>,
+) -> std::io::Result<signal_hook::iterator::Handle> {
+    let terminal = saved_terminal();
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
+    let handle = signals.handle();
+    std::thread::Builder::new()
+        .name("repl-signals".into())
+        .stack_size(128 << 10)
+        .spawn(move || {
+            let mut interrupting = false;
+            loop {
+                let batch: Vec<i32> = if interrupting {
+                    std::thread::sleep(Duration::from_millis(50));
+                    signals.pending().collect()
+                } else {
+                    signals.wait().collect()
+                };
+                if signals.is_closed() {
+                    break;
+                }
+                for sig in batch {
+                    if sig == SIGINT {
+                        if evaluating.load(Ordering::SeqCst) {
+                            cancel.interrupt();
+                        }
+                        continue;
+                    }
+                    cancel.cancel(Reason::Signal(sig));
+                    if let Some(t) = &terminal {
+                        // SAFETY: puts back settings read from the same descriptor.
+                        unsafe { libc::tcsetattr(0, libc::TCSANOW, t) };
+                    }
+                    for dir in &cleanup {
+                        let _ = std::fs::remove_dir_all(dir);
+                    }
+                    eprintln!("\nvmscript: received signal {sig}; the machines were killed");
+                    std::process::exit(128 + sig);
+                }
+                interrupting = evaluating.load(Ordering::SeqCst) && cancel.is_interrupted();
+                if interrupting {
+                    cancel.interrupt();
+                }
+            }
+        })?;
+    Ok(handle)
+}

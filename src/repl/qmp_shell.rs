@@ -149,11 +149,18 @@ fn split_words(line: &str) -> Result<Vec<String>, String> {
     Ok(words)
 }
 
-/// Command names and their argument names, from `query-qmp-schema`.
+/// Command names and their argument names, from `query-qmp-schema`, with
+/// the argument types, so that nested keys (`file.driver=`), the members
+/// of a union's chosen variant and enum values (`driver=qcow2`) complete.
 #[derive(Debug, Default, Clone)]
 pub struct Schema {
+    /// Each command's top-level argument names.
     pub commands: BTreeMap<String, Vec<String>>,
     pub events: Vec<String>,
+    /// Each command's argument type.
+    arg_types: BTreeMap<String, String>,
+    /// Every non-command entry by name.
+    types: BTreeMap<String, Value>,
 }
 
 impl Schema {
@@ -178,40 +185,137 @@ impl Schema {
 
     /// Builds the index from `query-qmp-schema` entries.
     pub fn from_entries(entries: &[Value]) -> Schema {
-        let by_name: BTreeMap<&str, &Value> = entries
-            .iter()
-            .filter_map(|e| Some((e.get("name")?.as_str()?, e)))
-            .collect();
-        let members = |type_name: Option<&str>| -> Vec<String> {
-            type_name
-                .and_then(|t| by_name.get(t))
-                .and_then(|t| t.get("members"))
-                .and_then(Value::as_array)
-                .map(|ms| {
-                    ms.iter()
-                        .filter_map(|m| m.get("name")?.as_str().map(str::to_string))
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
         let mut schema = Schema::default();
         for e in entries {
-            let name = e.get("name").and_then(Value::as_str).unwrap_or_default();
+            let Some(name) = e.get("name").and_then(Value::as_str) else {
+                continue;
+            };
             match e.get("meta-type").and_then(Value::as_str) {
                 Some("command") => {
-                    let args = members(e.get("arg-type").and_then(Value::as_str));
-                    schema.commands.insert(name.to_string(), args);
+                    if let Some(t) = e.get("arg-type").and_then(Value::as_str) {
+                        schema.arg_types.insert(name.to_string(), t.to_string());
+                    }
                 }
                 Some("event") => schema.events.push(name.to_string()),
-                _ => {}
+                _ => {
+                    schema.types.insert(name.to_string(), e.clone());
+                }
             }
+        }
+        let empty = Map::new();
+        for (cmd, ty) in &schema.arg_types {
+            let args = schema
+                .members(ty, &empty)
+                .into_iter()
+                .map(|(n, _)| n)
+                .collect();
+            schema.commands.insert(cmd.clone(), args);
         }
         schema.events.sort();
         schema
     }
 
+    /// The members of object type `ty` as (name, type): its own, and those
+    /// of the variant that `given[tag]` chooses (of every variant while
+    /// none is chosen). An alternate offers the members of its object
+    /// branches.
+    fn members(&self, ty: &str, given: &Map<String, Value>) -> Vec<(String, String)> {
+        let Some(t) = self.types.get(ty) else {
+            return Vec::new();
+        };
+        let list = |v: Option<&Value>| v.and_then(Value::as_array).cloned().unwrap_or_default();
+        let text = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
+        let mut out: Vec<(String, String)> = Vec::new();
+        match t.get("meta-type").and_then(Value::as_str) {
+            Some("object") => {
+                for m in list(t.get("members")) {
+                    if let Some(n) = text(&m, "name") {
+                        out.push((n, text(&m, "type").unwrap_or_default()));
+                    }
+                }
+                let chosen = t
+                    .get("tag")
+                    .and_then(Value::as_str)
+                    .and_then(|tag| given.get(tag))
+                    .and_then(Value::as_str);
+                for v in list(t.get("variants")) {
+                    if chosen.is_some_and(|c| v.get("case").and_then(Value::as_str) != Some(c)) {
+                        continue;
+                    }
+                    if let Some(vt) = text(&v, "type") {
+                        out.extend(self.members(&vt, given));
+                    }
+                }
+            }
+            Some("alternate") => {
+                for m in list(t.get("members")) {
+                    if let Some(mt) = text(&m, "type") {
+                        out.extend(self.members(&mt, given));
+                    }
+                }
+            }
+            _ => {}
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        out.retain(|(n, _)| seen.insert(n.clone()));
+        out
+    }
+
+    /// The values a key of type `ty` may take, when they are few: an enum's
+    /// values, `true`/`false`.
+    fn values(&self, ty: &str) -> Vec<String> {
+        let Some(t) = self.types.get(ty) else {
+            return Vec::new();
+        };
+        match t.get("meta-type").and_then(Value::as_str) {
+            Some("enum") => t
+                .get("values")
+                .and_then(Value::as_array)
+                .map(|vs| {
+                    vs.iter()
+                        .filter_map(|v| v.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            Some("builtin") if ty == "bool" => vec!["true".into(), "false".into()],
+            Some("alternate") => t
+                .get("members")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|m| m.get("type").and_then(Value::as_str))
+                .flat_map(|mt| self.values(mt))
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// The type at dotted `path` below object type `ty`, and what the line
+    /// already gives at that level.
+    fn resolve<'a>(
+        &self,
+        ty: &str,
+        path: &[&str],
+        given: &'a Map<String, Value>,
+    ) -> Option<(String, &'a Map<String, Value>)> {
+        static EMPTY: std::sync::LazyLock<Map<String, Value>> = std::sync::LazyLock::new(Map::new);
+        let Some((first, rest)) = path.split_first() else {
+            return Some((ty.to_string(), given));
+        };
+        let (_, member_ty) = self
+            .members(ty, given)
+            .into_iter()
+            .find(|(n, _)| n == first)?;
+        let inner = match given.get(*first) {
+            Some(Value::Object(m)) => m,
+            _ => &EMPTY,
+        };
+        self.resolve(&member_ty, rest, inner)
+    }
+
     /// Completions for the word ending at the end of `line`: a command
-    /// name first, then `arg=` names of that command.
+    /// name first, then `arg=` names of that command (nested ones after a
+    /// dot), or the values of an enum or bool argument after `=`.
     pub fn complete(&self, line: &str) -> (usize, Vec<String>) {
         let start = line.rfind(char::is_whitespace).map_or(0, |i| i + 1);
         let word = &line[start..];
@@ -224,32 +328,128 @@ impl Schema {
                 .collect();
             return (0, c);
         }
-        if word.contains('=') {
-            return (start, Vec::new());
-        }
         let cmd = line.split_whitespace().next().unwrap_or_default();
-        let used: Vec<&str> = line[..start]
-            .split_whitespace()
-            .skip(1)
-            .filter_map(|w| w.split_once('=').map(|(k, _)| k))
-            .collect();
+        let given = match parse_line(&line[..start]) {
+            Ok(Line::Command { args, .. }) => args,
+            _ => Map::new(),
+        };
+        let Some(arg_type) = self.arg_types.get(cmd) else {
+            return (start, self.complete_flat(cmd, word, &given));
+        };
+        if let Some((key, value)) = word.split_once('=') {
+            let path: Vec<&str> = key.split('.').collect();
+            let values = self
+                .resolve(arg_type, &path, &given)
+                .map(|(ty, _)| self.values(&ty))
+                .unwrap_or_default();
+            let c = values
+                .into_iter()
+                .filter(|v| v.starts_with(value))
+                .map(|v| format!("{key}={v}"))
+                .collect();
+            return (start, c);
+        }
+        let (parent, partial) = match word.rsplit_once('.') {
+            Some((p, rest)) => (Some(p), rest),
+            None => (None, word),
+        };
+        let path: Vec<&str> = parent.map(|p| p.split('.').collect()).unwrap_or_default();
+        let Some((ty, at)) = self.resolve(arg_type, &path, &given) else {
+            return (start, Vec::new());
+        };
+        let prefix = parent.map(|p| format!("{p}.")).unwrap_or_default();
         let c = self
-            .commands
+            .members(&ty, at)
+            .into_iter()
+            .filter(|(n, _)| n.starts_with(partial) && !at.contains_key(n))
+            .map(|(n, _)| format!("{prefix}{n}="))
+            .collect();
+        (start, c)
+    }
+
+    /// Argument names without types (from `query-commands` or a test).
+    fn complete_flat(&self, cmd: &str, word: &str, given: &Map<String, Value>) -> Vec<String> {
+        if word.contains('=') {
+            return Vec::new();
+        }
+        self.commands
             .get(cmd)
             .map(|args| {
                 args.iter()
-                    .filter(|a| a.starts_with(word) && !used.contains(&a.as_str()))
+                    .filter(|a| a.starts_with(word) && !given.contains_key(a.as_str()))
                     .map(|a| format!("{a}="))
                     .collect()
             })
-            .unwrap_or_default();
+            .unwrap_or_default()
+    }
+}
+
+/// HMP command names from `help`, and `info` topics from `help info`.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct HmpCommands {
+    pub commands: Vec<String>,
+    pub info: Vec<String>,
+}
+
+impl HmpCommands {
+    /// Asks the monitor; empty when it cannot.
+    pub fn load(client: &Client, timeout: Duration) -> HmpCommands {
+        let help = |line: &str| {
+            let mut args = Map::new();
+            args.insert("command-line".into(), Value::from(line));
+            client
+                .command("human-monitor-command", Some(&args), timeout)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default()
+        };
+        HmpCommands::from_help(&help("help"), &help("help info"))
+    }
+
+    /// Reads `help` output (`name args -- what`, one per line; `name|alias`).
+    pub fn from_help(help: &str, info: &str) -> HmpCommands {
+        let words = |text: &str, nth: usize| {
+            let mut v: Vec<String> = text
+                .lines()
+                .filter_map(|l| l.split_whitespace().nth(nth))
+                .flat_map(|w| w.split('|').map(str::to_string).collect::<Vec<_>>())
+                .filter(|w| {
+                    w.chars()
+                        .all(|c| c.is_alphanumeric() || c == '_' || c == '-')
+                })
+                .collect();
+            v.sort();
+            v.dedup();
+            v
+        };
+        HmpCommands {
+            commands: words(help, 0),
+            info: words(info, 1),
+        }
+    }
+
+    /// Completions for the end of `line`: a command, or an `info` topic.
+    pub fn complete(&self, line: &str) -> (usize, Vec<String>) {
+        let start = line.rfind(char::is_whitespace).map_or(0, |i| i + 1);
+        let word = &line[start..];
+        let earlier: Vec<&str> = line[..start].split_whitespace().collect();
+        let names = match earlier.as_slice() {
+            [] => &self.commands,
+            ["info" | "i"] => &self.info,
+            _ => return (start, Vec::new()),
+        };
+        let c = names
+            .iter()
+            .filter(|n| n.starts_with(word))
+            .cloned()
+            .collect();
         (start, c)
     }
 }
 
 struct ShellHelper {
     schema: Schema,
-    hmp: bool,
+    hmp: Option<HmpCommands>,
 }
 
 impl rustyline::completion::Completer for ShellHelper {
@@ -260,10 +460,10 @@ impl rustyline::completion::Completer for ShellHelper {
         pos: usize,
         _ctx: &rustyline::Context<'_>,
     ) -> rustyline::Result<(usize, Vec<String>)> {
-        if self.hmp {
-            return Ok((pos, Vec::new()));
-        }
-        Ok(self.schema.complete(&line[..pos]))
+        Ok(match &self.hmp {
+            Some(h) => h.complete(&line[..pos]),
+            None => self.schema.complete(&line[..pos]),
+        })
     }
 }
 impl rustyline::hint::Hinter for ShellHelper {
@@ -291,15 +491,21 @@ pub fn run(opts: &ShellOptions) -> Result<(), qmp::Error> {
         .pointer("/QMP/version/qemu")
         .map(|v| format!("{}.{}.{}", v["major"], v["minor"], v["micro"]))
         .unwrap_or_else(|| "?".into());
-    let schema = if opts.hmp {
-        Schema::default()
+    let (schema, hmp) = if opts.hmp {
+        (
+            Schema::default(),
+            Some(HmpCommands::load(&client, opts.timeout)),
+        )
     } else {
-        Schema::load(&client, opts.timeout)
+        (Schema::load(&client, opts.timeout), None)
     };
+    let count = hmp
+        .as_ref()
+        .map_or(schema.commands.len(), |h| h.commands.len());
     println!(
-        "Connected to QEMU {version} at {}. {} commands; Tab completes, Ctrl-D leaves.",
+        "Connected to QEMU {version} at {}. {count} {}commands; Tab completes, Ctrl-C interrupts, Ctrl-D leaves.",
         opts.address,
-        schema.commands.len()
+        if opts.hmp { "HMP " } else { "" },
     );
     let client = Arc::new(client);
     let config = rustyline::Config::builder()
@@ -311,20 +517,25 @@ pub fn run(opts: &ShellOptions) -> Result<(), qmp::Error> {
             what: "starting the line editor".into(),
             message: e.to_string(),
         })?;
-    editor.set_helper(Some(ShellHelper {
-        schema,
-        hmp: opts.hmp,
-    }));
+    editor.set_helper(Some(ShellHelper { schema, hmp }));
     if let Some(h) = &opts.history {
         let _ = editor.load_history(h);
     }
     let stop = Arc::new(AtomicBool::new(false));
     let events = spawn_event_printer(&mut editor, client.clone(), stop.clone());
+    let executing = Arc::new(AtomicBool::new(false));
+    let signals = watch_interrupts(client.interrupter(), executing.clone())?;
     let prompt = if opts.hmp { "(HMP) " } else { "(QEMU) " };
     loop {
         match editor.readline(prompt) {
             Ok(line) => {
-                if let Err(e) = execute_line(&client, &line, opts.hmp, opts.timeout) {
+                if let Some(h) = &opts.history {
+                    save_history(&mut editor, h);
+                }
+                executing.store(true, Ordering::SeqCst);
+                let result = execute_line(&client, &line, opts.hmp, opts.timeout);
+                executing.store(false, Ordering::SeqCst);
+                if let Err(e) = result {
                     println!("error: {e}");
                     if matches!(e, ShellError::Qmp(qmp::Error::Closed { .. })) {
                         break;
@@ -338,14 +549,46 @@ pub fn run(opts: &ShellOptions) -> Result<(), qmp::Error> {
         }
     }
     stop.store(true, Ordering::Relaxed);
-    if let Some(h) = &opts.history {
-        if let Some(dir) = h.parent() {
-            let _ = std::fs::create_dir_all(dir);
-        }
-        let _ = editor.save_history(h);
-    }
+    signals.close();
     drop(events);
     Ok(())
+}
+
+fn save_history(
+    editor: &mut rustyline::Editor<ShellHelper, rustyline::history::DefaultHistory>,
+    path: &std::path::Path,
+) {
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let _ = editor.save_history(path);
+}
+
+/// Ctrl-C while a command runs interrupts the wait for its reply (the
+/// reply is dropped when it comes); at the prompt the line editor sees it.
+fn watch_interrupts(
+    interrupter: qmp::Interrupter,
+    executing: Arc<AtomicBool>,
+) -> Result<signal_hook::iterator::Handle, qmp::Error> {
+    let io = |e: std::io::Error| qmp::Error::Io {
+        what: "installing the Ctrl-C handler".into(),
+        message: e.to_string(),
+    };
+    let mut signals =
+        signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT]).map_err(io)?;
+    let handle = signals.handle();
+    std::thread::Builder::new()
+        .name("qmp-shell-signals".into())
+        .stack_size(64 << 10)
+        .spawn(move || {
+            for _ in signals.forever() {
+                if executing.load(Ordering::SeqCst) {
+                    interrupter.interrupt();
+                }
+            }
+        })
+        .map_err(io)?;
+    Ok(handle)
 }
 
 /// What one line can fail with.
@@ -384,8 +627,20 @@ fn execute_line(
             client.execute_raw(&bytes, "the message", timeout)?
         }
     };
+    if let Some(err) = reply.get("error") {
+        return Err(qmp::response_error(&reply, err).into());
+    }
     println!("{}", pretty(&reply));
     Ok(())
+}
+
+/// An event on one line: `event STOP {"data"…}`.
+fn event_line(ev: &Value) -> String {
+    let name = ev.get("event").and_then(Value::as_str).unwrap_or("?");
+    match ev.get("data") {
+        Some(d) if d.as_object().is_some_and(|m| !m.is_empty()) => format!("event {name} {d}"),
+        _ => format!("event {name}"),
+    }
 }
 
 fn pretty(v: &Value) -> String {
@@ -406,7 +661,7 @@ fn spawn_event_printer(
             while !stop.load(Ordering::Relaxed) {
                 match client.take_event(Duration::from_millis(500), |_| true) {
                     Ok(Some(ev)) => {
-                        let _ = printer.print(format!("event: {}\n", pretty(&ev)));
+                        let _ = printer.print(format!("{}\n", event_line(&ev)));
                     }
                     Ok(None) => {}
                     Err(_) => break,
@@ -501,5 +756,86 @@ mod tests {
             (22, vec!["node-name=".into()])
         );
         assert_eq!(s.complete("query-status x=").1, Vec::<String>::new());
+    }
+
+    fn block_schema() -> Schema {
+        Schema::from_entries(&[
+            json!({"name": "blockdev-add", "meta-type": "command", "arg-type": "49"}),
+            json!({"name": "49", "meta-type": "object", "tag": "driver",
+                "members": [{"name": "driver", "type": "291"}, {"name": "node-name", "type": "str"},
+                            {"name": "read-only", "type": "bool"}],
+                "variants": [{"case": "qcow2", "type": "300"}, {"case": "file", "type": "301"}]}),
+            json!({"name": "291", "meta-type": "enum", "values": ["file", "qcow2"]}),
+            json!({"name": "300", "meta-type": "object",
+                "members": [{"name": "file", "type": "518"}, {"name": "lazy-refcounts", "type": "bool"}]}),
+            json!({"name": "301", "meta-type": "object", "members": [{"name": "filename", "type": "str"}]}),
+            json!({"name": "518", "meta-type": "alternate", "members": [{"type": "49"}, {"type": "str"}]}),
+            json!({"name": "str", "meta-type": "builtin", "json-type": "string"}),
+            json!({"name": "bool", "meta-type": "builtin", "json-type": "boolean"}),
+        ])
+    }
+
+    #[test]
+    fn enum_and_bool_values_complete_after_the_equals_sign() {
+        let s = block_schema();
+        assert_eq!(
+            s.complete("blockdev-add driver="),
+            (13, vec!["driver=file".into(), "driver=qcow2".into()])
+        );
+        assert_eq!(s.complete("blockdev-add driver=q").1, ["driver=qcow2"]);
+        assert_eq!(
+            s.complete("blockdev-add read-only=").1,
+            ["read-only=true", "read-only=false"]
+        );
+        assert_eq!(
+            s.complete("blockdev-add node-name=").1,
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn the_chosen_variant_and_nested_keys_complete() {
+        let s = block_schema();
+        // Before a driver is chosen, every variant's members are offered.
+        assert!(s
+            .complete("blockdev-add ")
+            .1
+            .contains(&"filename=".to_string()));
+        let (_, c) = s.complete("blockdev-add driver=qcow2 ");
+        assert_eq!(c, ["node-name=", "read-only=", "file=", "lazy-refcounts="]);
+        let (start, c) = s.complete("blockdev-add driver=qcow2 file.");
+        assert_eq!(start, 26);
+        assert!(c.contains(&"file.driver=".to_string()), "{c:?}");
+        let (_, c) = s.complete("blockdev-add driver=qcow2 file.driver=file file.f");
+        assert_eq!(c, ["file.filename="]);
+        assert_eq!(
+            s.complete("blockdev-add driver=qcow2 file.driver=").1,
+            ["file.driver=file", "file.driver=qcow2"]
+        );
+    }
+
+    #[test]
+    fn hmp_commands_and_info_topics_come_from_help() {
+        let help = "announce_self [interfaces] [id] -- Trigger GARP/RARP announcements\n\
+                    c|cont  -- resume emulation\n\
+                    info [subcommand] -- show various information about the system state\n";
+        let info = "info balloon  -- show balloon information\ninfo status  -- show the current VM status\n";
+        let h = HmpCommands::from_help(help, info);
+        assert_eq!(h.commands, ["announce_self", "c", "cont", "info"]);
+        assert_eq!(h.complete("co"), (0, vec!["cont".into()]));
+        assert_eq!(h.complete("info st"), (5, vec!["status".into()]));
+        assert_eq!(h.complete("cont x").1, Vec::<String>::new());
+    }
+
+    #[test]
+    fn events_show_on_one_line() {
+        assert_eq!(
+            event_line(&json!({"event": "STOP", "data": {}})),
+            "event STOP"
+        );
+        assert_eq!(
+            event_line(&json!({"event": "RESET", "data": {"guest": false}})),
+            "event RESET {\"guest\":false}"
+        );
     }
 }

@@ -30,7 +30,9 @@ impl Verdict {
             (Status::Passed, _) => Verdict::Passed,
             (Status::Skipped(_), _) => Verdict::Skipped,
             (Status::Failed(_), Some(Reason::Timeout(_))) => Verdict::TimedOut,
-            (Status::Failed(_), Some(Reason::Signal(_))) => Verdict::Interrupted,
+            (Status::Failed(_), Some(Reason::Signal(_) | Reason::Interrupt)) => {
+                Verdict::Interrupted
+            }
             (Status::Failed(_), None) => Verdict::Failed,
         }
     }

@@ -8,6 +8,11 @@
 //! [`Cancel::is_cancelled`] so that a pure Rhai loop stops too.
 //! [`Cancel::abandon`] is for a process about to exit without waiting for
 //! the script: it kills the machines and removes the run's temp dir.
+//!
+//! An interrupt ([`Cancel::interrupt`], Ctrl-C in the REPL) is the mild
+//! form: it ends what the script is doing now (its waits, its sleep, its
+//! loop) without killing any machine, and lasts until
+//! [`Cancel::clear_interrupt`].
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,7 +20,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::machine::KillHandle;
+use crate::machine::{InterruptHandle, KillHandle};
 
 /// Why a run was stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,6 +29,8 @@ pub enum Reason {
     Timeout(Duration),
     /// vmscript received this signal.
     Signal(i32),
+    /// [`Cancel::interrupt`]: what runs now ends; the machines live on.
+    Interrupt,
 }
 
 impl Reason {
@@ -31,7 +38,7 @@ impl Reason {
     pub fn kind(&self) -> &'static str {
         match self {
             Reason::Timeout(_) => "Timeout",
-            Reason::Signal(_) => "Interrupted",
+            Reason::Signal(_) | Reason::Interrupt => "Interrupted",
         }
     }
 
@@ -40,6 +47,7 @@ impl Reason {
         match self {
             Reason::Timeout(d) => format!("the test timed out after {}s", d.as_secs_f64()),
             Reason::Signal(s) => format!("the test was interrupted by {}", signal_name(*s)),
+            Reason::Interrupt => "interrupted (Ctrl-C)".into(),
         }
     }
 }
@@ -59,6 +67,8 @@ struct State {
     reason: Option<Reason>,
     /// The run is over: the watchdog stops.
     done: bool,
+    /// Set by [`Cancel::interrupt`] until [`Cancel::clear_interrupt`].
+    interrupted: bool,
 }
 
 #[derive(Default)]
@@ -68,6 +78,8 @@ struct Inner {
     wake: Condvar,
     machines: Mutex<Vec<KillHandle>>,
     temp_dirs: Mutex<Vec<PathBuf>>,
+    interrupted: AtomicBool,
+    waits: Mutex<Vec<InterruptHandle>>,
 }
 
 /// A run's cancellation token; clones share it.
@@ -163,13 +175,69 @@ impl Cancel {
         }
     }
 
-    /// Sleeps for `d`, or less when the run is cancelled meanwhile.
+    /// Adds a machine whose waits [`Cancel::interrupt`] ends.
+    pub fn register_interrupt(&self, handle: InterruptHandle) {
+        self.inner
+            .waits
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(handle);
+    }
+
+    /// Interrupts the script without cancelling the run: the waits in
+    /// progress on its machines fail with `Interrupted`, its sleep ends,
+    /// and [`Cancel::is_interrupted`] holds until [`Cancel::clear_interrupt`].
+    /// A wait that starts after this call is not interrupted by it, so
+    /// call it again while the script still runs.
+    pub fn interrupt(&self) {
+        {
+            let mut st = self.lock();
+            st.interrupted = true;
+            self.inner.interrupted.store(true, Ordering::SeqCst);
+        }
+        self.inner.wake.notify_all();
+        let handles = self
+            .inner
+            .waits
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        for h in handles {
+            h.interrupt();
+        }
+    }
+
+    /// Ends the interrupt: the script may run again.
+    pub fn clear_interrupt(&self) {
+        self.lock().interrupted = false;
+        self.inner.interrupted.store(false, Ordering::SeqCst);
+    }
+
+    /// Whether [`Cancel::interrupt`] was called and not cleared.
+    pub fn is_interrupted(&self) -> bool {
+        self.inner.interrupted.load(Ordering::Relaxed)
+    }
+
+    /// What should stop the script now: the cancellation reason, else
+    /// [`Reason::Interrupt`] when interrupted.
+    pub fn stop_reason(&self) -> Option<Reason> {
+        let st = self.lock();
+        st.reason
+            .clone()
+            .or_else(|| st.interrupted.then_some(Reason::Interrupt))
+    }
+
+    /// Sleeps for `d`, or less when the run is cancelled or interrupted
+    /// meanwhile.
     pub fn sleep(&self, d: Duration) -> Result<(), Reason> {
         let deadline = Instant::now() + d;
         let mut st = self.lock();
         loop {
             if let Some(r) = &st.reason {
                 return Err(r.clone());
+            }
+            if st.interrupted {
+                return Err(Reason::Interrupt);
             }
             let now = Instant::now();
             if now >= deadline {
@@ -299,5 +367,26 @@ mod tests {
         drop(Watchdog::start(&c, Duration::from_millis(20)).unwrap());
         std::thread::sleep(Duration::from_millis(60));
         assert!(!c.is_cancelled());
+    }
+
+    #[test]
+    fn an_interrupt_ends_sleeps_until_cleared_and_cancels_nothing() {
+        let c = Cancel::new();
+        let c2 = c.clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            c2.interrupt();
+        });
+        let start = Instant::now();
+        assert_eq!(c.sleep(Duration::from_secs(10)), Err(Reason::Interrupt));
+        assert!(start.elapsed() < Duration::from_secs(5));
+        t.join().unwrap();
+        assert!(c.is_interrupted() && !c.is_cancelled());
+        assert_eq!(c.stop_reason(), Some(Reason::Interrupt));
+        assert_eq!(c.reason(), None);
+        c.clear_interrupt();
+        assert!(!c.is_interrupted());
+        assert_eq!(c.stop_reason(), None);
+        assert_eq!(c.sleep(Duration::from_millis(1)), Ok(()));
     }
 }

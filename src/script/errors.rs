@@ -158,6 +158,7 @@ pub fn machine_error_map(err: &machine::Error) -> Map {
         ],
         E::Console(c) => console_fields(c),
         E::Host { what, .. } => vec![("what", what.clone().into())],
+        E::Interrupted { what } => vec![("what", what.clone().into())],
         _ => Vec::new(),
     };
     error_map(err.kind(), err.to_string(), fields)

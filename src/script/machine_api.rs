@@ -48,6 +48,11 @@ const MACHINE_OPTIONS: &[&str] = &[
 pub struct MachineRef(Rc<RefCell<Machine>>);
 
 impl MachineRef {
+    /// The machine itself, shared with the run's registry.
+    pub fn machine(&self) -> &Rc<RefCell<Machine>> {
+        &self.0
+    }
+
     /// Runs `f` on the machine, turning its error into the script's.
     pub(super) fn with<T>(
         &self,

@@ -91,10 +91,10 @@ pub fn engine(run: &Rc<Run>) -> Engine {
                 Vec::new(),
             )));
         }
-        if !c.is_cancelled() {
+        if !c.is_cancelled() && !c.is_interrupted() {
             return None;
         }
-        c.reason()
+        c.stop_reason()
             .map(|r| Dynamic::from_map(errors::error_map(r.kind(), r.message(), Vec::new())))
     });
     engine.set_module_resolver(modules::Resolver::new(modules::SearchPath::from_env(

@@ -197,7 +197,12 @@ pub struct Run {
     next_vm: Cell<usize>,
     fds: RefCell<BTreeMap<i32, OwnedFd>>,
     output: Output,
+    /// Gives each new machine a QMP observer ([`Run::observe_machines`]).
+    observers: RefCell<Option<ObserverFactory>>,
 }
+
+/// Makes the QMP observer of the machine with the given name.
+type ObserverFactory = Box<dyn Fn(&str) -> crate::qmp::Observer>;
 
 impl std::fmt::Debug for Run {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -239,6 +244,7 @@ impl Run {
             machines: RefCell::default(),
             next_vm: Cell::new(0),
             fds: RefCell::default(),
+            observers: RefCell::default(),
         })
     }
 
@@ -317,10 +323,25 @@ impl Run {
         Ok(opts)
     }
 
+    /// Gives every machine made from now on a QMP observer, made by
+    /// `factory` from the machine's name (the REPL shows events with it).
+    pub fn observe_machines(&self, factory: impl Fn(&str) -> crate::qmp::Observer + 'static) {
+        *self.observers.borrow_mut() = Some(Box::new(factory));
+    }
+
+    /// Every machine of the run, oldest first.
+    pub fn machines(&self) -> Vec<Rc<RefCell<Machine>>> {
+        self.machines.borrow().clone()
+    }
+
     /// Makes a machine and registers it for cleanup and cancellation.
     pub fn add_machine(&self, opts: MachineOptions) -> ScriptResult<Rc<RefCell<Machine>>> {
-        let m = Machine::new(opts).map_err(errors::machine_error)?;
+        let mut m = Machine::new(opts).map_err(errors::machine_error)?;
+        if let Some(factory) = &*self.observers.borrow() {
+            m.observe_qmp(factory(m.name()));
+        }
         self.cancel.register(m.kill_handle());
+        self.cancel.register_interrupt(m.interrupt_handle());
         let m = Rc::new(RefCell::new(m));
         self.machines.borrow_mut().push(m.clone());
         Ok(m)
@@ -487,8 +508,11 @@ mod tests {
         let path = run.temp_dir().join("f");
         let fd = run.open_fd(path.to_str().unwrap(), "w").unwrap();
         assert!(Run::fd_is_open(fd));
+        // By what it names: tests in other threads may reuse the number.
+        let names = |fd: i32| std::fs::read_link(format!("/proc/self/fd/{fd}")).ok();
+        assert_eq!(names(fd), Some(path.clone()));
         run.finish();
-        assert!(!Run::fd_is_open(fd));
+        assert_ne!(names(fd), Some(path));
     }
 
     #[test]

@@ -1,0 +1,536 @@
+//! One REPL session: a Rhai engine with the whole script API, the
+//! variables and functions defined so far, and the [`Run`] that owns every
+//! machine the session starts. Knows nothing of terminals: the loop in
+//! [`super`] reads lines, this runs them.
+//!
+//! State carries over between inputs as in Rhai's own REPL example: one
+//! [`Scope`] for the variables and one [`AST`] holding every function
+//! defined so far, merged with each new input before it runs. Modules
+//! imported with `import "path" as name;` stay available under `name`.
+//! The inputs that ran without error are kept for [`Session::save`]; the
+//! functions of an input that failed are dropped with it.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use regex::Regex;
+use rhai::{Dynamic, Engine, OptimizationLevel, Position, Scope, AST};
+use serde_json::Value;
+
+use super::complete::{self, Function, Sources};
+use super::qmp_shell::Schema;
+use crate::machine::Machine;
+use crate::script::machine_api::MachineRef;
+use crate::script::{self, docs, Cancel, Failure, QemuBinary, Run, RunConfig, RunReport};
+
+/// How long the session's run may last: for ever, in effect. Waits that
+/// default to "until the test's timeout" then wait until Ctrl-C.
+const SESSION_TIMEOUT: Duration = Duration::from_secs(10 * 365 * 86400);
+
+/// The name errors give for typed input.
+const INPUT: &str = "<repl>";
+
+/// What a session is started with.
+#[derive(Debug, Clone, Default)]
+pub struct SessionOptions {
+    /// The default QEMU binary (`--qemu`).
+    pub qemu: Option<PathBuf>,
+    /// Extra module folders (`--lib`).
+    pub lib_dirs: Vec<PathBuf>,
+    /// Where machine logs go; a temp dir removed at the end when `None`.
+    pub artifacts: Option<PathBuf>,
+}
+
+/// A machine of the session, for `:vms`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmInfo {
+    pub name: String,
+    pub pid: Option<i32>,
+    /// `running`, `paused`, … (QEMU's run state), `exited (N)` or `not launched`.
+    pub status: String,
+}
+
+/// One REPL session; see the module documentation.
+pub struct Session {
+    engine: Engine,
+    scope: Scope<'static>,
+    /// Every function defined so far, without statements.
+    functions: AST,
+    run: Rc<Run>,
+    /// The inputs that ran without error, in order.
+    inputs: Vec<String>,
+    builtins: Vec<Function>,
+    reference: Vec<docs::Entry>,
+    std_signatures: Vec<String>,
+    /// QMP schemas by machine name and pid.
+    schemas: RefCell<HashMap<(String, i32), Rc<Schema>>>,
+    /// Keeps the default artifacts dir until the session ends.
+    _artifacts: Option<tempfile::TempDir>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("run", &self.run)
+            .field("inputs", &self.inputs.len())
+            .finish_non_exhaustive()
+    }
+}
+
+static IMPORT: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r#"(?m)^\s*import\s+"([^"]+)"\s+as\s+(\w+)\s*;?"#).expect("a valid regex")
+});
+
+impl Session {
+    /// A session with its own temp dir and, unless given, artifacts dir.
+    pub fn new(opts: SessionOptions) -> std::io::Result<Session> {
+        let (artifacts, keep) = match opts.artifacts {
+            Some(dir) => {
+                std::fs::create_dir_all(&dir)?;
+                (dir, None)
+            }
+            None => {
+                let t = tempfile::Builder::new()
+                    .prefix("vmscript-repl-")
+                    .tempdir()?;
+                (t.path().to_path_buf(), Some(t))
+            }
+        };
+        let config = RunConfig {
+            script: INPUT.into(),
+            artifacts,
+            timeout: SESSION_TIMEOUT,
+            qemu: QemuBinary::resolve(opts.qemu),
+            params: Default::default(),
+            capture: false,
+            lib_dirs: opts.lib_dirs,
+        };
+        let run = Rc::new(Run::new(config, Cancel::new())?);
+        let mut engine = script::engine(&run);
+        // Variables of earlier inputs must not be folded into constants.
+        engine.set_optimization_level(OptimizationLevel::None);
+        let std_signatures = engine.gen_fn_signatures(true);
+        let builtins = std_signatures
+            .iter()
+            .filter_map(|s| complete::parse_signature(s))
+            .collect();
+        let reference = docs::reference(&engine);
+        Ok(Session {
+            engine,
+            scope: Scope::new(),
+            functions: AST::empty(),
+            run,
+            inputs: Vec::new(),
+            builtins,
+            reference,
+            std_signatures,
+            schemas: RefCell::default(),
+            _artifacts: keep,
+        })
+    }
+
+    /// The session's run: its machines, its cancellation token.
+    pub fn run(&self) -> &Rc<Run> {
+        &self.run
+    }
+
+    /// The cancellation token, for the Ctrl-C handler.
+    pub fn cancel(&self) -> Cancel {
+        self.run.cancel().clone()
+    }
+
+    /// Runs one input; its variables, functions and imports stay for the
+    /// next. On success it is kept for [`Session::save`].
+    pub fn eval(&mut self, input: &str) -> Result<Dynamic, Box<Failure>> {
+        let v = self.eval_as(input, INPUT)?;
+        self.inputs.push(input.trim_end().to_string());
+        Ok(v)
+    }
+
+    /// Runs a script file into the session, as if typed.
+    pub fn load(&mut self, path: &Path) -> Result<Dynamic, Box<Failure>> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Failure::plain(&shown, "HostError", format!("reading {shown}: {e}")))?;
+        let v = self.eval_as(&text, &shown)?;
+        self.inputs
+            .push(format!("// :load {shown}\n{}", text.trim_end()));
+        Ok(v)
+    }
+
+    fn eval_as(&mut self, input: &str, source: &str) -> Result<Dynamic, Box<Failure>> {
+        self.run
+            .check_cancelled()
+            .map_err(|e| Failure::from_eval(&e, source))?;
+        let ast = self
+            .engine
+            .compile_with_scope(&self.scope, input)
+            .map_err(|e| Failure {
+                file: source.to_string(),
+                line: e.1.line(),
+                column: e.1.position(),
+                kind: "SyntaxError".into(),
+                message: e.0.to_string(),
+                value: None,
+                context: Vec::new(),
+            })?;
+        let program = self.functions.merge(&ast);
+        let result = self
+            .engine
+            .eval_ast_with_scope::<Dynamic>(&mut self.scope, &program)
+            .map_err(|e| Box::new(Failure::from_eval(&e, source)))?;
+        // Only functions of input that ran stay, as only that is saved.
+        self.functions += ast.clone_functions_only();
+        self.keep_imports(input);
+        Ok(result)
+    }
+
+    /// Registers the modules `input` imported under their names, so that
+    /// `name::f()` works in later inputs too.
+    fn keep_imports(&mut self, input: &str) {
+        for c in IMPORT.captures_iter(input) {
+            let resolved =
+                self.engine
+                    .module_resolver()
+                    .resolve(&self.engine, None, &c[1], Position::NONE);
+            if let Ok(module) = resolved {
+                self.engine.register_static_module(&c[2], module);
+            }
+        }
+    }
+
+    /// Writes the inputs that ran without error to `path` as a script;
+    /// returns how many.
+    pub fn save(&self, path: &Path) -> std::io::Result<usize> {
+        let mut text = String::from(
+            "// Saved from `vmscript repl`: the input that ran without error, in order.\n\n",
+        );
+        for input in &self.inputs {
+            text.push_str(&self.terminated(input));
+            text.push('\n');
+        }
+        std::fs::write(path, text)?;
+        Ok(self.inputs.len())
+    }
+
+    /// `input` with the `;` a script needs before the next statement (a
+    /// REPL line may leave it out).
+    fn terminated(&self, input: &str) -> String {
+        let compiles = |t: &str| self.engine.compile(format!("{t}\n0")).is_ok();
+        if compiles(input) {
+            input.to_string()
+        } else if compiles(&format!("{input};")) {
+            format!("{input};")
+        } else {
+            format!("{input}\n;")
+        }
+    }
+
+    /// The signatures and documentation of `name` (`Machine.name` for a
+    /// property), from the engine's metadata and the session's functions.
+    pub fn doc(&self, name: &str) -> Option<String> {
+        let mut out = String::new();
+        if let Some(e) = self.reference.iter().find(|e| e.name == name) {
+            for s in &e.signatures {
+                out.push_str(s);
+                out.push('\n');
+            }
+            for d in &e.docs {
+                out.push_str("    ");
+                out.push_str(d);
+                out.push('\n');
+            }
+            return Some(out);
+        }
+        for f in self.functions.iter_functions().filter(|f| f.name == name) {
+            for c in f.comments.iter() {
+                out.push_str(c);
+                out.push('\n');
+            }
+            out.push_str(&format!("fn {f}\n"));
+        }
+        let prefix = format!("{name}(");
+        for s in self
+            .std_signatures
+            .iter()
+            .filter(|s| s.starts_with(&prefix))
+        {
+            out.push_str(s);
+            out.push('\n');
+        }
+        (!out.is_empty()).then_some(out)
+    }
+
+    /// The session's machines, oldest first.
+    pub fn vms(&self) -> Vec<VmInfo> {
+        self.run
+            .machines()
+            .iter()
+            .map(|m| match m.try_borrow_mut() {
+                Ok(mut m) => info(&mut m),
+                Err(_) => VmInfo {
+                    name: "?".into(),
+                    pid: None,
+                    status: "busy".into(),
+                },
+            })
+            .collect()
+    }
+
+    /// Shuts down every machine still running and releases the run.
+    pub fn finish(&self) -> RunReport {
+        self.run.finish()
+    }
+
+    /// The machine held by variable `name`, else the latest running one.
+    fn machine_for(&self, name: Option<&str>) -> Option<Rc<RefCell<Machine>>> {
+        if let Some(v) = name.and_then(|n| self.scope.get(n)) {
+            if let Some(m) = v.read_lock::<MachineRef>() {
+                return Some(m.machine().clone());
+            }
+        }
+        self.run
+            .machines()
+            .into_iter()
+            .rev()
+            .find(|m| m.try_borrow().is_ok_and(|m| m.is_running()))
+    }
+}
+
+fn info(m: &mut Machine) -> VmInfo {
+    let status = if m.is_running() {
+        m.command("query-status", None, true)
+            .ok()
+            .and_then(|s| s.get("status").and_then(Value::as_str).map(str::to_string))
+            .unwrap_or_else(|| "running".into())
+    } else if let Some(code) = m.exitcode() {
+        format!("exited ({code})")
+    } else {
+        "not launched".into()
+    };
+    VmInfo {
+        name: m.name().to_string(),
+        pid: m.get_pid(),
+        status,
+    }
+}
+
+/// `:vms` as a table.
+pub fn vms_table(vms: &[VmInfo]) -> String {
+    if vms.is_empty() {
+        return "no machines yet: let vm = machine(); vm.launch();".into();
+    }
+    let width = vms.iter().map(|v| v.name.len()).max().unwrap_or(4).max(4);
+    let mut out = format!("{:width$}  {:>8}  STATUS", "NAME", "PID");
+    for v in vms {
+        let pid = v.pid.map_or("-".to_string(), |p| p.to_string());
+        out.push_str(&format!("\n{:width$}  {pid:>8}  {}", v.name, v.status));
+    }
+    out
+}
+
+impl Sources for Session {
+    fn functions(&self) -> Vec<Function> {
+        let mut out = self.builtins.clone();
+        out.extend(self.functions.iter_functions().map(|f| Function {
+            name: f.name.to_string(),
+            receiver: None,
+            property: false,
+        }));
+        out
+    }
+
+    fn variables(&self) -> Vec<(String, String)> {
+        self.scope
+            .iter_raw()
+            .map(|(name, _, v)| {
+                let ty = if v.is_shared() {
+                    v.flatten_clone().type_name()
+                } else {
+                    v.type_name()
+                };
+                (name.to_string(), self.engine.map_type_name(ty).to_string())
+            })
+            .collect()
+    }
+
+    fn map_keys(&self, variable: &str) -> Vec<String> {
+        self.scope
+            .get(variable)
+            .and_then(|v| {
+                v.read_lock::<rhai::Map>()
+                    .map(|m| m.keys().map(|k| k.to_string()).collect())
+            })
+            .unwrap_or_default()
+    }
+
+    fn schema(&self, receiver: Option<&str>) -> Option<Rc<Schema>> {
+        let machine = self.machine_for(receiver)?;
+        let mut m = machine.try_borrow_mut().ok()?;
+        let key = (m.name().to_string(), m.get_pid()?);
+        if let Some(s) = self.schemas.borrow().get(&key) {
+            return Some(s.clone());
+        }
+        let mut schema = match m.command("query-qmp-schema", None, true) {
+            Ok(Value::Array(entries)) => Schema::from_entries(&entries),
+            _ => Schema::default(),
+        };
+        if schema.commands.is_empty() {
+            if let Ok(Value::Array(cmds)) = m.command("query-commands", None, true) {
+                for c in cmds {
+                    if let Some(n) = c.get("name").and_then(Value::as_str) {
+                        schema.commands.insert(n.to_string(), Vec::new());
+                    }
+                }
+            }
+        }
+        if schema.events.is_empty() {
+            if let Ok(Value::Array(evs)) = m.command("query-events", None, true) {
+                schema.events = evs
+                    .iter()
+                    .filter_map(|e| e.get("name").and_then(Value::as_str).map(str::to_string))
+                    .collect();
+                schema.events.sort();
+            }
+        }
+        let schema = Rc::new(schema);
+        self.schemas.borrow_mut().insert(key, schema.clone());
+        Some(schema)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session() -> Session {
+        Session::new(SessionOptions::default()).unwrap()
+    }
+
+    fn show(s: &mut Session, input: &str) -> String {
+        match s.eval(input) {
+            Ok(v) => super::super::show::value(&v).unwrap_or_default(),
+            Err(f) => super::super::show::failure(&f),
+        }
+    }
+
+    #[test]
+    fn variables_and_functions_last_across_inputs() {
+        let mut s = session();
+        assert_eq!(show(&mut s, "let x = 40"), "");
+        assert_eq!(show(&mut s, "fn add(a, b) { a + b }"), "");
+        assert_eq!(show(&mut s, "add(x, 2)"), "42");
+        assert_eq!(show(&mut s, "x += 1; x"), "41");
+        assert_eq!(
+            show(&mut s, "#{b: [1], a: \"t\"}"),
+            "{\n  \"a\": \"t\",\n  \"b\": [\n    1\n  ]\n}"
+        );
+    }
+
+    #[test]
+    fn an_error_is_one_line_and_the_session_goes_on() {
+        let mut s = session();
+        show(&mut s, "let x = 1");
+        assert_eq!(
+            show(&mut s, "throw #{kind: \"Timeout\", message: \"late\"}"),
+            "Timeout: late"
+        );
+        assert!(show(&mut s, "let = 1").starts_with("SyntaxError: "));
+        assert!(show(&mut s, "nope()").starts_with("ScriptError: Function not found: nope"));
+        assert_eq!(show(&mut s, "x"), "1");
+        assert!(show(&mut s, "fn g() { 2 } throw \"no\"").contains("no"));
+        assert!(show(&mut s, "g()").contains("Function not found"));
+    }
+
+    #[test]
+    fn save_writes_what_succeeded_as_a_script_that_compiles() {
+        let mut s = session();
+        show(&mut s, "let x = 1");
+        show(&mut s, "oops(");
+        show(&mut s, "fn f() {\n  x\n}");
+        show(&mut s, "let m = #{a: 1}");
+        show(&mut s, "m.a // the key");
+        show(&mut s, "throw \"no\"");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.rhai");
+        assert_eq!(s.save(&path).unwrap(), 4);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.ends_with("let x = 1;\nfn f() {\n  x\n}\nlet m = #{a: 1};\nm.a // the key\n;\n"),
+            "{text}"
+        );
+        assert!(!text.contains("oops") && !text.contains("throw"));
+        script::check_file(&path).unwrap();
+    }
+
+    #[test]
+    fn doc_shows_signatures_and_documentation() {
+        let mut s = session();
+        let d = s.doc("event_wait").unwrap();
+        assert!(
+            d.contains("event_wait(vm: Machine, name: String) -> Map"),
+            "{d}"
+        );
+        assert!(d.contains("    Waits up to 60s"), "{d}");
+        assert!(s
+            .doc("Machine.name")
+            .unwrap()
+            .contains("The machine's name"));
+        show(&mut s, "/// Doubles.\nfn twice(x) { x * 2 }");
+        assert_eq!(s.doc("twice").unwrap(), "/// Doubles.\nfn twice(x)\n");
+        assert!(s.doc("len").unwrap().contains("len(string: string)"));
+        assert_eq!(s.doc("no_such_function"), None);
+    }
+
+    #[test]
+    fn load_runs_a_file_into_the_session() {
+        let mut s = session();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lib.rhai");
+        std::fs::write(&path, "fn hello() { \"hi\" }\nlet loaded = true;\n").unwrap();
+        let _ = s.load(&path).unwrap();
+        assert_eq!(show(&mut s, "hello()"), "hi");
+        assert_eq!(show(&mut s, "loaded"), "true");
+        let bad = dir.path().join("bad.rhai");
+        std::fs::write(&bad, "let a = 1;\nthrow \"x\";\n").unwrap();
+        let f = s.load(&bad).unwrap_err();
+        assert_eq!(f.location(), format!("{}:2:1", bad.display()));
+    }
+
+    #[test]
+    fn imports_stay_available() {
+        let mut s = session();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.rhai");
+        std::fs::write(&path, "fn three() { 3 }\n").unwrap();
+        let line = format!("import \"{}\" as m;", path.with_extension("").display());
+        assert_eq!(show(&mut s, &line), "");
+        assert_eq!(show(&mut s, "m::three()"), "3");
+    }
+
+    #[test]
+    fn completion_sees_the_sessions_variables_and_functions() {
+        let mut s = session();
+        show(&mut s, "let st = #{status: \"running\"}; fn helper() {}");
+        let (_, ctx) = complete::context("st.sta");
+        let c = complete::candidates(&ctx, &s);
+        assert_eq!(
+            c.iter().map(|p| p.replacement.as_str()).collect::<Vec<_>>(),
+            ["status"]
+        );
+        let (_, ctx) = complete::context("hel");
+        let c = complete::candidates(&ctx, &s);
+        assert_eq!(c[0].replacement, "helper(");
+        let vars = s.variables();
+        assert_eq!(vars, [("st".to_string(), "map".to_string())]);
+        assert!(s
+            .functions()
+            .iter()
+            .any(|f| f.name == "event_wait" && f.receiver.as_deref() == Some("Machine")));
+        assert!(s.schema(None).is_none());
+    }
+}

@@ -1,0 +1,442 @@
+//! `vmscript repl` and `vmscript qmp` in a real terminal: tmux runs them
+//! in a pseudo-terminal, `send-keys` types, `capture-pane` reads the
+//! screen, and the tests assert on what a person would see.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{pid_exists, QEMU};
+
+/// How long the screen may take to show something (a debug build on a
+/// busy machine).
+const SHOW: Duration = Duration::from_secs(30);
+
+/// A terminal of 160x50 on a tmux server of its own, killed when dropped.
+struct Terminal {
+    socket: String,
+}
+
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+impl Terminal {
+    /// Runs `argv` with `env` set under a shell that shows its exit status
+    /// as `[exit N]` (catching Ctrl-C itself, so that only the program
+    /// acts on it) and then keeps the pane open.
+    fn start(argv: &[&str], env: &[(&str, &Path)]) -> Terminal {
+        let socket = format!(
+            "vmscript-test-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::SeqCst)
+        );
+        let t = Terminal { socket };
+        let script = r#"trap : INT; "$@"; echo "[exit $?]"; exec sleep 3600"#;
+        let mut args: Vec<String> = ["new-session", "-d", "-x", "160", "-y", "50", "env"]
+            .map(String::from)
+            .to_vec();
+        args.extend(env.iter().map(|(k, v)| format!("{k}={}", v.display())));
+        args.extend(["sh", "-c", script, "sh"].map(String::from));
+        args.extend(argv.iter().map(|a| a.to_string()));
+        t.tmux(&args);
+        t
+    }
+
+    fn tmux<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> String {
+        let out = Command::new("tmux")
+            .args(["-L", &self.socket, "-f", "/dev/null"])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("tmux runs (apt-get install tmux)");
+        assert!(
+            out.status.success(),
+            "tmux failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Types `text` (no Enter) by pasting it, then waits until it shows.
+    ///
+    /// A paste, because rustyline 14 with an external printer leaves keys
+    /// that arrive in one burst unprocessed until the next key comes (its
+    /// `select` ignores what its own buffer holds); a bracketed paste is
+    /// read whole. A person typing sends one key at a time.
+    fn type_text(&self, text: &str) {
+        if text.is_empty() {
+            return;
+        }
+        let before = self.screen().trim_end().len();
+        self.tmux(&["set-buffer", "-b", "typed", "--", text]);
+        self.tmux(&["paste-buffer", "-p", "-d", "-b", "typed"]);
+        let last = text.lines().last().unwrap_or("");
+        let start = Instant::now();
+        while !self.screen().trim_end().ends_with(last.trim_end())
+            || self.screen().trim_end().len() <= before
+        {
+            assert!(
+                start.elapsed() < SHOW,
+                "{text:?} never showed:\n{}",
+                self.screen()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Presses keys by tmux name: Enter, Tab, C-c, C-d.
+    fn press(&self, key: &str) {
+        self.tmux(&["send-keys", key]);
+    }
+
+    /// Types a line and presses Enter.
+    fn line(&self, text: &str) {
+        self.type_text(text);
+        self.press("Enter");
+    }
+
+    /// The whole screen, scrollback included, with wrapped lines joined.
+    fn screen(&self) -> String {
+        self.tmux(&["capture-pane", "-p", "-J", "-S", "-"])
+    }
+
+    /// Waits until the screen shows `text` after the first `after` bytes;
+    /// returns the screen from there.
+    fn wait_for_after(&self, after: usize, text: &str) -> String {
+        let start = Instant::now();
+        loop {
+            let s = self.screen();
+            if let Some(rest) = s.get(after..).filter(|r| r.contains(text)) {
+                return rest.to_string();
+            }
+            assert!(
+                start.elapsed() < SHOW,
+                "the screen never showed {text:?}:\n{s}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until the screen shows `text`.
+    fn wait_for(&self, text: &str) -> String {
+        self.wait_for_after(0, text)
+    }
+
+    /// Types a line and waits for what it shows up to the next prompt.
+    fn run(&self, text: &str, prompt: &str) -> String {
+        let before = self.screen().trim_end().len();
+        self.line(text);
+        let out = self.wait_for_after(before, &format!("\n{prompt}"));
+        let out = out.trim_end();
+        out.strip_suffix(prompt.trim_end())
+            .unwrap_or(out)
+            .trim_end()
+            .to_string()
+    }
+}
+
+impl Drop for Terminal {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .args(["-L", &self.socket, "kill-server"])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+const PROMPT: &str = "vmscript> ";
+const EXIT_OK: &str = "[exit 0]";
+
+fn vmscript() -> &'static str {
+    env!("CARGO_BIN_EXE_vmscript")
+}
+
+/// A REPL with its own history folder.
+fn repl(state: &Path) -> Terminal {
+    let t = Terminal::start(
+        &[vmscript(), "repl", "--qemu", QEMU],
+        &[("XDG_STATE_HOME", state)],
+    );
+    t.wait_for(PROMPT);
+    t
+}
+
+fn wait_gone(pid: i32) {
+    let start = Instant::now();
+    while pid_exists(pid) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "QEMU {pid} outlived the REPL"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn repl_session_from_launch_to_quit() {
+    let state = tempfile::tempdir().unwrap();
+    let t = repl(state.path());
+    t.run(
+        r#"let vm = machine(#{args: ["-accel", "tcg", "-M", "none", "-nodefaults"]})"#,
+        PROMPT,
+    );
+    assert_eq!(t.run("vm.launch()", PROMPT).lines().count(), 1);
+    let pid: i32 = t
+        .run("vm.get_pid()", PROMPT)
+        .lines()
+        .nth(1)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+
+    // A QMP command and its reply, pretty-printed.
+    let out = t.run(r#"vm.qmp("query-status")"#, PROMPT);
+    assert!(
+        out.contains("{\n  \"return\": {\n") && out.contains("    \"status\": \"running\""),
+        "{out}"
+    );
+
+    // Tab completes a QMP command name from the live machine.
+    let before = t.screen().trim_end().len();
+    t.type_text(r#"vm.command("query-versi"#);
+    t.press("Tab");
+    t.wait_for_after(before, r#"vm.command("query-version""#);
+    let out = t.run(").qemu.major", PROMPT);
+    assert!(out.ends_with("\n7"), "{out}");
+
+    // Events show as they arrive.
+    let out = t.run(r#"vm.command("stop")"#, PROMPT);
+    assert!(out.contains("[vm0] STOP"), "{out}");
+
+    // ... unless hidden.
+    t.run(":events off", PROMPT);
+    let out = t.run(r#"vm.command("cont")"#, PROMPT);
+    assert!(!out.contains("RESUME"), "{out}");
+    t.run(":events on", PROMPT);
+    t.run(r#"vm.command("stop")"#, PROMPT);
+
+    // Ctrl-C ends a 60 s wait at once; the machine keeps running.
+    let before = t.screen().trim_end().len();
+    t.line(r#"vm.event_wait("NEVER", 60)"#);
+    std::thread::sleep(Duration::from_millis(500));
+    let pressed = Instant::now();
+    t.press("C-c");
+    let out = t.wait_for_after(before, &format!("\n{PROMPT}"));
+    let took = pressed.elapsed();
+    assert!(took < Duration::from_secs(2), "Ctrl-C took {took:?}");
+    assert!(
+        out.contains("Interrupted: interrupted while waiting for event NEVER"),
+        "{out}"
+    );
+    assert!(t.run("vm.is_running()", PROMPT).ends_with("\ntrue"));
+    let out = t.run(":vms", PROMPT);
+    let row = out
+        .lines()
+        .find(|l| l.starts_with("vm0"))
+        .unwrap_or_default();
+    assert_eq!(
+        row.split_whitespace().collect::<Vec<_>>(),
+        ["vm0", &pid.to_string(), "paused"],
+        "{out}"
+    );
+    assert!(pid_exists(pid));
+
+    // Leaving shuts the machine down.
+    t.line(":quit");
+    t.wait_for(EXIT_OK);
+    wait_gone(pid);
+    let history = std::fs::read_to_string(state.path().join("vmscript/repl_history")).unwrap();
+    assert!(history.contains("vm.launch()"), "{history}");
+}
+
+#[test]
+fn repl_lines_continue_errors_stay_one_line_and_save_writes_a_script() {
+    let state = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let t = repl(state.path());
+
+    // An open block continues on the next line; the function stays.
+    t.line("fn twice(x) {");
+    t.line("  x * 2");
+    t.run("}", PROMPT);
+    assert!(t.run("twice(21)", PROMPT).ends_with("\n42"));
+    let out = t.run("#{b: [1, 2], a: \"text\"}", PROMPT);
+    assert!(
+        out.ends_with("{\n  \"a\": \"text\",\n  \"b\": [\n    1,\n    2\n  ]\n}"),
+        "{out}"
+    );
+    assert!(t.run(r#""plain""#, PROMPT).ends_with("\nplain"));
+    assert_eq!(t.run("let x = 1", PROMPT).lines().count(), 1);
+
+    // An error is one line and the session goes on.
+    let out = t.run(r#"assert_eq(twice(x), 3, "not three")"#, PROMPT);
+    assert!(out.contains("\nAssertionFailed: not three\n"), "{out}");
+    let out = t.run("undefined_thing", PROMPT);
+    assert!(
+        out.ends_with("\nScriptError: Variable not found: undefined_thing"),
+        "{out}"
+    );
+    assert!(t.run("x + 1", PROMPT).ends_with("\n2"));
+
+    // Ctrl-C at an empty prompt says how to leave.
+    t.press("C-c");
+    t.wait_for("(To leave, press Ctrl-D or type :quit)");
+
+    // :doc, then :save writes what ran as a script that runs.
+    let out = t.run(":doc event_wait", PROMPT);
+    assert!(
+        out.contains("event_wait(vm: Machine, name: String) -> Map"),
+        "{out}"
+    );
+    let saved = dir.path().join("poked.rhai");
+    let out = t.run(&format!(":save {}", saved.display()), PROMPT);
+    assert!(out.contains("wrote 6 inputs"), "{out}");
+    let text = std::fs::read_to_string(&saved).unwrap();
+    assert!(
+        text.contains("fn twice(x) {\n  x * 2\n}\ntwice(21);\n"),
+        "{text}"
+    );
+    assert!(!text.contains("assert_eq") && !text.contains("undefined_thing"));
+    let check = Command::new(vmscript())
+        .args(["check", saved.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{check:?}");
+
+    t.press("C-d");
+    t.wait_for(EXIT_OK);
+}
+
+/// A QEMU with a QMP server socket, as someone might start it by hand.
+struct Qemu {
+    child: Child,
+    socket: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Qemu {
+    fn start() -> Qemu {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("qmp.sock");
+        let child = Command::new(QEMU)
+            .args([
+                "-accel",
+                "tcg",
+                "-M",
+                "none",
+                "-nodefaults",
+                "-display",
+                "none",
+            ])
+            .arg("-qmp")
+            .arg(format!("unix:{},server=on,wait=off", socket.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        while !socket.exists() {
+            assert!(start.elapsed() < SHOW, "QEMU made no QMP socket");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Qemu {
+            child,
+            socket,
+            _dir: dir,
+        }
+    }
+
+    fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Qemu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn qmp_shell_on_a_qemu_started_by_someone_else() {
+    let state = tempfile::tempdir().unwrap();
+    let mut qemu = Qemu::start();
+    let socket = qemu.socket.to_str().unwrap().to_string();
+    let prompt = "(QEMU) ";
+    let t = Terminal::start(
+        &[vmscript(), "qmp", &socket],
+        &[("XDG_STATE_HOME", state.path())],
+    );
+    let out = t.wait_for(prompt);
+    assert!(out.contains("Connected to QEMU 7."), "{out}");
+
+    // Tab completes the command name, Enter shows the reply as JSON.
+    t.type_text("query-stat");
+    t.press("Tab");
+    t.press("Tab");
+    t.wait_for("query-stats-schemas");
+    t.type_text("us");
+    t.press("Tab");
+    let before = t.screen().trim_end().len();
+    t.press("Enter");
+    let out = t.wait_for_after(before, &format!("\n{prompt}"));
+    assert!(out.contains("\"status\": \"running\""), "{out}");
+
+    // Argument names complete too; nested keys and JSON values parse.
+    t.type_text("qom-list pa");
+    t.press("Tab");
+    t.wait_for("qom-list path=");
+    let out = t.run("/machine", prompt);
+    assert!(out.contains("\"name\": \"type\""), "{out}");
+
+    // Enum values complete from the schema, for the variant chosen.
+    t.type_text("blockdev-add driver=null-c");
+    t.press("Tab");
+    t.wait_for("blockdev-add driver=null-co");
+    t.type_text(" node-name=n0 rea");
+    t.press("Tab");
+    t.wait_for("node-name=n0 read-");
+    t.press("Tab");
+    t.press("Tab");
+    t.wait_for("read-zeroes=");
+    let out = t.run("only=true", prompt);
+    assert!(out.ends_with("{\n  \"return\": {}\n}"), "{out}");
+
+    // An event shows as it arrives; an error reply is one line.
+    let before = t.screen().trim_end().len();
+    t.run("stop", prompt);
+    t.wait_for_after(before, "\nevent STOP");
+    let out = t.run("no-such-command", prompt);
+    assert!(
+        out.ends_with("\nerror: CommandNotFound: The command no-such-command has not been found"),
+        "{out}"
+    );
+
+    t.press("C-d");
+    t.wait_for(EXIT_OK);
+    assert!(qemu.running(), "the shell must leave QEMU running");
+
+    // -H: HMP commands through human-monitor-command.
+    let t = Terminal::start(
+        &[vmscript(), "qmp", "-H", &socket],
+        &[("XDG_STATE_HOME", state.path())],
+    );
+    t.wait_for("(HMP) ");
+    t.type_text("info statu");
+    t.press("Tab");
+    t.wait_for("info status");
+    let out = t.run("", "(HMP) ");
+    assert!(out.contains("VM status: paused"), "{out}");
+    t.press("C-d");
+    t.wait_for(EXIT_OK);
+    assert!(qemu.running());
+    let history = std::fs::read_to_string(state.path().join("vmscript/qmp_history")).unwrap();
+    assert!(history.contains("query-status"), "{history}");
+    let history = std::fs::read_to_string(state.path().join("vmscript/hmp_history")).unwrap();
+    assert!(history.contains("info status"), "{history}");
+}
