@@ -503,12 +503,14 @@ mod tests {
 
     #[test]
     fn imports_stay_available() {
-        let mut s = session();
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("m.rhai");
-        std::fs::write(&path, "fn three() { 3 }\n").unwrap();
-        let line = format!("import \"{}\" as m;", path.with_extension("").display());
-        assert_eq!(show(&mut s, &line), "");
+        std::fs::write(dir.path().join("m.rhai"), "fn three() { 3 }\n").unwrap();
+        let mut s = Session::new(SessionOptions {
+            lib_dirs: vec![dir.path().to_path_buf()],
+            ..SessionOptions::default()
+        })
+        .unwrap();
+        assert_eq!(show(&mut s, "import \"m\" as m;"), "");
         assert_eq!(show(&mut s, "m::three()"), "3");
     }
 
