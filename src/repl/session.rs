@@ -169,15 +169,7 @@ impl Session {
         let ast = self
             .engine
             .compile_with_scope(&self.scope, input)
-            .map_err(|e| Failure {
-                file: source.to_string(),
-                line: e.1.line(),
-                column: e.1.position(),
-                kind: "SyntaxError".into(),
-                message: e.0.to_string(),
-                value: None,
-                context: Vec::new(),
-            })?;
+            .map_err(|e| Failure::syntax(source, &e))?;
         let program = self.functions.merge(&ast);
         let result = self
             .engine

@@ -262,6 +262,19 @@ impl Failure {
         }
     }
 
+    /// A syntax error at its position in `file`.
+    pub fn syntax(file: &str, err: &rhai::ParseError) -> Failure {
+        Failure {
+            file: file.to_string(),
+            line: err.1.line(),
+            column: err.1.position(),
+            kind: "SyntaxError".into(),
+            message: err.0.to_string(),
+            value: None,
+            context: Vec::new(),
+        }
+    }
+
     /// `FILE:LINE:COL`, or as much of it as is known.
     pub fn location(&self) -> String {
         match (self.line, self.column) {

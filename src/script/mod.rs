@@ -110,15 +110,9 @@ pub fn compile(engine: &Engine, path: &Path) -> Result<AST, Box<Failure>> {
     let shown = path.display().to_string();
     let text = std::fs::read_to_string(path)
         .map_err(|e| Failure::plain(&shown, "HostError", format!("reading the script: {e}")))?;
-    let mut ast = engine.compile(&text).map_err(|e| Failure {
-        file: shown.clone(),
-        line: e.1.line(),
-        column: e.1.position(),
-        kind: "SyntaxError".into(),
-        message: e.0.to_string(),
-        value: None,
-        context: Vec::new(),
-    })?;
+    let mut ast = engine
+        .compile(&text)
+        .map_err(|e| Failure::syntax(&shown, &e))?;
     ast.set_source(shown);
     Ok(ast)
 }
