@@ -34,3 +34,8 @@ else
   banner "vmscript run ${dirs[*]}"
   "$vmscript" run "${dirs[@]}"
 fi
+
+# Benchmarks measure nothing here: each script runs once with a tiny N to
+# prove it still works (bench/README.md says how to measure).
+banner "vmscript run bench -- N=2"
+"$vmscript" run bench -- N=2

@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# Benchmarks vmscript against the Python anchor and the C floor of the
+# shared harness (../shared/bench), and the script layer against the Rust
+# API. Builds the release binaries first. See bench/README.md.
+#
+#   bash bench/run.sh [harness]   the harness: Python, C floor and the bench/*.rhai
+#                                 scripts, interleaved, one table (~3 min)
+#   bash bench/run.sh rust        the same with examples/bench (Rust API, no Rhai)
+#                                 as the contender
+#   bash bench/run.sh layer       script vs Rust API, interleaved, per workload
+#                                 (command_loop included): what Rhai costs
+#   bash bench/run.sh idle        CPU while waiting 10 s, RSS with 16 idle machines
+#   bash bench/run.sh smoke       every bench script once with a small N (for CI)
+#
+# Environment: everything the harness takes (REPS, WORKLOADS, N_ROUNDTRIP,
+# EXTRAS, ...; see ../shared/bench/README.md), VMBENCH_HARNESS (the harness
+# folder, default ../shared/bench), VMBENCH_GUEST, CARGO_TARGET_DIR.
+# `layer` takes REPS (default 7) and WORKLOADS (default: all + command_loop).
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+harness=${VMBENCH_HARNESS:-$root/../shared/bench}
+target=${CARGO_TARGET_DIR:-target}
+case $target in /*) ;; *) target=$root/$target ;; esac
+vmscript=$target/release/vmscript
+rustbench=$target/release/examples/bench
+mode=${1:-harness}
+
+build() {
+  cargo build --release --bin vmscript --example bench >&2
+}
+
+case $mode in
+  harness)
+    build
+    CONTENDER="$vmscript run --no-capture bench/{workload}.rhai -- N={n}" \
+      CONTENDER_NAME=${CONTENDER_NAME:-vmscript} CONTENDER_DIR=$root \
+      bash "$harness/run.sh"
+    ;;
+  rust)
+    build
+    CONTENDER="$rustbench {workload} {n}" \
+      CONTENDER_NAME=${CONTENDER_NAME:-rust-api} CONTENDER_DIR=$root \
+      bash "$harness/run.sh"
+    ;;
+  layer)
+    build
+    bash "$harness/setup.sh" >&2
+    reps=${REPS:-7}
+    workloads=${WORKLOADS:-"launch roundtrip events parallel console command_loop"}
+    out=$(mktemp /tmp/vmbench-layer.XXXXXX)
+    for rep in $(seq "$reps"); do
+      echo "--- rep $rep/$reps" >&2
+      for w in $workloads; do
+        case $w in
+          launch) n=20 ;; roundtrip) n=2000 ;; events) n=500 ;; parallel) n=16 ;;
+          console) n=1024 ;; command_loop) n=10000 ;; *) n=${N:-100} ;;
+        esac
+        # alternate who goes first
+        if [ $((rep % 2)) = 1 ]; then order="rust script"; else order="script rust"; fi
+        for who in $order; do
+          if [ "$who" = rust ]; then
+            "$rustbench" "$w" "$n"
+          else
+            "$vmscript" run --no-capture "bench/$w.rhai" -- "N=$n"
+          fi | grep '^WORKLOAD ' | sed "s/^/$who /" | tee -a "$out" >&2
+        done
+      done
+    done
+    python3 - "$out" <<'EOF'
+import collections, statistics, sys
+# name -> (metric, value from (seconds_total, per_op_us)), as the harness's report.py
+METRICS = {
+    "launch": ("ms / launch", lambda s, u: u / 1e3),
+    "roundtrip": ("us / command", lambda s, u: u),
+    "events": ("us / event", lambda s, u: u),
+    "parallel": ("s total", lambda s, u: s),
+    "console_boot": ("s to marker", lambda s, u: s),
+    "console_stream": ("ms / MiB read", lambda s, u: u * 1024 / 1e3),
+    "command_loop": ("us / command", lambda s, u: u),
+}
+vals = collections.defaultdict(list)
+for line in open(sys.argv[1]):
+    who, _, name, n, secs, per_op = line.split()
+    if name in METRICS:
+        vals[(who, name)].append(METRICS[name][1](float(secs), float(per_op)))
+def fmt(v):
+    return f"{v:.0f}" if v >= 100 else f"{v:.1f}" if v >= 10 else f"{v:.2f}" if v >= 1 else f"{v:.3f}"
+def cell(v):
+    return f"{fmt(statistics.median(v))} ({fmt(min(v))}-{fmt(max(v))})"
+print("| workload | metric | Rust API | script (Rhai) | script / Rust |")
+print("|---|---|---|---|---|")
+for name, (metric, _) in METRICS.items():
+    r, s = vals.get(("rust", name), []), vals.get(("script", name), [])
+    if r and s:
+        print(f"| {name} | {metric} | {cell(r)} | {cell(s)} | "
+              f"{statistics.median(s) / statistics.median(r):.2f}x |")
+print(f"\nmedian (min-max) of interleaved runs; raw results: {sys.argv[1]}")
+EOF
+    ;;
+  idle)
+    build
+    bash "$harness/setup.sh" >&2
+    "$vmscript" run --no-capture bench/idle.rhai -- N="${N:-10}" | grep '^WORKLOAD '
+    "$rustbench" idle_wait "${N:-10}" | sed 's/^WORKLOAD /WORKLOAD rust-api:/'
+    "$rustbench" idle_rss 16 | sed 's/^WORKLOAD /WORKLOAD rust-api:/'
+    ;;
+  smoke)
+    cargo build --release --bin vmscript >&2
+    # Every script once, with N small (console: 2 KiB; idle: 2 s waits).
+    "$vmscript" run bench -- N=2
+    ;;
+  *)
+    echo "usage: bash bench/run.sh [harness|rust|layer|idle|smoke]" >&2
+    exit 2
+    ;;
+esac
