@@ -28,6 +28,7 @@ fn helper_launch_four_and_wait() {
 
 #[test]
 fn qemu_dies_with_a_sigkilled_parent() {
+    let tmp = tempfile::tempdir().unwrap();
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
@@ -37,6 +38,9 @@ fn qemu_dies_with_a_sigkilled_parent() {
             "--test-threads=1",
         ])
         .env("VMSCRIPT_PARENT_DEATH_HELPER", "1")
+        // A SIGKILLed process cannot remove its temp folders: keep them
+        // in one this test owns and removes.
+        .env("TMPDIR", tmp.path())
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
