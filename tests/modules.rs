@@ -3,9 +3,13 @@
 //! relative imports, refused names, the missing-module message, compiling
 //! a module once per run, and `vmscript doc` with `docs/reference.md`.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
+
+use common::world::stdout;
 
 const VMSCRIPT: &str = env!("CARGO_BIN_EXE_vmscript");
 
@@ -48,10 +52,6 @@ impl World {
         }
         c.output().unwrap()
     }
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 /// Every line the run printed with `print` (`--no-capture`), test lines

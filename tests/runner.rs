@@ -4,10 +4,14 @@
 //! the progress line on a terminal, and Ctrl-C/SIGTERM with machines
 //! running.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+use common::world::{stderr, stdout};
 
 const VMSCRIPT: &str = env!("CARGO_BIN_EXE_vmscript");
 
@@ -63,14 +67,6 @@ impl World {
         v.sort();
         v
     }
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 /// The JSON lines of `--format json`: the tests, then the summary.

@@ -2,10 +2,14 @@
 //! test, error reports, the cleanup guarantee under errors, timeouts and
 //! SIGTERM, and the `check` and `doc` commands.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+use common::world::{printed_pids, stderr, stdout};
 
 const VMSCRIPT: &str = env!("CARGO_BIN_EXE_vmscript");
 
@@ -61,22 +65,6 @@ impl World {
             .filter(|n| !n.starts_with("vmscript-artifacts-"))
             .collect()
     }
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// The pids a script printed as `pid N`.
-fn printed_pids(text: &str) -> Vec<i32> {
-    text.lines()
-        .filter_map(|l| l.trim().strip_prefix("pid "))
-        .map(|p| p.trim().parse().unwrap())
-        .collect()
 }
 
 /// Whether `pid` is a running QEMU.
