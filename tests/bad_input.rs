@@ -8,7 +8,7 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::panic::AssertUnwindSafe;
-use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::world::*;
@@ -77,9 +77,9 @@ fn wrong(ty: &str) -> Option<&'static str> {
 
 /// An engine with the whole API, and a scope holding a launched machine
 /// `vm` with its console `con`.
-fn world() -> (Rc<Run>, Engine, Scope<'static>, tempfile::TempDir) {
+fn world() -> (Arc<Run>, Engine, Scope<'static>, tempfile::TempDir) {
     let art = tempfile::tempdir().unwrap();
-    let run = Rc::new(
+    let run = Arc::new(
         Run::new(
             RunConfig {
                 script: "bad.rhai".into(),

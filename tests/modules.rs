@@ -204,11 +204,11 @@ fn errors_inside_modules_point_into_the_module() {
     );
 }
 
-/// Rhai's compiled modules cannot cross threads (the crate is built
-/// without Rhai's `sync` feature), so the cache is per thread: every test
-/// a thread runs after the first reuses what that thread compiled.
+/// The runner runs tests on threads of their own (`-j`); the modules they
+/// share are compiled once for all of them.
 #[test]
-fn a_module_imported_by_many_tests_on_one_thread_is_compiled_once() {
+fn a_module_imported_by_many_tests_at_once_is_compiled_once() {
+    use vmscript::script::modules::{self, Folder, SearchPath};
     use vmscript::script::{self, Cancel, QemuBinary, RunConfig, Status};
     let w = World::new();
     w.file("lib/shared.rhai", "fn one() { 1 }\n");
@@ -216,30 +216,44 @@ fn a_module_imported_by_many_tests_on_one_thread_is_compiled_once() {
         "lib/other.rhai",
         "import \"shared\" as s;\nfn two() { s::one() + 1 }\n",
     );
-    let before = script::modules::compilations();
-    for t in ["a", "b", "c"] {
-        let path = w.file(
-            &format!("t/{t}.rhai"),
-            "import \"shared\" as s;\nimport \"other\" as o;\nimport \"retry\" as r;\n\
-             assert_eq(s::one() + o::two(), 3);\n",
-        );
-        let artifacts = tempfile::tempdir().unwrap();
-        let outcome = script::run_file(
-            RunConfig {
-                script: path,
-                artifacts: artifacts.path().to_path_buf(),
-                timeout: Duration::from_secs(30),
-                qemu: QemuBinary::resolve(None),
-                params: Default::default(),
-                capture: true,
-                lib_dirs: vec![w.path("lib")],
-            },
-            Cancel::new(),
-        );
-        assert_eq!(outcome.status, Status::Passed, "{t}");
+    let tests: Vec<_> = (0..8)
+        .map(|t| {
+            w.file(
+                &format!("t/{t}.rhai"),
+                "import \"shared\" as s;\nimport \"other\" as o;\nimport \"retry\" as r;\n\
+                 assert_eq(s::one() + o::two(), 3);\n",
+            )
+        })
+        .collect();
+    let start = std::sync::Barrier::new(tests.len());
+    let lib = w.path("lib");
+    std::thread::scope(|s| {
+        for path in &tests {
+            let (start, lib) = (&start, &lib);
+            s.spawn(move || {
+                let artifacts = tempfile::tempdir().unwrap();
+                start.wait();
+                let outcome = script::run_file(
+                    RunConfig {
+                        script: path.clone(),
+                        artifacts: artifacts.path().to_path_buf(),
+                        timeout: Duration::from_secs(30),
+                        qemu: QemuBinary::resolve(None),
+                        params: Default::default(),
+                        capture: true,
+                        lib_dirs: vec![lib.clone()],
+                    },
+                    Cancel::new(),
+                );
+                assert_eq!(outcome.status, Status::Passed, "{}", path.display());
+            });
+        }
+    });
+    let lib = Folder::Dir(lib);
+    for name in ["shared", "other", "retry"] {
+        let at = modules::locate(name, &lib, &SearchPath::default()).unwrap();
+        assert_eq!(modules::compilations_of(&at), 1, "{name}");
     }
-    // `shared`, `other` and the stdlib's `retry`, once each, for three tests.
-    assert_eq!(script::modules::compilations() - before, 3);
 }
 
 #[test]

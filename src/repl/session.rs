@@ -14,6 +14,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::sync::LazyLock;
 use std::time::Duration;
 
@@ -25,6 +26,7 @@ use super::complete::{self, Function, Sources};
 use super::qmp_shell::Schema;
 use crate::machine::Machine;
 use crate::script::machine_api::MachineRef;
+use crate::script::run::SharedMachine;
 use crate::script::{self, docs, Cancel, Failure, QemuBinary, Run, RunConfig, RunReport};
 
 /// How long the session's run may last: for ever, in effect. Waits that
@@ -60,7 +62,7 @@ pub struct Session {
     scope: Scope<'static>,
     /// Every function defined so far, without statements.
     functions: AST,
-    run: Rc<Run>,
+    run: Arc<Run>,
     /// The inputs that ran without error, in order.
     inputs: Vec<String>,
     builtins: Vec<Function>,
@@ -109,7 +111,7 @@ impl Session {
             capture: false,
             lib_dirs: opts.lib_dirs,
         };
-        let run = Rc::new(Run::new(config, Cancel::new())?);
+        let run = Arc::new(Run::new(config, Cancel::new())?);
         let mut engine = script::engine(&run);
         // Variables of earlier inputs must not be folded into constants.
         engine.set_optimization_level(OptimizationLevel::None);
@@ -134,7 +136,7 @@ impl Session {
     }
 
     /// The session's run: its machines, its cancellation token.
-    pub fn run(&self) -> &Rc<Run> {
+    pub fn run(&self) -> &Arc<Run> {
         &self.run
     }
 
@@ -262,7 +264,7 @@ impl Session {
         self.run
             .machines()
             .iter()
-            .map(|m| match m.try_borrow_mut() {
+            .map(|m| match m.try_lock() {
                 Ok(mut m) => info(&mut m),
                 Err(_) => VmInfo {
                     name: "?".into(),
@@ -279,7 +281,7 @@ impl Session {
     }
 
     /// The machine held by variable `name`, else the latest running one.
-    fn machine_for(&self, name: Option<&str>) -> Option<Rc<RefCell<Machine>>> {
+    fn machine_for(&self, name: Option<&str>) -> Option<SharedMachine> {
         if let Some(v) = name.and_then(|n| self.scope.get(n)) {
             if let Some(m) = v.read_lock::<MachineRef>() {
                 return Some(m.machine().clone());
@@ -289,7 +291,7 @@ impl Session {
             .machines()
             .into_iter()
             .rev()
-            .find(|m| m.try_borrow().is_ok_and(|m| m.is_running()))
+            .find(|m| m.try_lock().is_ok_and(|m| m.is_running()))
     }
 }
 
@@ -362,7 +364,7 @@ impl Sources for Session {
 
     fn schema(&self, receiver: Option<&str>) -> Option<Rc<Schema>> {
         let machine = self.machine_for(receiver)?;
-        let mut m = machine.try_borrow_mut().ok()?;
+        let mut m = machine.try_lock().ok()?;
         let key = (m.name().to_string(), m.get_pid()?);
         if let Some(s) = self.schemas.borrow().get(&key) {
             return Some(s.clone());

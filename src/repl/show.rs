@@ -28,7 +28,7 @@ pub fn value(v: &Dynamic) -> Option<String> {
         });
     }
     if let Some(m) = v.read_lock::<MachineRef>() {
-        return Some(match m.machine().try_borrow() {
+        return Some(match m.machine().try_lock() {
             Ok(m) => format!("Machine({})", m.name()),
             Err(_) => "Machine".into(),
         });

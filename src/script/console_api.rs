@@ -6,7 +6,7 @@
 //! Waits without a timeout argument last until the test's own timeout,
 //! as QEMU's functional tests rely on theirs.
 
-use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rhai::{Array, Dynamic, Engine, INT};
@@ -34,7 +34,7 @@ impl ConsoleRef {
 
 /// Registers the `Console` type, its methods and the console helpers on
 /// `Machine`.
-pub fn register(e: &mut Engine, run: &Rc<Run>) {
+pub fn register(e: &mut Engine, run: &Arc<Run>) {
     e.register_type_with_name::<ConsoleRef>("Console");
     func(
         "console_socket(vm: Machine) -> Console",

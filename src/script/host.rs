@@ -8,7 +8,7 @@
 use std::io::Read;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, Stdio};
-use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rhai::{Array, Dynamic, Engine, FnPtr, Map, NativeCallContext, FLOAT, INT};
@@ -247,13 +247,13 @@ fn now() -> FLOAT {
 }
 
 /// Registers the host helpers.
-pub fn register(e: &mut Engine, run: &Rc<Run>) {
+pub fn register(e: &mut Engine, run: &Arc<Run>) {
     register_assertions(e, run);
     register_files(e, run);
     register_processes(e, run);
 }
 
-fn register_assertions(e: &mut Engine, run: &Rc<Run>) {
+fn register_assertions(e: &mut Engine, run: &Arc<Run>) {
     func(
         "assert(cond: bool)",
         "Fails with AssertionFailed unless `cond` is true.",
@@ -353,7 +353,7 @@ fn register_assertions(e: &mut Engine, run: &Rc<Run>) {
     });
 }
 
-fn register_files(e: &mut Engine, run: &Rc<Run>) {
+fn register_files(e: &mut Engine, run: &Arc<Run>) {
     func(
         "env(name: String) -> String",
         "An environment variable, or ().",
@@ -421,7 +421,7 @@ fn register_files(e: &mut Engine, run: &Rc<Run>) {
     });
 }
 
-fn register_processes(e: &mut Engine, run: &Rc<Run>) {
+fn register_processes(e: &mut Engine, run: &Arc<Run>) {
     // Typed, so that they are chosen over Rhai's own (blocking) sleep.
     let r = run.clone();
     func(

@@ -7,10 +7,9 @@
 //! script name the same QEMU. Every machine is made through the [`Run`], so
 //! it gets the run's defaults and is shut down when the script ends.
 
-use std::cell::RefCell;
 use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rhai::{Array, Dynamic, Engine, ImmutableString, Map, INT};
@@ -24,7 +23,7 @@ use super::console_api;
 use super::convert;
 use super::docs::{func, getter};
 use super::errors::{self, ScriptResult};
-use super::run::Run;
+use super::run::{lock, Run, SharedMachine};
 
 /// `QEMUMachine.shutdown`'s and `wait`'s default timeout.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(30);
@@ -45,11 +44,11 @@ const MACHINE_OPTIONS: &[&str] = &[
 
 /// A script's `Machine`: a shared handle on one [`Machine`].
 #[derive(Clone)]
-pub struct MachineRef(Rc<RefCell<Machine>>);
+pub struct MachineRef(SharedMachine);
 
 impl MachineRef {
     /// The machine itself, shared with the run's registry.
-    pub fn machine(&self) -> &Rc<RefCell<Machine>> {
+    pub fn machine(&self) -> &SharedMachine {
         &self.0
     }
 
@@ -58,20 +57,12 @@ impl MachineRef {
         &self,
         f: impl FnOnce(&mut Machine) -> machine::Result<T>,
     ) -> ScriptResult<T> {
-        let mut m = self
-            .0
-            .try_borrow_mut()
-            .map_err(|_| errors::misuse("the machine is in use by another call"))?;
-        f(&mut m).map_err(errors::machine_error)
+        f(&mut lock(&self.0)).map_err(errors::machine_error)
     }
 
     /// Reads a property.
     fn get<T>(&self, f: impl FnOnce(&Machine) -> T) -> ScriptResult<T> {
-        let m = self
-            .0
-            .try_borrow()
-            .map_err(|_| errors::misuse("the machine is in use by another call"))?;
-        Ok(f(&m))
+        Ok(f(&lock(&self.0)))
     }
 }
 
@@ -285,7 +276,7 @@ fn send_fd_scm(vm: &MachineRef, options: &Map) -> ScriptResult<INT> {
 }
 
 /// Registers the `Machine` type and the machine functions.
-pub fn register(engine: &mut Engine, run: &Rc<Run>) {
+pub fn register(engine: &mut Engine, run: &Arc<Run>) {
     engine.register_type_with_name::<MachineRef>("Machine");
     register_constructors(engine, run);
     register_configuration(engine);
@@ -296,7 +287,7 @@ pub fn register(engine: &mut Engine, run: &Rc<Run>) {
     console_api::register(engine, run);
 }
 
-fn register_constructors(e: &mut Engine, run: &Rc<Run>) {
+fn register_constructors(e: &mut Engine, run: &Arc<Run>) {
     let r = run.clone();
     func(
         "machine() -> Machine",
@@ -315,7 +306,7 @@ fn register_constructors(e: &mut Engine, run: &Rc<Run>) {
         "A machine with options (an unknown key is an error that lists the valid ones).",
     )
     .register_into_engine(e, move |b: Dynamic, o: Map| make_machine(&r, &b, Some(&o)));
-    let qtest = |run: &Rc<Run>, b: &Dynamic, o: Option<&Map>| -> ScriptResult<MachineRef> {
+    let qtest = |run: &Arc<Run>, b: &Dynamic, o: Option<&Map>| -> ScriptResult<MachineRef> {
         let vm = make_machine(run, b, o)?;
         vm.with(Machine::enable_qtest)?;
         launch(run, &vm)?;
@@ -562,7 +553,7 @@ fn register_properties(e: &mut Engine) {
     });
 }
 
-fn register_lifecycle(e: &mut Engine, run: &Rc<Run>) {
+fn register_lifecycle(e: &mut Engine, run: &Arc<Run>) {
     let r = run.clone();
     func(
         "launch(vm: Machine)",

@@ -25,7 +25,7 @@ pub mod run;
 pub mod stdlib;
 
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rhai::{Dynamic, Engine, AST};
@@ -75,7 +75,7 @@ pub const MAX_CALL_LEVELS: usize = 128;
 pub const SCRIPT_STACK: usize = 64 << 20;
 
 /// A Rhai engine with the whole script API registered for `run`.
-pub fn engine(run: &Rc<Run>) -> Engine {
+pub fn engine(run: &Arc<Run>) -> Engine {
     let mut engine = base_engine();
     let r = run.clone();
     engine.on_print(move |s| r.print(s));
@@ -134,7 +134,7 @@ pub fn run_file(config: RunConfig, cancel: Cancel) -> Outcome {
         report,
     };
     let run = match Run::new(config, cancel.clone()) {
-        Ok(r) => Rc::new(r),
+        Ok(r) => Arc::new(r),
         Err(e) => {
             let f = Failure::plain(&shown, "HostError", format!("creating the temp dir: {e}"));
             return outcome(Status::Failed(f), RunReport::default());
@@ -206,7 +206,7 @@ fn first_line(text: &str) -> &str {
 /// The reference of every registered function, from the engine's metadata.
 pub fn reference() -> std::io::Result<Vec<docs::Entry>> {
     let artifacts = tempfile::tempdir()?;
-    let run = Rc::new(Run::new(
+    let run = Arc::new(Run::new(
         RunConfig {
             script: "doc".into(),
             artifacts: artifacts.path().to_path_buf(),

@@ -17,26 +17,26 @@
 //! Start with [`Resolver`], the engine's resolver for one run: it
 //! evaluates each module once per run, so every import of a module in one
 //! test shares it, and it refuses import cycles. [`locate`] finds a module
-//! without loading it. Compiled modules are kept for the thread's lifetime
-//! ([`compile_cached`]), so a module imported by every test a thread runs
-//! is compiled once (and again only when its file changes). The cache is
-//! per thread because Rhai's `AST` is neither `Send` nor `Sync` without
-//! Rhai's `sync` feature, which the bindings (built on `Rc`) do not use.
+//! without loading it. Compiled modules are kept for the process's
+//! lifetime ([`compile_cached`]), so a module imported by every test of a
+//! `vmscript run`, on however many threads, is compiled once (and again
+//! only when its file changes).
 
-use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
-use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{LazyLock, Mutex};
+use std::thread::ThreadId;
 use std::time::SystemTime;
 
 use rhai::module_resolvers::ModuleResolver;
 use rhai::{Dynamic, Engine, EvalAltResult, Module, Position, Scope, AST};
 
+use super::run::lock;
 use super::{errors, stdlib};
 
-/// A module shared by its importers (Rhai's `SharedModule` without the
-/// `sync` feature).
-type SharedModule = Rc<Module>;
+/// A module shared by its importers.
+type SharedModule = rhai::Shared<Module>;
 
 /// The folders searched after the importing module's own: `--lib` folders,
 /// then `$VMSCRIPT_PATH` entries.
@@ -305,16 +305,22 @@ fn lexical(p: &Path) -> PathBuf {
 struct Compiled {
     stamp: Option<(u64, SystemTime)>,
     ast: AST,
+    /// How many times this key was compiled (again after each change).
+    times: usize,
 }
 
-thread_local! {
-    static COMPILED: RefCell<HashMap<Key, Compiled>> = RefCell::new(HashMap::new());
-    static COMPILATIONS: Cell<usize> = const { Cell::new(0) };
-}
+/// Every module compiled in this process, shared by all runs and threads.
+static COMPILED: LazyLock<Mutex<HashMap<Key, Compiled>>> = LazyLock::new(Default::default);
+static COMPILATIONS: AtomicUsize = AtomicUsize::new(0);
 
-/// How many modules this thread has compiled (the cache's misses).
+/// How many modules this process has compiled (the cache's misses).
 pub fn compilations() -> usize {
-    COMPILATIONS.with(Cell::get)
+    COMPILATIONS.load(Ordering::Relaxed)
+}
+
+/// How many times the module `at` has been compiled in this process.
+pub fn compilations_of(at: &Located) -> usize {
+    lock(&COMPILED).get(&at.key).map_or(0, |c| c.times)
 }
 
 /// Why a located module could not be compiled.
@@ -330,8 +336,13 @@ pub enum LoadError {
     Parse(#[from] rhai::ParseError),
 }
 
-/// The module `at`, compiled with `engine`, from this thread's cache when
+/// The module `at`, compiled with `engine`, from the process's cache when
 /// its file is unchanged. Its source is `at.shown`.
+///
+/// The cache stays locked while a module compiles, so that tests starting
+/// together on several threads compile a shared module once, not once
+/// each: compiling takes about a millisecond, and a second thread would
+/// only have done the same work.
 pub fn compile_cached(engine: &Engine, at: &Located) -> Result<AST, LoadError> {
     let stamp = match &at.key {
         Key::File(p) => {
@@ -343,15 +354,12 @@ pub fn compile_cached(engine: &Engine, at: &Located) -> Result<AST, LoadError> {
         }
         Key::Stdlib(_) => None,
     };
-    let hit = COMPILED.with(|c| {
-        c.borrow()
-            .get(&at.key)
-            .filter(|c| c.stamp == stamp)
-            .map(|c| c.ast.clone())
-    });
-    if let Some(ast) = hit {
-        return Ok(ast);
-    }
+    let mut cache = lock(&COMPILED);
+    let times = match cache.get(&at.key) {
+        Some(c) if c.stamp == stamp => return Ok(c.ast.clone()),
+        Some(c) => c.times,
+        None => 0,
+    };
     let text: std::borrow::Cow<'static, str> = match &at.key {
         Key::File(p) => std::fs::read_to_string(p)
             .map_err(|e| LoadError::Read {
@@ -365,33 +373,33 @@ pub fn compile_cached(engine: &Engine, at: &Located) -> Result<AST, LoadError> {
     };
     let mut ast = engine.compile(text.as_ref())?;
     ast.set_source(at.shown.as_str());
-    COMPILATIONS.with(|c| c.set(c.get() + 1));
-    COMPILED.with(|c| {
-        c.borrow_mut().insert(
-            at.key.clone(),
-            Compiled {
-                stamp,
-                ast: ast.clone(),
-            },
-        )
-    });
+    COMPILATIONS.fetch_add(1, Ordering::Relaxed);
+    cache.insert(
+        at.key.clone(),
+        Compiled {
+            stamp,
+            ast: ast.clone(),
+            times: times + 1,
+        },
+    );
     Ok(ast)
 }
 
 /// The module resolver of one run: see the module documentation.
 pub struct Resolver {
     search: SearchPath,
-    loaded: RefCell<HashMap<Key, SharedModule>>,
-    /// The modules being evaluated, outermost first, to refuse cycles.
-    loading: RefCell<Vec<(Key, String)>>,
+    loaded: Mutex<HashMap<Key, SharedModule>>,
+    /// The modules each thread is evaluating, outermost first, to refuse
+    /// cycles (a script's `parallel` branches import on their own threads).
+    loading: Mutex<HashMap<ThreadId, Vec<(Key, String)>>>,
 }
 
 impl Resolver {
     pub fn new(search: SearchPath) -> Resolver {
         Resolver {
             search,
-            loaded: RefCell::default(),
-            loading: RefCell::default(),
+            loaded: Mutex::default(),
+            loading: Mutex::default(),
         }
     }
 
@@ -404,16 +412,20 @@ impl Resolver {
     ) -> Result<SharedModule, Box<EvalAltResult>> {
         let importer = Folder::of_source(source);
         let at = locate(name, &importer, &self.search).map_err(|e| located_error(&e, pos))?;
-        if let Some(m) = self.loaded.borrow().get(&at.key) {
+        if let Some(m) = lock(&self.loaded).get(&at.key) {
             return Ok(m.clone());
         }
-        if let Some(i) = self.loading.borrow().iter().position(|(k, _)| *k == at.key) {
-            let chain: Vec<String> = self.loading.borrow()[i..]
+        let me = std::thread::current().id();
+        let cycle = lock(&self.loading).get(&me).and_then(|stack| {
+            let i = stack.iter().position(|(k, _)| *k == at.key)?;
+            let chain: Vec<String> = stack[i..]
                 .iter()
                 .map(|(_, s)| s.clone())
                 .chain([at.shown.clone()])
                 .collect();
-            let chain = chain.join(" -> ");
+            Some(chain.join(" -> "))
+        });
+        if let Some(chain) = cycle {
             return Err(at_pos(
                 errors::error_map("HostError", format!("import cycle: {chain}"), Vec::new()),
                 pos,
@@ -433,16 +445,25 @@ impl Resolver {
                 pos,
             ),
         })?;
-        self.loading
-            .borrow_mut()
+        lock(&self.loading)
+            .entry(me)
+            .or_default()
             .push((at.key.clone(), at.shown.clone()));
         let module = Module::eval_ast_as_new(Scope::new(), &ast, engine);
-        self.loading.borrow_mut().pop();
+        {
+            let mut loading = lock(&self.loading);
+            if let Some(stack) = loading.get_mut(&me) {
+                stack.pop();
+                if stack.is_empty() {
+                    loading.remove(&me);
+                }
+            }
+        }
         let mut module = module.map_err(in_module)?;
         module.set_id(at.shown.as_str());
         module.build_index();
         let module: SharedModule = module.into();
-        self.loaded.borrow_mut().insert(at.key, module.clone());
+        lock(&self.loaded).insert(at.key, module.clone());
         Ok(module)
     }
 }
@@ -610,7 +631,7 @@ mod tests {
     }
 
     #[test]
-    fn a_module_is_compiled_once_per_thread_until_it_changes() {
+    fn a_module_is_compiled_once_until_it_changes() {
         let w = world(&["m.rhai"]);
         let engine = Engine::new();
         let at = locate(
@@ -619,12 +640,11 @@ mod tests {
             &SearchPath::default(),
         )
         .unwrap();
-        let before = compilations();
         compile_cached(&engine, &at).unwrap();
         compile_cached(&engine, &at).unwrap();
-        assert_eq!(compilations(), before + 1);
+        assert_eq!(compilations_of(&at), 1);
         std::fs::write(w.path().join("m.rhai"), "fn f() { 22 }").unwrap();
         compile_cached(&engine, &at).unwrap();
-        assert_eq!(compilations(), before + 2);
+        assert_eq!(compilations_of(&at), 2);
     }
 }

@@ -10,13 +10,13 @@
 //! cancelled), closes the descriptors and removes the temp dir. The
 //! [`Cancel`] token lets the watchdog and the signal handler stop it.
 
-use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
 use crate::machine::{self, Machine, MachineOptions};
@@ -151,27 +151,25 @@ pub struct RunReport {
 struct Output {
     capture: bool,
     start: Instant,
-    lines: RefCell<VecDeque<String>>,
-    file: RefCell<Option<File>>,
+    lines: Mutex<VecDeque<String>>,
+    file: Mutex<Option<File>>,
     /// Why `script.log` is incomplete: the first error, after which it
     /// is closed (so it never goes on after a gap).
-    error: RefCell<Option<(&'static str, String)>>,
+    error: Mutex<Option<(&'static str, String)>>,
 }
 
 impl Output {
     fn line(&self, line: String) {
-        let mut file = self.file.borrow_mut();
+        let mut file = lock(&self.file);
         if let Some(f) = file.as_mut() {
             if let Err(e) = writeln!(f, "{line}") {
                 *file = None;
-                self.error
-                    .borrow_mut()
-                    .get_or_insert(("writing", e.to_string()));
+                lock(&self.error).get_or_insert(("writing", e.to_string()));
             }
         }
         drop(file);
         if self.capture {
-            let mut lines = self.lines.borrow_mut();
+            let mut lines = lock(&self.lines);
             for l in line.lines() {
                 if lines.len() == CAPTURE_LINES {
                     lines.pop_front();
@@ -189,20 +187,30 @@ impl Output {
 /// One script run; see the module documentation.
 pub struct Run {
     config: RunConfig,
-    temp: RefCell<Option<tempfile::TempDir>>,
+    temp: Mutex<Option<tempfile::TempDir>>,
     temp_path: PathBuf,
     cancel: Cancel,
     deadline: Instant,
-    machines: RefCell<Vec<Rc<RefCell<Machine>>>>,
-    next_vm: Cell<usize>,
-    fds: RefCell<BTreeMap<i32, OwnedFd>>,
+    machines: Mutex<Vec<SharedMachine>>,
+    next_vm: AtomicUsize,
+    fds: Mutex<BTreeMap<i32, OwnedFd>>,
     output: Output,
     /// Gives each new machine a QMP observer ([`Run::observe_machines`]).
-    observers: RefCell<Option<ObserverFactory>>,
+    observers: Mutex<Option<ObserverFactory>>,
 }
 
 /// Makes the QMP observer of the machine with the given name.
-type ObserverFactory = Box<dyn Fn(&str) -> crate::qmp::Observer>;
+type ObserverFactory = Box<dyn Fn(&str) -> crate::qmp::Observer + Send>;
+
+/// A machine shared by the script values that name it and the run's
+/// registry; scripts may use it from several threads (`parallel`).
+pub type SharedMachine = Arc<Mutex<Machine>>;
+
+/// Locks `m`, also after a panic elsewhere: the state behind these locks
+/// stays consistent between calls, and cleanup must still reach it.
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 impl std::fmt::Debug for Run {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -232,19 +240,19 @@ impl Run {
             output: Output {
                 capture: config.capture,
                 start: now,
-                lines: RefCell::default(),
-                file: RefCell::new(file),
-                error: RefCell::new(error),
+                lines: Default::default(),
+                file: Mutex::new(file),
+                error: Mutex::new(error),
             },
             deadline: now + config.timeout,
             config,
-            temp: RefCell::new(Some(temp)),
+            temp: Mutex::new(Some(temp)),
             temp_path,
             cancel,
-            machines: RefCell::default(),
-            next_vm: Cell::new(0),
-            fds: RefCell::default(),
-            observers: RefCell::default(),
+            machines: Default::default(),
+            next_vm: AtomicUsize::new(0),
+            fds: Default::default(),
+            observers: Default::default(),
         })
     }
 
@@ -313,8 +321,7 @@ impl Run {
             Some(b) => PathBuf::from(b),
             None => self.config.qemu.locate().map_err(errors::misuse)?,
         };
-        let n = self.next_vm.get();
-        self.next_vm.set(n + 1);
+        let n = self.next_vm.fetch_add(1, Ordering::Relaxed);
         let mut opts = MachineOptions::new(binary);
         opts.name = Some(format!("vm{n}"));
         opts.base_temp_dir = Some(self.temp_path.clone());
@@ -325,25 +332,28 @@ impl Run {
 
     /// Gives every machine made from now on a QMP observer, made by
     /// `factory` from the machine's name (the REPL shows events with it).
-    pub fn observe_machines(&self, factory: impl Fn(&str) -> crate::qmp::Observer + 'static) {
-        *self.observers.borrow_mut() = Some(Box::new(factory));
+    pub fn observe_machines(
+        &self,
+        factory: impl Fn(&str) -> crate::qmp::Observer + Send + 'static,
+    ) {
+        *lock(&self.observers) = Some(Box::new(factory));
     }
 
     /// Every machine of the run, oldest first.
-    pub fn machines(&self) -> Vec<Rc<RefCell<Machine>>> {
-        self.machines.borrow().clone()
+    pub fn machines(&self) -> Vec<SharedMachine> {
+        lock(&self.machines).clone()
     }
 
     /// Makes a machine and registers it for cleanup and cancellation.
-    pub fn add_machine(&self, opts: MachineOptions) -> ScriptResult<Rc<RefCell<Machine>>> {
+    pub fn add_machine(&self, opts: MachineOptions) -> ScriptResult<SharedMachine> {
         let mut m = Machine::new(opts).map_err(errors::machine_error)?;
-        if let Some(factory) = &*self.observers.borrow() {
+        if let Some(factory) = &*lock(&self.observers) {
             m.observe_qmp(factory(m.name()));
         }
         self.cancel.register(m.kill_handle());
         self.cancel.register_interrupt(m.interrupt_handle());
-        let m = Rc::new(RefCell::new(m));
-        self.machines.borrow_mut().push(m.clone());
+        let m = Arc::new(Mutex::new(m));
+        lock(&self.machines).push(m.clone());
         Ok(m)
     }
 
@@ -366,13 +376,13 @@ impl Run {
             .map_err(|e| errors::host(format!("open_fd: opening {path}: {e}")))?;
         let fd = OwnedFd::from(f);
         let raw = fd.as_raw_fd();
-        self.fds.borrow_mut().insert(raw, fd);
+        lock(&self.fds).insert(raw, fd);
         Ok(raw)
     }
 
     /// Closes a descriptor from `open_fd`.
     pub fn close_fd(&self, fd: i32) -> ScriptResult<()> {
-        match self.fds.borrow_mut().remove(&fd) {
+        match lock(&self.fds).remove(&fd) {
             Some(_) => Ok(()),
             None => Err(errors::host(format!(
                 "close_fd: {fd} is not a descriptor from open_fd (or it is closed already)"
@@ -392,12 +402,17 @@ impl Run {
     pub fn finish(&self) -> RunReport {
         let mut report = RunReport::default();
         let hard = self.cancel.is_cancelled();
-        for m in self.machines.borrow_mut().drain(..) {
-            let Ok(mut m) = m.try_borrow_mut() else {
-                report
-                    .problems
-                    .push("a machine was still in use at the end of the run".into());
-                continue;
+        let machines = std::mem::take(&mut *lock(&self.machines));
+        for m in machines {
+            let mut m = match m.try_lock() {
+                Ok(m) => m,
+                Err(TryLockError::Poisoned(e)) => e.into_inner(),
+                Err(TryLockError::WouldBlock) => {
+                    report
+                        .problems
+                        .push("a machine was still in use at the end of the run".into());
+                    continue;
+                }
             };
             if hard {
                 m.kill();
@@ -418,8 +433,8 @@ impl Run {
                 });
             }
         }
-        self.fds.borrow_mut().clear();
-        if let Some(t) = self.temp.borrow_mut().take() {
+        lock(&self.fds).clear();
+        if let Some(t) = lock(&self.temp).take() {
             let path = t.path().display().to_string();
             match t.close() {
                 // Gone already: removed by [`Cancel::abandon`].
@@ -428,19 +443,16 @@ impl Run {
                 Ok(()) => {}
             }
         }
-        if let Some(mut f) = self.output.file.borrow_mut().take() {
+        if let Some(mut f) = lock(&self.output.file).take() {
             if let Err(e) = f.flush() {
-                self.output
-                    .error
-                    .borrow_mut()
-                    .get_or_insert(("writing", e.to_string()));
+                lock(&self.output.error).get_or_insert(("writing", e.to_string()));
             }
         }
-        if let Some((what, e)) = self.output.error.borrow_mut().take() {
+        if let Some((what, e)) = lock(&self.output.error).take() {
             let path = self.config.artifacts.join("script.log");
             report.lost.push(format!("{what} {}: {e}", path.display()));
         }
-        report.output = self.output.lines.borrow_mut().drain(..).collect();
+        report.output = lock(&self.output.lines).drain(..).collect();
         report
     }
 }
