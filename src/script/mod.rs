@@ -21,6 +21,7 @@ pub mod host;
 pub mod machine_api;
 pub mod memory;
 pub mod modules;
+pub mod parallel;
 pub mod run;
 pub mod stdlib;
 
@@ -102,6 +103,7 @@ pub fn engine(run: &Arc<Run>) -> Engine {
     )));
     machine_api::register(&mut engine, run);
     host::register(&mut engine, run);
+    parallel::register(&mut engine, run);
     engine
 }
 
