@@ -151,9 +151,16 @@ fn parallel(
 /// Adds `branch: i` to a thrown map; other errors (a cancelled run, a
 /// limit) pass as they are.
 fn with_branch(mut e: Box<EvalAltResult>, i: usize) -> Box<EvalAltResult> {
-    if let EvalAltResult::ErrorRuntime(v, _) = &mut *e {
+    let mut inner = &mut *e;
+    // The thrown value sits below the calls it passed through.
+    while let EvalAltResult::ErrorInFunctionCall(_, _, next, _)
+    | EvalAltResult::ErrorInModule(_, next, _) = inner
+    {
+        inner = &mut **next;
+    }
+    if let EvalAltResult::ErrorRuntime(v, _) = inner {
         if let Some(mut m) = v.write_lock::<rhai::Map>() {
-            m.insert("branch".into(), Dynamic::from_int(i as rhai::INT));
+            m.insert("branch".into(), Dynamic::from_int(i as INT));
         }
     }
     e
