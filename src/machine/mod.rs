@@ -674,17 +674,15 @@ impl Machine {
         self.full_args = args.clone();
         let with_cmd = |cause: String| (cause, args.clone());
 
-        if let Some(first) = args.first() {
-            if !first.contains('/') && which(first).is_none() {
-                return Err(with_cmd(format!(
-                    "QEMU binary {first:?} not found in PATH; pass --qemu BINARY or set VMSCRIPT_QEMU"
-                )));
-            }
-        }
         let process = Process::spawn(args.clone(), log, keep_fds).map_err(|e| {
             with_cmd(if e.kind() == std::io::ErrorKind::NotFound {
+                let in_path = if args[0].contains('/') {
+                    ""
+                } else {
+                    " in PATH"
+                };
                 format!(
-                    "QEMU binary {:?} not found; pass --qemu BINARY or set VMSCRIPT_QEMU",
+                    "QEMU binary {:?} not found{in_path}; pass --qemu BINARY or set VMSCRIPT_QEMU",
                     args[0]
                 )
             } else {
@@ -704,6 +702,8 @@ impl Machine {
 
         let deadline = Instant::now() + self.opts.qmp_timer;
         if self.qmp_enabled {
+            // Made while QEMU starts up, which it takes far longer to do.
+            let transcript = self.open_transcript();
             let stream = match (qmp_ours, listener) {
                 (Some(s), _) => qmp::Stream::Unix(s),
                 (None, Some(l)) => l
@@ -711,7 +711,7 @@ impl Machine {
                     .map_err(|e| with_cmd(format!("waiting for QEMU to connect to QMP: {e}")))?,
                 (None, None) => unreachable!("a monitor has a socketpair or a listener"),
             };
-            let observer = match (self.open_transcript(), self.observer.clone()) {
+            let observer = match (transcript, self.observer.clone()) {
                 (Some(a), Some(b)) => Some(Arc::new(move |d: qmp::Direction, m: &[u8]| {
                     a(d, m);
                     b(d, m);

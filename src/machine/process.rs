@@ -52,7 +52,13 @@ impl Process {
                 .spawn(move || {
                     for req in rx {
                         let res = spawn_here(req.argv, req.log, &req.keep_fds);
+                        let started = res.as_ref().ok().cloned();
                         let _ = req.reply.send(res);
+                        // After the reply: the caller goes on to wait for
+                        // QEMU while its reaper starts.
+                        if let Some(p) = started {
+                            start_reaper(p);
+                        }
                     }
                 })
                 .expect("the spawner thread starts once at first launch");
@@ -191,20 +197,22 @@ fn spawn_here(argv: Vec<String>, log: File, keep_fds: &[RawFd]) -> std::io::Resu
         status: Mutex::new(None),
         exited: Condvar::new(),
     });
-    let reaper = process.clone();
+    Ok(process)
+}
+
+/// Starts the thread that reaps `p` and records its exit. Without one
+/// (no thread could start), `p` is killed and reaped at once, so that its
+/// exit is still recorded and nothing waits for it in vain.
+fn start_reaper(p: Arc<Process>) {
+    let reaper = p.clone();
     let spawned = std::thread::Builder::new()
         .name("qemu-reaper".into())
         .stack_size(64 << 10)
         .spawn(move || reaper.reap());
-    if let Err(e) = spawned {
-        // SAFETY: as above.
-        unsafe {
-            libc::kill(-pid, libc::SIGKILL);
-            libc::waitpid(pid, std::ptr::null_mut(), 0);
-        }
-        return Err(e);
+    if spawned.is_err() {
+        p.signal(libc::SIGKILL);
+        p.reap();
     }
-    Ok(process)
 }
 
 /// Everything the child does between the clone and `execve`, prepared by
