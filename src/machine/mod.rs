@@ -591,8 +591,6 @@ impl Machine {
         self.temp_dir = Some(temp);
         std::fs::create_dir_all(&self.log_dir)
             .map_err(|e| fail(&format!("creating {}", self.log_dir.display()), &e))?;
-        let log = File::create(self.log_path())
-            .map_err(|e| fail(&format!("creating {}", self.log_path().display()), &e))?;
 
         let mut keep_fds: Vec<RawFd> = self.add_fds.iter().map(|f| f.fd).collect();
         let mut held: Vec<OwnedFd> = Vec::new();
@@ -674,7 +672,7 @@ impl Machine {
         self.full_args = args.clone();
         let with_cmd = |cause: String| (cause, args.clone());
 
-        let process = Process::spawn(args.clone(), log, keep_fds).map_err(|e| {
+        let process = Process::spawn(args.clone(), self.log_path(), keep_fds).map_err(|e| {
             with_cmd(if e.kind() == std::io::ErrorKind::NotFound {
                 let in_path = if args[0].contains('/') {
                     ""
@@ -825,6 +823,7 @@ impl Machine {
                     Err(e) => problem = Some(format!("quit failed ({e}), so QEMU was killed")),
                 }
                 self.quit_issued = true;
+                self.remove_temp_dir_if_empty();
             } else if running.qmp.is_none() && !self.quit_issued {
                 // No monitor to ask: a polite signal instead, QEMU's own
                 // way to a clean exit.
@@ -854,6 +853,22 @@ impl Machine {
         match problem {
             Some(cause) => Err(Error::AbnormalShutdown { cause }),
             None => Ok(()),
+        }
+    }
+
+    /// Removes the temp dir now if nothing is left in it (its monitor
+    /// socket goes once QEMU has connected): QEMU takes milliseconds to
+    /// exit after `quit`, time in which the removal costs nothing. A dir
+    /// still holding anything (a qtest socket, the script's files) stays
+    /// for [`Machine::cleanup`], after QEMU's exit.
+    fn remove_temp_dir_if_empty(&mut self) {
+        let Some(t) = &self.temp_dir else { return };
+        if std::fs::remove_dir(t.path()).is_ok() {
+            // Gone: dropping the TempDir must not try again (and must not
+            // remove a new dir someone made under the same name).
+            if let Some(t) = self.temp_dir.take() {
+                let _ = t.keep();
+            }
         }
     }
 
@@ -899,6 +914,9 @@ impl Machine {
                 self.artifact_errors
                     .push(format!("writing {}: {e}", path.display()));
             }
+        }
+        if let Some(e) = running.process.log_error() {
+            self.artifact_errors.push(e);
         }
         self.log = Some(
             std::fs::read(self.log_path())
