@@ -60,6 +60,8 @@ fn valid(ty: &str) -> &'static str {
         "Console" => "con",
         "FnPtr" => "|| true",
         "secs" => "1",
+        "Range" => "0..1",
+        "RangeInclusive" => "0..=1",
         _ => "()",
     }
 }
@@ -69,7 +71,7 @@ fn wrong(ty: &str) -> Option<&'static str> {
     Some(match ty {
         "String" | "Machine" => "42",
         "int" | "INT" | "float" | "FLOAT" | "bool" | "secs" => "\"soon\"",
-        "Map" | "Array" | "Console" | "FnPtr" => "42",
+        "Map" | "Array" | "Console" | "FnPtr" | "Range" | "RangeInclusive" => "42",
         "any" => return None,
         other => panic!("a parameter of type {other:?}: add it to valid() and wrong()"),
     })

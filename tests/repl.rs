@@ -244,10 +244,19 @@ fn repl_session_from_launch_to_quit() {
     );
     assert!(pid_exists(pid));
 
-    // Leaving shuts the machine down.
+    // An event that comes while the REPL sits at its prompt shows at once:
+    // QEMU reports SIGTERM with SHUTDOWN, then exits.
+    // From the start of the prompt's line: the event prints above it.
+    let before = t.screen().trim_end().rfind('\n').unwrap();
+    // SAFETY: a signal to the QEMU this test started.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let out = t.wait_for_after(before, "[vm0] SHUTDOWN");
+    assert!(out.contains("host-signal"), "{out}");
+    wait_gone(pid);
+
+    // Leaving shuts the machine down (here: finds it gone).
     t.line(":quit");
     t.wait_for(EXIT_OK);
-    wait_gone(pid);
     let history = std::fs::read_to_string(state.path().join("vmscript/repl_history")).unwrap();
     assert!(history.contains("vm.launch()"), "{history}");
 }

@@ -55,13 +55,13 @@ fn thread_names() -> Vec<String> {
         .collect()
 }
 
-/// A sample once the threads of the last machines (reapers, QMP readers)
+/// A sample once the threads of the last machines (reapers, QMP watchers)
 /// have ended: they exit right after their machine is cleaned up.
 fn sample() -> Sample {
     let deadline = Instant::now() + Duration::from_secs(2);
     while thread_names()
         .iter()
-        .any(|n| n == "qemu-reaper" || n == "qmp-reader")
+        .any(|n| n == "qemu-reaper" || n == "qmp-watch")
         && Instant::now() < deadline
     {
         std::thread::sleep(Duration::from_millis(5));

@@ -434,8 +434,9 @@ impl Machine {
     }
 
     /// Calls `observer` with every QMP message sent and received from the
-    /// next launch on (on the reader thread: it must not block), as the
-    /// transcript sees them.
+    /// next launch on, as the transcript sees them, and as they arrive: a
+    /// thread reads the monitor while nothing else waits on it. It is
+    /// called on whichever thread reads, so it must not block.
     pub fn observe_qmp(&mut self, observer: qmp::Observer) {
         self.observer = Some(observer);
     }
@@ -725,6 +726,11 @@ impl Machine {
                 .negotiate(remaining)
                 .map_err(|e| with_cmd(format!("QMP negotiation: {e}")))?;
             self.greeting = client.greeting();
+            if self.observer.is_some() {
+                client
+                    .watch()
+                    .map_err(|e| with_cmd(format!("starting the QMP watcher thread: {e}")))?;
+            }
             if let Some(r) = self.running.as_mut() {
                 r.qmp = Some(client);
             }

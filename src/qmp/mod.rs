@@ -1,11 +1,16 @@
 //! The QMP wire protocol on one socket; knows nothing of QEMU processes.
 //!
 //! A [`Client`] owns a connected stream (a unix socket, a socketpair end or
-//! TCP). One reader thread owns the read side: it splits the byte stream
-//! into lines, parses each one, hands replies to the caller waiting for
-//! them and appends events to an ordered queue. Nothing is ever dropped and
-//! nothing busy-polls: waiters sleep on a condition variable with a
-//! deadline.
+//! TCP). There is no reader thread: a thread that waits (for a reply, an
+//! event, the greeting, the hang-up) reads the socket itself, so QEMU's
+//! reply wakes the very thread that wants it, as in a plain blocking
+//! client. When several threads wait at once, one reads for all (it holds
+//! the read side) and files what comes: replies for their callers, events
+//! in an ordered queue; the others sleep on a condition variable and one of
+//! them takes over when the reader's wait ends. Calls that only look at the
+//! queue first read whatever has already arrived, without waiting. Nothing
+//! is ever dropped and nothing busy-polls. Between waits nobody reads:
+//! QEMU keeps its output until asked, as it does for any QMP client.
 //!
 //! Commands go out as compact JSON without an `id`: QEMU 7.2 reads its
 //! monitor input one byte per main-loop pass, so every byte costs about
@@ -19,7 +24,7 @@ mod wire;
 
 use std::io::Write;
 use std::net::TcpStream;
-use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -160,8 +165,12 @@ struct State {
     replies: std::collections::VecDeque<Value>,
     events: std::collections::VecDeque<Value>,
     greeting: Option<Value>,
-    /// Why the reader stopped, once it has.
+    /// Why the connection ended, once it has.
     ended: Option<Error>,
+    /// A thread holds the read side and is reading for everyone.
+    reading: bool,
+    /// Threads inside [`Shared::wait_for`].
+    waiters: usize,
     /// Replies still owed to callers that gave up waiting for them.
     orphans: usize,
     /// Bumped by [`Interrupter::interrupt`]: a wait that sees it change ends.
@@ -171,6 +180,10 @@ struct State {
 struct Shared {
     state: Mutex<State>,
     cond: Condvar,
+    /// Locked only by the thread whose `reading` flag is set.
+    read: Mutex<reader::ReadSide>,
+    /// An eventfd that wakes the thread waiting in `poll` (interrupts).
+    wake: OwnedFd,
 }
 
 impl Shared {
@@ -180,8 +193,11 @@ impl Shared {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Waits until `ready` yields a value, the reader ends, the deadline
-    /// passes, or an interrupt comes ([`Error::Interrupted`]).
+    /// Waits until `ready` yields a value, the connection ends, the
+    /// deadline passes, or an interrupt comes ([`Error::Interrupted`]).
+    /// Reads the socket while no other thread does; at least one read
+    /// (without waiting, when the deadline has passed) is tried before
+    /// giving up, so what has already arrived is always seen.
     fn wait_for<T>(
         &self,
         deadline: Instant,
@@ -189,28 +205,101 @@ impl Shared {
     ) -> std::result::Result<Option<T>, Error> {
         let mut st = self.lock();
         let interrupts = st.interrupts;
-        loop {
+        let mut tried = false;
+        st.waiters += 1;
+        let out = loop {
             if let Some(v) = ready(&mut st) {
-                return Ok(Some(v));
+                break Ok(Some(v));
             }
             if let Some(err) = &st.ended {
-                return Err(err.clone());
+                break Err(err.clone());
             }
             if st.interrupts != interrupts {
-                return Err(Error::Interrupted {
+                break Err(Error::Interrupted {
                     what: "waiting".into(),
                 });
             }
             let now = Instant::now();
-            if now >= deadline {
-                return Ok(None);
+            if st.reading {
+                // Another thread reads for us and wakes us when it files
+                // something or stops reading.
+                if now >= deadline {
+                    break Ok(None);
+                }
+                st = self
+                    .cond
+                    .wait_timeout(st, deadline - now)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+                continue;
+            }
+            if now >= deadline && tried {
+                break Ok(None);
             }
             st = self
-                .cond
-                .wait_timeout(st, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
+                .read_once(st, deadline.saturating_duration_since(now), true)
                 .0;
+            tried = true;
+        };
+        st.waiters -= 1;
+        out
+    }
+
+    /// Takes the read side for one read of up to `timeout`; gives it back,
+    /// recording the end of the connection, and wakes the other waiters
+    /// (`waiting`: the caller is one of them). True when bytes were read.
+    fn read_once<'a>(
+        &'a self,
+        mut st: MutexGuard<'a, State>,
+        timeout: Duration,
+        waiting: bool,
+    ) -> (MutexGuard<'a, State>, bool) {
+        st.reading = true;
+        drop(st);
+        let r = self
+            .read
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .read_once(self, self.wake.as_raw_fd(), timeout);
+        let mut st = self.lock();
+        st.reading = false;
+        let progress = match r {
+            Ok(p) => p,
+            Err(e) => {
+                st.ended.get_or_insert(e);
+                true
+            }
+        };
+        // They wait for what was filed, or to read in turn.
+        if st.waiters > usize::from(waiting) {
+            self.cond.notify_all();
         }
+        (st, progress)
+    }
+
+    /// Reads whatever has arrived, without waiting, unless another thread
+    /// is reading already (then it files it).
+    fn pump(&self) {
+        let mut st = self.lock();
+        // Bounded, so that a peer sending without pause cannot keep us.
+        for _ in 0..64 {
+            if st.reading || st.ended.is_some() {
+                return;
+            }
+            let (next, progress) = self.read_once(st, Duration::ZERO, false);
+            st = next;
+            if !progress {
+                return;
+            }
+        }
+    }
+
+    /// Wakes the thread waiting in `poll`, if any.
+    fn poke(&self) {
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: writing 8 bytes to our own eventfd; a full counter
+        // (EAGAIN) already means "wake up".
+        unsafe { libc::write(self.wake.as_raw_fd(), one.as_ptr().cast(), 8) };
     }
 }
 
@@ -222,7 +311,6 @@ pub struct Client {
     /// match commands by order.
     command_lock: Mutex<()>,
     observer: Option<Observer>,
-    reader: Option<std::thread::JoinHandle<()>>,
     negotiated: bool,
 }
 
@@ -235,7 +323,7 @@ impl std::fmt::Debug for Client {
 }
 
 impl Client {
-    /// Takes over a connected stream, starts its reader and waits for the greeting.
+    /// Takes over a connected stream and waits for the greeting.
     pub fn new(stream: Stream, timeout: Duration) -> Result<Client> {
         Self::with_options(stream, timeout, Limits::default(), None)
     }
@@ -250,18 +338,27 @@ impl Client {
         let read_side = stream
             .try_clone()
             .map_err(|e| Error::io("cloning the socket", e))?;
+        // SAFETY: eventfd returns a new descriptor we then own.
+        let wake = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if wake < 0 {
+            return Err(Error::io(
+                "creating an eventfd",
+                std::io::Error::last_os_error(),
+            ));
+        }
+        // SAFETY: a fresh descriptor from eventfd that nothing else owns.
+        let wake = unsafe { OwnedFd::from_raw_fd(wake) };
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             cond: Condvar::new(),
+            read: Mutex::new(reader::ReadSide::new(read_side, limits, observer.clone())),
+            wake,
         });
-        let reader = reader::spawn(read_side, shared.clone(), limits, observer.clone())
-            .map_err(|e| Error::io("starting the reader thread", e))?;
         let client = Client {
             shared,
             writer: Mutex::new(stream),
             command_lock: Mutex::new(()),
             observer,
-            reader: Some(reader),
             negotiated: false,
         };
         let deadline = Instant::now() + timeout;
@@ -428,8 +525,8 @@ impl Client {
                 ) =>
             {
                 drop(w);
-                // The reader sees the hang-up a moment later and knows
-                // more (a truncated message, say): prefer its reason.
+                // Reading shows the hang-up and may know more (a
+                // truncated message, say): prefer its reason.
                 let soon = Instant::now() + Duration::from_secs(1);
                 Err(match self.shared.wait_for(soon, |_| None::<()>) {
                     Err(Error::Closed { .. }) | Ok(_) => Error::Closed {
@@ -493,19 +590,42 @@ impl Client {
         }
     }
 
-    /// Removes and returns every queued event.
+    /// Removes and returns every queued event (and every one that has
+    /// arrived).
     pub fn drain_events(&self) -> Vec<Value> {
+        self.shared.pump();
         self.shared.lock().events.drain(..).collect()
     }
 
-    /// A copy of the queued events, oldest first.
+    /// A copy of the queued events (and of every one that has arrived),
+    /// oldest first.
     pub fn queued_events(&self) -> Vec<Value> {
+        self.shared.pump();
         self.shared.lock().events.iter().cloned().collect()
     }
 
-    /// Empties the event queue.
+    /// Empties the event queue, of every event that has arrived.
     pub fn clear_events(&self) {
+        self.shared.pump();
         self.shared.lock().events.clear();
+    }
+
+    /// Starts a thread that reads whenever no other thread waits, so that
+    /// the observer sees every message as it arrives (the REPL shows
+    /// events while it sits at its prompt). It ends with the connection.
+    pub fn watch(&self) -> std::io::Result<()> {
+        let shared = self.shared.clone();
+        std::thread::Builder::new()
+            .name("qmp-watch".into())
+            .stack_size(256 << 10)
+            .spawn(move || loop {
+                let far = Instant::now() + Duration::from_secs(3600);
+                match shared.wait_for(far, |_| None::<()>) {
+                    Ok(_) | Err(Error::Interrupted { .. }) => {}
+                    Err(_) => return,
+                }
+            })?;
+        Ok(())
     }
 
     /// A handle that interrupts this client's waits from any thread.
@@ -515,8 +635,10 @@ impl Client {
         }
     }
 
-    /// Why the connection ended, if it has.
+    /// Why the connection ended, if it has (as far as what has arrived
+    /// shows).
     pub fn ended(&self) -> Option<Error> {
+        self.shared.pump();
         self.shared.lock().ended.clone()
     }
 
@@ -529,15 +651,15 @@ impl Client {
         )
     }
 
-    /// Closes the connection and stops the reader.
+    /// Closes the connection, first filing the events that have arrived.
+    /// A wait in progress on another thread ends with [`Error::Closed`].
     pub fn close(&mut self) {
+        self.shared.pump();
         self.writer
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .shutdown();
-        if let Some(r) = self.reader.take() {
-            let _ = r.join();
-        }
+        self.shared.poke();
     }
 }
 
@@ -567,6 +689,7 @@ impl Interrupter {
             st.interrupts = st.interrupts.wrapping_add(1);
             drop(st);
             shared.cond.notify_all();
+            shared.poke();
         }
     }
 }

@@ -1,8 +1,9 @@
-//! The reader thread: owns the read side of a QMP socket, splits it into
-//! messages and files them as replies, events or the greeting.
+//! The read side of a QMP socket: splits it into messages and files them
+//! as replies, events or the greeting.
 
 use std::io::Read;
-use std::sync::Arc;
+use std::os::fd::RawFd;
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -28,106 +29,156 @@ impl Default for Limits {
     }
 }
 
-pub(super) fn spawn(
+/// The read side of a QMP socket, used by one thread at a time: the one
+/// that waits (see the [module documentation](super)).
+pub(super) struct ReadSide {
     stream: Stream,
-    shared: Arc<Shared>,
+    buf: Vec<u8>,
+    /// The start of a line whose end has not arrived yet.
+    pending: Vec<u8>,
     limits: Limits,
     observer: Option<Observer>,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name("qmp-reader".into())
-        .stack_size(256 << 10)
-        .spawn(move || {
-            let err = run(stream, &shared, limits, observer.as_ref());
-            let mut st = shared.lock();
-            st.ended = Some(err);
-            drop(st);
-            shared.cond.notify_all();
-        })
 }
 
-/// Reads until the stream ends or misbehaves; returns why it stopped.
-fn run(mut stream: Stream, shared: &Shared, limits: Limits, observer: Option<&Observer>) -> Error {
-    let mut buf = vec![0u8; 64 << 10];
-    let mut pending: Vec<u8> = Vec::new();
-    loop {
-        let n = match read(&mut stream, &mut buf) {
+impl ReadSide {
+    pub(super) fn new(stream: Stream, limits: Limits, observer: Option<Observer>) -> ReadSide {
+        ReadSide {
+            stream,
+            buf: vec![0u8; 64 << 10],
+            pending: Vec::new(),
+            limits,
+            observer,
+        }
+    }
+
+    /// Waits up to `timeout` for bytes (or a poke on `wake`), then reads
+    /// what is there and files every whole message in `shared`. True when
+    /// bytes were read; an error when the connection has ended, and why.
+    pub(super) fn read_once(
+        &mut self,
+        shared: &Shared,
+        wake: RawFd,
+        timeout: Duration,
+    ) -> Result<bool, Error> {
+        let mut fds = [
+            libc::pollfd {
+                fd: self.stream.raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: wake,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // Rounded up, so that a wait never ends just before its deadline.
+        let ms = timeout.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as i32;
+        // SAFETY: `fds` holds two valid pollfds.
+        let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) };
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            return match e.kind() {
+                std::io::ErrorKind::Interrupted => Ok(false),
+                _ => Err(Error::io("waiting for the socket", e)),
+            };
+        }
+        if fds[1].revents != 0 {
+            let mut count = [0u8; 8];
+            // SAFETY: reading the eventfd's 8-byte counter into `count`.
+            unsafe { libc::read(wake, count.as_mut_ptr().cast(), 8) };
+        }
+        if fds[0].revents == 0 {
+            return Ok(false);
+        }
+        let n = match read(&mut self.stream, &mut self.buf) {
             Ok(0) => {
-                return if pending.iter().all(u8::is_ascii_whitespace) {
+                return Err(if self.pending.iter().all(u8::is_ascii_whitespace) {
                     closed()
                 } else {
                     Error::Malformed {
                         detail: format!(
                             "connection closed inside a message ({} bytes without an end of line)",
-                            pending.len()
+                            self.pending.len()
                         ),
                     }
-                };
+                });
             }
             Ok(n) => n,
             // QEMU exiting with our bytes unread reports the hang-up as a
             // reset: the same expected end as EOF.
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return closed(),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Error::io("reading", e),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Err(closed()),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::Interrupted | std::io::ErrorKind::WouldBlock
+                ) =>
+            {
+                return Ok(false)
+            }
+            Err(e) => return Err(Error::io("reading", e)),
         };
-        let mut chunk = &buf[..n];
+        let limits = self.limits;
+        let mut chunk = &self.buf[..n];
         let mut messages = Vec::new();
         while let Some(nl) = chunk.iter().position(|&b| b == b'\n') {
-            let line = if pending.is_empty() {
+            let line = if self.pending.is_empty() {
                 &chunk[..nl]
             } else {
-                pending.extend_from_slice(&chunk[..nl]);
-                &pending[..]
+                self.pending.extend_from_slice(&chunk[..nl]);
+                &self.pending[..]
             };
             if line.len() > limits.max_line {
-                return Error::LineTooLong {
+                return Err(Error::LineTooLong {
                     limit: limits.max_line,
-                };
+                });
             }
-            match parse(line, observer) {
-                Ok(Some(v)) => messages.push(v),
-                Ok(None) => {}
-                Err(e) => return e,
+            if let Some(v) = parse(line, self.observer.as_ref())? {
+                messages.push(v);
             }
-            pending.clear();
+            self.pending.clear();
             chunk = &chunk[nl + 1..];
         }
-        pending.extend_from_slice(chunk);
-        if pending.len() > limits.max_line {
-            return Error::LineTooLong {
+        self.pending.extend_from_slice(chunk);
+        if self.pending.len() > limits.max_line {
+            return Err(Error::LineTooLong {
                 limit: limits.max_line,
-            };
+            });
         }
-        if messages.is_empty() {
-            continue;
-        }
-        let mut st = shared.lock();
-        for msg in messages {
-            if msg.get("event").is_some() {
-                if st.events.len() >= limits.max_events {
-                    return Error::EventQueueFull {
-                        limit: limits.max_events,
-                    };
-                }
-                st.events.push_back(msg);
-            } else if msg.get("return").is_some() || msg.get("error").is_some() {
-                if st.orphans > 0 {
-                    st.orphans -= 1;
-                } else {
-                    st.replies.push_back(msg);
-                }
-            } else if msg.get("QMP").is_some() && st.greeting.is_none() {
-                st.greeting = Some(msg);
-            } else {
-                return Error::Malformed {
-                    detail: format!("not a reply, event or greeting: {}", excerpt(&msg)),
-                };
-            }
-        }
-        drop(st);
-        shared.cond.notify_all();
+        file(shared, messages, limits)?;
+        Ok(true)
     }
+}
+
+/// Files replies, events and the greeting where their waiters look.
+fn file(shared: &Shared, messages: Vec<Value>, limits: Limits) -> Result<(), Error> {
+    if messages.is_empty() {
+        return Ok(());
+    }
+    let mut st = shared.lock();
+    for msg in messages {
+        if msg.get("event").is_some() {
+            if st.events.len() >= limits.max_events {
+                return Err(Error::EventQueueFull {
+                    limit: limits.max_events,
+                });
+            }
+            st.events.push_back(msg);
+        } else if msg.get("return").is_some() || msg.get("error").is_some() {
+            if st.orphans > 0 {
+                st.orphans -= 1;
+            } else {
+                st.replies.push_back(msg);
+            }
+        } else if msg.get("QMP").is_some() && st.greeting.is_none() {
+            st.greeting = Some(msg);
+        } else {
+            return Err(Error::Malformed {
+                detail: format!("not a reply, event or greeting: {}", excerpt(&msg)),
+            });
+        }
+    }
+    Ok(())
 }
 
 fn closed() -> Error {

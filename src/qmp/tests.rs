@@ -269,10 +269,11 @@ fn event_flood_is_kept_in_order_up_to_the_cap() {
         }
         let _ = w.flush();
     });
-    t.join().unwrap();
-    // Nobody read while the flood came: the cap ends the connection with
-    // a clear error, and every event before it is kept, in order.
+    // Nobody takes events while the flood comes: the cap ends the
+    // connection with a clear error, and every event before it is kept,
+    // in order.
     assert!(client.wait_closed(T));
+    t.join().unwrap();
     assert!(
         matches!(
             client.ended(),
@@ -303,6 +304,74 @@ fn event_flood_read_concurrently_loses_nothing() {
         assert_eq!(ev["data"]["i"], i);
     }
     t.join().unwrap();
+}
+
+/// Two threads waiting at once: one reads for both, and files what the
+/// other waits for.
+#[test]
+fn one_waiter_reads_for_another() {
+    let (client, mut peer) = pair();
+    let client = Arc::new(client);
+    let c = client.clone();
+    let events = thread::spawn(move || c.take_event(T, |e| e["event"] == "X"));
+    // The event waiter is (most likely) the one reading when the reply comes.
+    thread::sleep(Duration::from_millis(50));
+    let p = thread::spawn(move || {
+        read_command(&mut peer);
+        peer.write_all(b"{\"event\": \"X\"}\r\n{\"return\": {}}\r\n")
+            .unwrap();
+        peer
+    });
+    let reply = client.execute("query-status", None, T).unwrap();
+    assert_eq!(reply, serde_json::json!({"return": {}}));
+    let ev = events.join().unwrap().unwrap().unwrap();
+    assert_eq!(ev["event"], "X");
+    drop(p.join().unwrap());
+}
+
+/// A waiter that gives up while reading hands the reading over: the other
+/// still gets its reply, which comes after the first one has left.
+#[test]
+fn a_waiter_that_leaves_hands_the_reading_over() {
+    let (client, mut peer) = pair();
+    let client = Arc::new(client);
+    let c = client.clone();
+    let short = thread::spawn(move || c.take_event(Duration::from_millis(200), |_| true));
+    thread::sleep(Duration::from_millis(50));
+    let p = thread::spawn(move || {
+        read_command(&mut peer);
+        thread::sleep(Duration::from_millis(600));
+        peer.write_all(b"{\"return\": {\"late\": true}}\r\n")
+            .unwrap();
+        peer
+    });
+    let reply = client.execute("query-status", None, T).unwrap();
+    assert_eq!(reply["return"]["late"], true);
+    assert!(short.join().unwrap().unwrap().is_none());
+    drop(p.join().unwrap());
+}
+
+/// With nobody waiting, nothing is read; looking at the queue reads what
+/// has arrived.
+#[test]
+fn the_queue_shows_what_has_arrived_without_a_wait() {
+    let (client, mut peer) = pair();
+    peer.write_all(b"{\"event\": \"A\"}\r\n{\"event\": \"B\"}\r\n")
+        .unwrap();
+    // Delivered to our socket by now (a socketpair is synchronous).
+    let names: Vec<_> = client
+        .queued_events()
+        .iter()
+        .map(|e| e["event"].clone())
+        .collect();
+    assert_eq!(names, ["A", "B"]);
+    let ev = client
+        .take_event(Duration::ZERO, |e| e["event"] == "B")
+        .unwrap();
+    assert_eq!(ev.unwrap()["event"], "B");
+    drop(peer);
+    assert!(matches!(client.ended(), Some(Error::Closed { .. })));
+    assert_eq!(client.drain_events().len(), 1);
 }
 
 #[test]

@@ -346,7 +346,7 @@ fn start_event_printer(
             }
         }) as qmp::Observer
     });
-    // The reader threads must never block on the terminal: they hand the
+    // The threads reading QMP must never block on the terminal: they hand the
     // lines to this thread.
     let mut printer = editor.create_external_printer().ok();
     let _ = std::thread::Builder::new()
