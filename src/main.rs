@@ -197,6 +197,7 @@ fn secs(s: f64, what: &str) -> Result<Duration, String> {
 }
 
 fn run(args: RunArgs) -> i32 {
+    sweep_stale_temp_dirs();
     let options = (|| -> Result<runner::Options, String> {
         Ok(runner::Options {
             paths: args.paths,
@@ -294,7 +295,13 @@ fn qmp_shell(address: String, hmp: bool, timeout: f64) -> i32 {
     }
 }
 
+/// What an earlier vmscript that was killed (SIGKILL) left in `$TMPDIR`.
+fn sweep_stale_temp_dirs() {
+    script::temp::sweep_stale(&std::env::temp_dir());
+}
+
 fn repl_session(qemu: Option<PathBuf>, lib: Vec<PathBuf>, artifacts: Option<PathBuf>) -> i32 {
+    sweep_stale_temp_dirs();
     let opts = repl::ReplOptions {
         session: repl::session::SessionOptions {
             qemu,

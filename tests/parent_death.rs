@@ -66,3 +66,58 @@ fn qemu_dies_with_a_sigkilled_parent() {
     let alive: Vec<_> = pids.iter().filter(|&&p| pid_exists(p)).collect();
     assert!(alive.is_empty(), "QEMU outlived its parent: {alive:?}");
 }
+
+/// A SIGKILLed `vmscript run` runs no cleanup: its QEMUs die with it (the
+/// parent-death signal), and the next vmscript removes the temp folder it
+/// left, but not the folder of a run still alive.
+#[test]
+fn the_next_run_removes_what_a_sigkilled_run_left() {
+    use common::world::{is_qemu, signal, World};
+    let w = World::new();
+    w.script(
+        "hold.rhai",
+        "let vm = machine();\nvm.add_args(\"-M\", \"none\");\nvm.launch();\n\
+         print(`pid ${vm.get_pid()}`);\nprint(\"ready\");\nsleep(60);\n",
+    );
+    w.script("ok/t.rhai", "assert(true);\n");
+    let run_dirs = || -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(w.tmp())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("vmscript-run-"))
+            .collect();
+        v.sort();
+        v
+    };
+    let mut killed = w.spawn(&["run", "--no-capture", "hold.rhai"]);
+    killed.until("ready");
+    let killed_dir = run_dirs();
+    assert_eq!(killed_dir.len(), 1);
+    let mut live = w.spawn(&["run", "--no-capture", "hold.rhai"]);
+    live.until("ready");
+    let live_dir: Vec<String> = run_dirs()
+        .into_iter()
+        .filter(|d| !killed_dir.contains(d))
+        .collect();
+    assert_eq!(live_dir.len(), 1);
+
+    signal(killed.child.id() as i32, libc::SIGKILL);
+    killed.child.wait().unwrap();
+    let qemu = killed.pids()[0];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while is_qemu(qemu) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!is_qemu(qemu), "QEMU outlived its killed vmscript");
+    assert_eq!(run_dirs().len(), 2, "a killed run removed its own folder");
+
+    let o = w.run(&["run", "ok"]);
+    assert!(o.status.success(), "{}", common::world::stdout(&o));
+    assert_eq!(run_dirs(), live_dir, "the sweep took the wrong folders");
+
+    // The live run is unharmed and cleans up after itself.
+    assert!(is_qemu(live.pids()[0]));
+    signal(live.child.id() as i32, libc::SIGTERM);
+    live.finish();
+    w.assert_clean();
+}

@@ -71,7 +71,7 @@ pub struct Session {
     /// QMP schemas by machine name and pid.
     schemas: RefCell<HashMap<(String, i32), Rc<Schema>>>,
     /// Keeps the default artifacts dir until the session ends.
-    _artifacts: Option<tempfile::TempDir>,
+    _artifacts: Option<crate::script::temp::OwnedTempDir>,
 }
 
 impl std::fmt::Debug for Session {
@@ -96,9 +96,7 @@ impl Session {
                 (dir, None)
             }
             None => {
-                let t = tempfile::Builder::new()
-                    .prefix("vmscript-repl-")
-                    .tempdir()?;
+                let t = crate::script::temp::OwnedTempDir::new("vmscript-repl-")?;
                 (t.path().to_path_buf(), Some(t))
             }
         };

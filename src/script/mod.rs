@@ -24,6 +24,7 @@ pub mod modules;
 pub mod parallel;
 pub mod run;
 pub mod stdlib;
+pub mod temp;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

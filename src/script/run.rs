@@ -23,6 +23,7 @@ use crate::machine::{self, Machine, MachineOptions};
 
 use super::cancel::Cancel;
 use super::errors::{self, ScriptResult};
+use super::temp::OwnedTempDir;
 
 /// How long a machine left running at the end gets to quit by itself.
 const FINAL_GRACE: Duration = Duration::from_secs(1);
@@ -187,7 +188,7 @@ impl Output {
 /// One script run; see the module documentation.
 pub struct Run {
     config: RunConfig,
-    temp: Mutex<Option<tempfile::TempDir>>,
+    temp: Mutex<Option<OwnedTempDir>>,
     temp_path: PathBuf,
     cancel: Cancel,
     deadline: Instant,
@@ -224,11 +225,7 @@ impl std::fmt::Debug for Run {
 impl Run {
     /// Makes the run's temp dir and opens its log.
     pub fn new(config: RunConfig, cancel: Cancel) -> std::io::Result<Run> {
-        use std::os::unix::fs::PermissionsExt;
-        let temp = tempfile::Builder::new()
-            .prefix("vmscript-run-")
-            .permissions(std::fs::Permissions::from_mode(0o700))
-            .tempdir()?;
+        let temp = OwnedTempDir::new("vmscript-run-")?;
         let temp_path = temp.path().to_path_buf();
         cancel.register_temp_dir(temp_path.clone());
         let (file, error) = match File::create(config.artifacts.join("script.log")) {
