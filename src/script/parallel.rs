@@ -20,7 +20,9 @@
 //! captured variable at once wait on each other (and Rhai gives up with a
 //! "data race" error after a few tens of milliseconds). Give each branch
 //! its own values: `parallel(items, f)` hands each call its own copy of
-//! its item, and copies of a `Machine` still name the same QEMU.
+//! its item, and copies of a `Machine` still name the same QEMU. A machine
+//! serves one call at a time (its calls lock it), so a call waits while
+//! another branch's call on the same machine is under way.
 
 use rhai::{Array, Dynamic, Engine, EvalAltResult, FnPtr, NativeCallContext, INT};
 
