@@ -964,15 +964,22 @@ impl Machine {
     // ---- QMP -----------------------------------------------------------
 
     fn client(&self, what: &str) -> Result<&qmp::Client> {
-        let running = self.running.as_ref().ok_or_else(|| {
+        self.running
+            .as_ref()
+            .and_then(|r| r.qmp.as_ref())
+            .ok_or_else(|| self.no_client(what))
+    }
+
+    /// Why there is no QMP client to do `what`.
+    fn no_client(&self, what: &str) -> Error {
+        if self.running.is_none() {
             Error::Machine(format!("{what}: the machine {} is not running", self.name))
-        })?;
-        running.qmp.as_ref().ok_or_else(|| {
+        } else {
             Error::Machine(format!(
                 "{what}: the machine {} has no QMP monitor",
                 self.name
             ))
-        })
+        }
     }
 
     /// Turns a QMP failure into what the user should see: an exit of QEMU
@@ -1146,13 +1153,17 @@ impl Machine {
         if let Some(i) = self.leftover_events.iter().position(matches) {
             return Ok(Some(self.leftover_events.remove(i)));
         }
-        let what = events::describe(events);
-        let client = self.client(&format!("waiting for {what}"))?;
+        // Described only when it fails: a wait that succeeds formats nothing.
+        let what = || events::describe(events);
+        let client = match self.running.as_ref().and_then(|r| r.qmp.as_ref()) {
+            Some(c) => c,
+            None => return Err(self.no_client(&format!("waiting for {}", what()))),
+        };
         match client.take_event(timeout, matches) {
             Ok(Some(ev)) => Ok(Some(ev)),
             Ok(None) if timeout.is_zero() => Ok(None),
             Ok(None) => Err(Error::Timeout {
-                what,
+                what: what(),
                 after: timeout,
                 seen: client
                     .queued_events()
@@ -1165,7 +1176,7 @@ impl Machine {
                     })
                     .collect(),
             }),
-            Err(e) => Err(self.qmp_failure(&format!("waiting for {what}"), e)),
+            Err(e) => Err(self.qmp_failure(&format!("waiting for {}", what()), e)),
         }
     }
 
