@@ -153,20 +153,22 @@ impl<'a> Executor<'a> {
         let cancel = Cancel::new();
         let started = Instant::now();
         let shown = test.path.display().to_string();
-        let dir = match self.artifacts.create(&test, number) {
+        let dir = self.artifacts.create(&test, number);
+        // Registered either way: a failure to start still ends as a result.
+        self.running.insert(
+            id,
+            Running {
+                test: test.clone(),
+                number,
+                earlier,
+                cancel: cancel.clone(),
+                started,
+                dir: dir.as_ref().ok().cloned(),
+            },
+        );
+        let dir = match dir {
             Ok(d) => d,
             Err(e) => {
-                self.running.insert(
-                    id,
-                    Running {
-                        test,
-                        number,
-                        earlier,
-                        cancel,
-                        started,
-                        dir: None,
-                    },
-                );
                 let _ = self.tx.send(Msg::Done {
                     id,
                     outcome: Box::new(host_failure(&shown, e.0, started)),
@@ -226,17 +228,6 @@ impl<'a> Executor<'a> {
                 )),
             });
         }
-        self.running.insert(
-            id,
-            Running {
-                test,
-                number,
-                earlier,
-                cancel,
-                started,
-                dir: Some(dir),
-            },
-        );
     }
 
     /// Try `id` ended: retry it, or report the test.
