@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::world::{stderr, stdout};
+use common::world::{is_qemu_process, sockets_below, stderr, stdout};
 
 const VMSCRIPT: &str = env!("CARGO_BIN_EXE_vmscript");
 
@@ -77,31 +77,6 @@ fn json_lines(o: &Output) -> (Vec<serde_json::Value>, serde_json::Value) {
         .collect();
     let summary = v.pop().unwrap();
     (v, summary["summary"].clone())
-}
-
-/// Whether `pid` is a running QEMU.
-fn is_qemu(pid: i32) -> bool {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|c| String::from_utf8_lossy(&c).contains("qemu"))
-        .unwrap_or(false)
-}
-
-/// Every unix socket file below `dir`.
-fn sockets_below(dir: &Path) -> Vec<PathBuf> {
-    use std::os::unix::fs::FileTypeExt;
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let ty = e.file_type().unwrap();
-            if ty.is_dir() {
-                stack.push(e.path());
-            } else if ty.is_socket() {
-                out.push(e.path());
-            }
-        }
-    }
-    out
 }
 
 #[test]
@@ -219,7 +194,7 @@ fn a_timeout_kills_the_machines_and_says_what_the_test_was_waiting_for() {
         .unwrap()
         .parse()
         .unwrap();
-    assert!(!is_qemu(pid), "QEMU {pid} outlived its test");
+    assert!(!is_qemu_process(pid), "QEMU {pid} outlived its test");
     // A timed-out test keeps its artifacts, and nothing else is left.
     let left = w.leftovers();
     assert_eq!(left.len(), 1, "{left:?}");
@@ -641,7 +616,7 @@ fn signal_stops_the_run_cleanly(sig: i32, name: &str) {
         .spawn()
         .unwrap();
     let pids = wait_for_pids(&w, 2);
-    assert!(pids.iter().all(|&p| is_qemu(p)));
+    assert!(pids.iter().all(|&p| is_qemu_process(p)));
     let start = Instant::now();
     // SAFETY: signals our own child.
     unsafe { libc::kill(child.id() as i32, sig) };
@@ -669,7 +644,7 @@ fn signal_stops_the_run_cleanly(sig: i32, name: &str) {
         "{out}"
     );
     for p in pids {
-        assert!(!is_qemu(p), "QEMU {p} outlived vmscript");
+        assert!(!is_qemu_process(p), "QEMU {p} outlived vmscript");
     }
     assert_eq!(w.leftovers(), Vec::<String>::new());
 }
@@ -716,7 +691,7 @@ fn a_second_signal_exits_at_once_and_leaves_nothing() {
         c => panic!("exit status {c:?}: {}", stdout(&o)),
     }
     for p in pids {
-        assert!(!is_qemu(p), "QEMU {p} outlived vmscript");
+        assert!(!is_qemu_process(p), "QEMU {p} outlived vmscript");
     }
     assert_eq!(w.leftovers(), Vec::<String>::new());
     assert!(sockets_below(&w.tmp()).is_empty());

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::world::{printed_pids, stderr, stdout};
+use common::world::{is_qemu_process, printed_pids, sockets_below, stderr, stdout};
 
 const VMSCRIPT: &str = env!("CARGO_BIN_EXE_vmscript");
 
@@ -65,31 +65,6 @@ impl World {
             .filter(|n| !n.starts_with("vmscript-artifacts-"))
             .collect()
     }
-}
-
-/// Whether `pid` is a running QEMU.
-fn is_qemu(pid: i32) -> bool {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|c| String::from_utf8_lossy(&c).contains("qemu"))
-        .unwrap_or(false)
-}
-
-/// Every unix socket file below `dir`.
-fn sockets_below(dir: &Path) -> Vec<PathBuf> {
-    use std::os::unix::fs::FileTypeExt;
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let ty = e.file_type().unwrap();
-            if ty.is_dir() {
-                stack.push(e.path());
-            } else if ty.is_socket() {
-                out.push(e.path());
-            }
-        }
-    }
-    out
 }
 
 const THREE_MACHINES: &str = r#"
@@ -163,7 +138,7 @@ fn a_throw_with_three_machines_running_leaves_no_qemu_socket_or_temp_dir() {
     let pids = printed_pids(&out);
     assert_eq!(pids.len(), 3, "{out}");
     for p in pids {
-        assert!(!is_qemu(p), "QEMU {p} outlived the script");
+        assert!(!is_qemu_process(p), "QEMU {p} outlived the script");
     }
     assert_eq!(w.leftovers(), Vec::<String>::new());
     assert_eq!(sockets_below(&w.tmp()), Vec::<PathBuf>::new());
@@ -224,7 +199,7 @@ fn the_timeout_stops_a_blocking_event_wait() {
         "{out}"
     );
     for p in printed_pids(&out) {
-        assert!(!is_qemu(p), "QEMU {p} outlived the script");
+        assert!(!is_qemu_process(p), "QEMU {p} outlived the script");
     }
     assert_eq!(w.leftovers(), Vec::<String>::new());
 }
@@ -273,7 +248,7 @@ fn sigterm_to_vmscript_leaves_no_qemu() {
         pids.extend(printed_pids(&l));
     }
     assert_eq!(pids.len(), 3);
-    assert!(pids.iter().all(|&p| is_qemu(p)));
+    assert!(pids.iter().all(|&p| is_qemu_process(p)));
     let start = Instant::now();
     // SAFETY: signals our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
@@ -283,7 +258,7 @@ fn sigterm_to_vmscript_leaves_no_qemu() {
     assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{rest:?}");
     assert!(rest.iter().any(|l| l.contains("Interrupted")), "{rest:?}");
     for p in pids {
-        assert!(!is_qemu(p), "QEMU {p} outlived vmscript");
+        assert!(!is_qemu_process(p), "QEMU {p} outlived vmscript");
     }
     assert_eq!(w.leftovers(), Vec::<String>::new());
 }

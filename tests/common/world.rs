@@ -209,10 +209,14 @@ pub fn is_qemu(pid: i32) -> bool {
                 .starts_with('Z')
         })
         .unwrap_or(true);
-    !zombie
-        && std::fs::read(format!("/proc/{pid}/cmdline"))
-            .map(|c| String::from_utf8_lossy(&c).contains("qemu"))
-            .unwrap_or(false)
+    !zombie && is_qemu_process(pid)
+}
+
+/// Whether `pid` is a QEMU process, a zombie one included.
+pub fn is_qemu_process(pid: i32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| String::from_utf8_lossy(&c).contains("qemu"))
+        .unwrap_or(false)
 }
 
 /// Sends `signal` to `pid`.
