@@ -880,10 +880,16 @@ impl Machine {
         if !hung_up {
             return;
         }
-        if let Some(mut client) = running.qmp.take() {
-            client.close();
-            self.leftover_events.extend(client.drain_events());
+        if let Some(client) = running.qmp.take() {
+            self.close_qmp(client);
         }
+    }
+
+    /// Closes the monitor, keeping the events it still holds for
+    /// [`Machine::get_qmp_events`].
+    fn close_qmp(&mut self, mut client: qmp::Client) {
+        client.close();
+        self.leftover_events.extend(client.drain_events());
     }
 
     /// Removes the temp dir now if nothing is left in it (its monitor
@@ -925,9 +931,8 @@ impl Machine {
             running.process.kill();
         }
         self.exitcode = running.process.exit_code();
-        if let Some(mut client) = running.qmp.take() {
-            client.close();
-            self.leftover_events.extend(client.drain_events());
+        if let Some(client) = running.qmp.take() {
+            self.close_qmp(client);
         }
         if let Some(console) = running.console.take() {
             console.close();
