@@ -251,23 +251,12 @@ fn spawn_here(
 /// waits for it in vain.
 fn start_reaper(p: Arc<Process>, pump: Pump) {
     let reaper = p.clone();
-    // The pump comes back when the thread could not take it.
-    let pump = Arc::new(Mutex::new(Some(pump)));
-    let handed = pump.clone();
+    let path = pump.path.display().to_string();
     let spawned = std::thread::Builder::new()
         .name("qemu-reaper".into())
         .stack_size(64 << 10)
-        .spawn(move || {
-            let pump = handed.lock().unwrap_or_else(|e| e.into_inner()).take();
-            reaper.reap(pump)
-        });
+        .spawn(move || reaper.reap(Some(pump)));
     if let Err(e) = spawned {
-        let path = pump
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-            .map(|p| p.path.display().to_string())
-            .unwrap_or_default();
         *p.log_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!(
             "writing {path}: no thread to copy QEMU's output ({e})"
         ));
