@@ -460,3 +460,161 @@ fn unbounded_allocation_stops_at_the_memory_limit() {
         "{out}"
     );
 }
+
+/// Runs `text` as one test and asserts that it passed.
+fn passes(w: &World, text: &str) -> Output {
+    w.script("t.rhai", text);
+    let o = w.run(&["run", "t.rhai", "--artifacts", "art"]);
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    o
+}
+
+#[test]
+fn cmd_is_command_under_the_name_qemumachine_uses() {
+    let w = World::new();
+    passes(
+        &w,
+        r#"
+let vm = machine(#{ args: ["-M", "none"] });
+vm.launch();
+assert_eq(vm.cmd("query-status").status, "running");
+assert_eq(vm.cmd("query-name", #{}), vm.command("query-name"));
+vm.cmd("stop", #{}, false);
+assert_eq(vm.cmd("query-status").status, "paused");
+"#,
+    );
+    w.script(
+        "e.rhai",
+        r#"
+let vm = machine(#{ args: ["-M", "none"] });
+vm.launch();
+try { vm.cmd("no-such-command"); fail("no error"); }
+catch (e) { assert_eq(e.kind, "MonitorResponseError"); assert_eq(e.class, "CommandNotFound"); }
+"#,
+    );
+    let o = w.run(&["run", "e.rhai"]);
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+}
+
+#[test]
+fn qtest_machine_is_configured_before_it_is_launched() {
+    let w = World::new();
+    passes(
+        &w,
+        r#"
+let q = qtest_machine((), #{ name: "qt" });
+assert(!q.is_running());
+q.add_args("-nodefaults");
+q.set_machine("q35");
+q.launch();
+assert(q.full_args.contains("-nodefaults"));
+// The q35 host bridge: vendor 0x8086, device 0x29c0.
+assert_eq(q.qtest("outl 0xcf8 0x80000000"), "OK");
+assert_match(q.qtest("inl 0xcfc"), "^OK 0x0*29c08086$");
+q.shutdown();
+"#,
+    );
+}
+
+#[test]
+fn get_qmp_event_with_seconds_throws_timeout_when_nothing_came() {
+    let w = World::new();
+    passes(
+        &w,
+        r#"
+let vm = machine(#{ args: ["-M", "none"] });
+vm.launch();
+// No wait: never throws.
+assert_eq(vm.get_qmp_event(), ());
+assert_eq(vm.get_qmp_event(false), ());
+assert_eq(vm.get_qmp_events(false), []);
+// Seconds: Timeout when nothing arrived, as QEMUMachine's pull_event.
+let t0 = now();
+try { vm.get_qmp_event(0.3); fail("no Timeout"); }
+catch (e) { assert_eq(e.kind, "Timeout", e.message); }
+assert(now() - t0 < 5.0);
+try { vm.get_qmp_events(0.3); fail("no Timeout"); }
+catch (e) { assert_eq(e.kind, "Timeout", e.message); }
+// An event that comes is returned.
+vm.command("stop");
+assert_eq(vm.get_qmp_event(5).event, "STOP");
+vm.command("cont");
+assert_eq(vm.get_qmp_events(5)[0].event, "RESUME");
+// event_wait(name, match) waits with the default timeout.
+vm.command("stop");
+assert_eq(vm.event_wait("STOP", #{ event: "STOP" }).event, "STOP");
+"#,
+    );
+}
+
+#[test]
+fn vm_args_can_be_assigned_and_edited_in_place_before_launch() {
+    let w = World::new();
+    passes(
+        &w,
+        r#"
+let vm = machine();
+vm.args = ["-M", "pc"];
+assert_eq(vm.args, ["-M", "pc"]);
+vm.args[1] = "none";                    // as tests/functional's set_vm_arg()
+vm.args.push("-name");
+vm.args.push("edited");
+assert_eq(vm.args, ["-M", "none", "-name", "edited"]);
+vm.launch();
+assert_eq(vm.command("query-name").name, "edited");
+try { vm.args = []; fail("assigned after launch"); }
+catch (e) { assert_eq(e.kind, "QEMUMachineError", e.message); }
+"#,
+    );
+}
+
+#[test]
+fn two_machines_of_one_name_keep_their_own_logs() {
+    let w = World::new();
+    passes(
+        &w,
+        r#"
+for i in 0..2 {
+    let vm = machine(#{ name: "same", args: ["-M", "none", "-name", `guest${i}`] });
+    vm.launch();
+    vm.command("query-name");
+    vm.shutdown();
+}
+"#,
+    );
+    let art = w.path().join("art");
+    let transcripts: Vec<PathBuf> = walk(&art)
+        .into_iter()
+        .filter(|p| p.to_string_lossy().ends_with("same.qmp.jsonl"))
+        .collect();
+    assert_eq!(transcripts.len(), 2, "{transcripts:?}");
+    let mut seen: Vec<bool> = (0..2)
+        .map(|i| {
+            transcripts.iter().any(|t| {
+                std::fs::read_to_string(t)
+                    .unwrap()
+                    .contains(&format!("\"guest{i}\""))
+            })
+        })
+        .collect();
+    seen.dedup();
+    assert_eq!(
+        seen,
+        [true],
+        "each machine's transcript is its own: {transcripts:?}"
+    );
+}
+
+/// Every file below `dir`.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}

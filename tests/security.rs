@@ -138,6 +138,7 @@ let other = machine();
 other.add_args("-M", "none");
 other.launch();
 let q = qtest_machine((), #{ args: ["-M", "none"] });
+q.launch();
 for dir in [temp_dir(), vm.temp_dir, vm.sock_dir, other.temp_dir, q.temp_dir, q.sock_dir] {
     assert_eq(mode(dir), "700", dir);
     print(`dir ${dir}`);

@@ -310,6 +310,14 @@ impl Machine {
         Ok(())
     }
 
+    /// Replaces the user arguments (tests/functional's `set_vm_arg()`
+    /// edits them in place before launch).
+    pub fn set_args(&mut self, args: Vec<String>) -> Result<()> {
+        self.configurable("setting args")?;
+        self.opts.args = args;
+        Ok(())
+    }
+
     /// Sets the `-machine` type.
     pub fn set_machine(&mut self, machine_type: &str) -> Result<()> {
         self.configurable("set_machine")?;

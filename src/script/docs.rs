@@ -78,17 +78,22 @@ pub fn reference(engine: &Engine) -> Vec<Entry> {
         let text = |k: &str| f.get(k).and_then(|v| v.as_str()).unwrap_or("").to_string();
         let raw = text("name");
         let mut signature = text("signature");
-        let name = match raw.strip_prefix("get$") {
-            Some(prop) => {
-                let this = f
-                    .pointer("/params/0/type")
-                    .and_then(|v| v.as_str())
-                    .unwrap_or("?")
-                    .to_string();
-                signature = format!("{this}.{prop} -> {}", text("returnType"));
-                format!("{this}.{prop}")
-            }
-            None => raw,
+        let param_type = |i: usize| {
+            f.pointer(&format!("/params/{i}/type"))
+                .and_then(|v| v.as_str())
+                .unwrap_or("?")
+                .to_string()
+        };
+        let name = if let Some(prop) = raw.strip_prefix("get$") {
+            let this = param_type(0);
+            signature = format!("{this}.{prop} -> {}", text("returnType"));
+            format!("{this}.{prop}")
+        } else if let Some(prop) = raw.strip_prefix("set$") {
+            let this = param_type(0);
+            signature = format!("{this}.{prop} = {}", param_type(1));
+            format!("{this}.{prop}")
+        } else {
+            raw
         };
         let docs: Vec<String> = f
             .get("docComments")

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rhai::{Array, Dynamic, Engine, ImmutableString, Map, INT};
+use rhai::{Array, Dynamic, Engine, FuncRegistration, ImmutableString, Map, INT};
 use serde_json::Value;
 
 use crate::machine::{self, EventWait, Machine, MachineOptions, DEFAULT_WAIT};
@@ -296,32 +296,33 @@ fn register_constructors(e: &mut Engine, run: &Arc<Run>) {
     .register_into_engine(e, move || make_machine(&r, &Dynamic::UNIT, None));
     let r = run.clone();
     func(
-        "machine(binary: String) -> Machine",
-        "A machine running QEMU from `binary` (`()` for the default).",
+        "machine(binary_or_options: String|Map) -> Machine",
+        "A machine running QEMU from `binary` (`()` for the default), or machine(options) with the default binary.",
     )
     .register_into_engine(e, move |b: Dynamic| make_machine(&r, &b, None));
     let r = run.clone();
     func(
         "machine(binary: String, options: Map) -> Machine",
-        "A machine with options (an unknown key is an error that lists the valid ones).",
+        "A machine with options: args, wrapper, name, base_temp_dir, monitor_address (a socket path or [host, port]), sock_dir, log_dir, drain_console, console_log, qmp_timer (an unknown key is an error that lists the valid ones).",
     )
     .register_into_engine(e, move |b: Dynamic, o: Map| make_machine(&r, &b, Some(&o)));
+    // As Python's `QEMUQtestMachine`: configured here, launched by the
+    // script, so `add_args` and `set_machine` still apply.
     let qtest = |run: &Arc<Run>, b: &Dynamic, o: Option<&Map>| -> ScriptResult<MachineRef> {
         let vm = make_machine(run, b, o)?;
         vm.with(Machine::enable_qtest)?;
-        launch(run, &vm)?;
         Ok(vm)
     };
     let r = run.clone();
     func(
         "qtest_machine(binary: String, options: Map) -> Machine",
-        "A machine launched with the qtest accelerator; talk to it with vm.qtest(line).",
+        "A machine with a qtest socket, not yet launched: configure it, launch() it, then vm.qtest(line).",
     )
     .register_into_engine(e, move |b: Dynamic, o: Map| qtest(&r, &b, Some(&o)));
     let r = run.clone();
     func(
         "qtest_machine(binary: String) -> Machine",
-        "A qtest machine without options.",
+        "A qtest machine without options. QEMUs without a qtest accelerator (Debian's 7.2) run it under TCG started with -S, so the guest never runs; clock_step is refused there.",
     )
     .register_into_engine(e, move |b: Dynamic| qtest(&r, &b, None));
     let r = run.clone();
@@ -460,9 +461,19 @@ fn register_properties(e: &mut Engine) {
         "Machine",
         "args",
         "Array",
-        "The arguments added with add_args and the args option.",
+        "The arguments added with add_args and the args option; assignable and editable before launch.",
     )
     .register_into_engine(e, |vm: &mut MachineRef| vm.get(|m| string_array(m.args())));
+    // A setter makes `vm.args = […]` and in-place edits such as
+    // `vm.args.push(…)` or `vm.args[1] = …` reach the machine: Rhai writes
+    // a property changed through its getter back with the setter.
+    FuncRegistration::new_setter("args")
+        .with_comments(["/// Replaces the user arguments (before launch)."])
+        .with_params_info(["vm: Machine", "args: Array"])
+        .register_into_engine(e, |vm: &mut MachineRef, a: Array| {
+            let a = args::strings(&Dynamic::from_array(a), "args")?;
+            vm.with(|m| m.set_args(a))
+        });
     getter(
         "Machine",
         "full_args",
@@ -663,28 +674,31 @@ fn register_qmp(e: &mut Engine) {
         e,
         move |vm: &mut MachineRef, c: &str, a: Dynamic, k: bool| qmp(vm, c, &a, k),
     );
-    func(
-        "command(vm: Machine, cmd: String) -> any",
-        "Sends a QMP command; returns its `return` value; MonitorResponseError on an error reply.",
-    )
-    .register_into_engine(e, move |vm: &mut MachineRef, c: &str| {
-        command(vm, c, &Dynamic::UNIT, true)
-    });
-    func(
-        "command(vm: Machine, cmd: String, args: Map) -> any",
-        "command() with arguments ('_' in keys becomes '-').",
-    )
-    .register_into_engine(e, move |vm: &mut MachineRef, c: &str, a: Dynamic| {
-        command(vm, c, &a, true)
-    });
-    func(
-        "command(vm: Machine, cmd: String, args: Map, conv_keys: bool) -> any",
-        "command() where conv_keys=false keeps '_' in argument keys.",
-    )
-    .register_into_engine(
-        e,
-        move |vm: &mut MachineRef, c: &str, a: Dynamic, k: bool| command(vm, c, &a, k),
-    );
+    // `cmd` is the name today's QEMUMachine uses; `command` the older one.
+    for name in ["command", "cmd"] {
+        func(
+            &format!("{name}(vm: Machine, cmd: String) -> any"),
+            "Sends a QMP command; returns its `return` value; MonitorResponseError on an error reply.",
+        )
+        .register_into_engine(e, move |vm: &mut MachineRef, c: &str| {
+            command(vm, c, &Dynamic::UNIT, true)
+        });
+        func(
+            &format!("{name}(vm: Machine, cmd: String, args: Map) -> any"),
+            "Sends a QMP command with arguments ('_' in keys becomes '-'); returns its `return` value.",
+        )
+        .register_into_engine(e, move |vm: &mut MachineRef, c: &str, a: Dynamic| {
+            command(vm, c, &a, true)
+        });
+        func(
+            &format!("{name}(vm: Machine, cmd: String, args: Map, conv_keys: bool) -> any"),
+            "As with args, where conv_keys=false keeps '_' in argument keys.",
+        )
+        .register_into_engine(
+            e,
+            move |vm: &mut MachineRef, c: &str, a: Dynamic, k: bool| command(vm, c, &a, k),
+        );
+    }
     func(
         "hmp(vm: Machine, command_line: String) -> String",
         "Runs an HMP command through human-monitor-command; returns its text.",
@@ -693,10 +707,24 @@ fn register_qmp(e: &mut Engine) {
 }
 
 fn register_events(e: &mut Engine) {
-    let one = |vm: &MachineRef, w: EventWait| vm.with(|m| m.get_qmp_event(w)).map(json_or_unit);
+    // As QEMUMachine's: a wait of some seconds that sees nothing throws
+    // Timeout (a ported wait loop must not spin until the test's timeout);
+    // no wait never throws.
+    let one = |vm: &MachineRef, w: EventWait| match vm.with(|m| m.get_qmp_event(w))? {
+        None => match w {
+            EventWait::For(d) if !d.is_zero() => Err(errors::timeout("a QMP event", d)),
+            _ => Ok(Dynamic::UNIT),
+        },
+        ev => Ok(json_or_unit(ev)),
+    };
     let all = |vm: &MachineRef, w: EventWait| {
-        vm.with(|m| m.get_qmp_events(w))
-            .map(|evs| evs.iter().map(convert::from_json).collect::<Array>())
+        let evs = vm.with(|m| m.get_qmp_events(w))?;
+        match w {
+            EventWait::For(d) if evs.is_empty() && !d.is_zero() => {
+                Err(errors::timeout("a QMP event", d))
+            }
+            _ => Ok(evs.iter().map(convert::from_json).collect::<Array>()),
+        }
     };
     func(
         "get_qmp_event(vm: Machine) -> Map",
@@ -704,8 +732,8 @@ fn register_events(e: &mut Engine) {
     )
     .register_into_engine(e, move |vm: &mut MachineRef| one(vm, EventWait::No));
     func(
-        "get_qmp_event(vm: Machine, wait: bool) -> Map",
-        "The next event; `wait` is true (until one comes), false, or seconds.",
+        "get_qmp_event(vm: Machine, wait: bool|secs) -> Map",
+        "The next event; `wait` is true (until one comes), false (never waits), or seconds (Timeout when none came).",
     )
     .register_into_engine(e, move |vm: &mut MachineRef, w: Dynamic| {
         one(vm, event_wait_arg(&w)?)
@@ -716,8 +744,8 @@ fn register_events(e: &mut Engine) {
     )
     .register_into_engine(e, move |vm: &mut MachineRef| all(vm, EventWait::No));
     func(
-        "get_qmp_events(vm: Machine, wait: bool) -> Array",
-        "Every queued event, first waiting for one (true or seconds) when none is queued.",
+        "get_qmp_events(vm: Machine, wait: bool|secs) -> Array",
+        "Every queued event, first waiting for one (true, or seconds: Timeout when none came) when none is queued.",
     )
     .register_into_engine(e, move |vm: &mut MachineRef, w: Dynamic| {
         all(vm, event_wait_arg(&w)?)
@@ -748,6 +776,14 @@ fn register_events(e: &mut Engine) {
     )
     .register_into_engine(e, move |vm: &mut MachineRef, n: &str, t: Dynamic| {
         wait(vm, n, args::secs(&t, "timeout")?, None)
+    });
+    func(
+        "event_wait(vm: Machine, name: String, match: Map) -> Map",
+        "Waits up to 60s for event `name` matching `match`; others stay queued in order.",
+    )
+    .register_into_engine(e, move |vm: &mut MachineRef, n: &str, f: Map| {
+        let filter = json(&Dynamic::from_map(f), "match")?;
+        wait(vm, n, DEFAULT_WAIT, Some(filter))
     });
     func(
         "event_wait(vm: Machine, name: String, timeout: secs, match: Map) -> Map",

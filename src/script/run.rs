@@ -194,6 +194,9 @@ pub struct Run {
     deadline: Instant,
     machines: Mutex<Vec<SharedMachine>>,
     next_vm: AtomicUsize,
+    /// How many machines were made under each name, so that a second
+    /// machine of the same name gets log files of its own.
+    names: Mutex<BTreeMap<String, usize>>,
     fds: Mutex<BTreeMap<i32, OwnedFd>>,
     output: Output,
     /// Gives each new machine a QMP observer ([`Run::observe_machines`]).
@@ -248,6 +251,7 @@ impl Run {
             cancel,
             machines: Default::default(),
             next_vm: AtomicUsize::new(0),
+            names: Default::default(),
             fds: Default::default(),
             observers: Default::default(),
         })
@@ -342,7 +346,8 @@ impl Run {
     }
 
     /// Makes a machine and registers it for cleanup and cancellation.
-    pub fn add_machine(&self, opts: MachineOptions) -> ScriptResult<SharedMachine> {
+    pub fn add_machine(&self, mut opts: MachineOptions) -> ScriptResult<SharedMachine> {
+        self.separate_logs(&mut opts)?;
         let mut m = Machine::new(opts).map_err(errors::machine_error)?;
         if let Some(factory) = &*lock(&self.observers) {
             m.observe_qmp(factory(m.name()));
@@ -352,6 +357,29 @@ impl Run {
         let m = Arc::new(Mutex::new(m));
         lock(&self.machines).push(m.clone());
         Ok(m)
+    }
+
+    /// A machine's logs and QMP transcript are named after it: the second
+    /// machine named `NAME` in a run keeps them in `NAME-2/` below the log
+    /// folder, and so on, instead of replacing the first one's.
+    fn separate_logs(&self, opts: &mut MachineOptions) -> ScriptResult<()> {
+        let (Some(name), Some(log_dir)) = (opts.name.as_ref(), opts.log_dir.as_ref()) else {
+            return Ok(());
+        };
+        let mut names = lock(&self.names);
+        let count = names.entry(name.clone()).or_insert(0);
+        *count += 1;
+        if *count > 1 {
+            let dir = log_dir.join(format!("{name}-{count}"));
+            std::fs::create_dir_all(&dir).map_err(|e| {
+                errors::host(format!(
+                    "machine {name}: creating its log folder {}: {e}",
+                    dir.display()
+                ))
+            })?;
+            opts.log_dir = Some(dir);
+        }
+        Ok(())
     }
 
     /// Opens `path` (`"r"`, `"w"` or `"rw"`) and keeps the descriptor until
