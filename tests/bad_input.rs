@@ -59,7 +59,9 @@ fn valid(ty: &str) -> &'static str {
         "Machine" => "vm",
         "Console" => "con",
         "FnPtr" => "|| true",
-        "secs" => "1",
+        "secs" | "bool|secs" => "1",
+        "String|Map" => "\"x\"",
+        "Blob" => "blob()",
         "Range" => "0..1",
         "RangeInclusive" => "0..=1",
         _ => "()",
@@ -69,8 +71,8 @@ fn valid(ty: &str) -> &'static str {
 /// A value of another type, or `None` for `any`.
 fn wrong(ty: &str) -> Option<&'static str> {
     Some(match ty {
-        "String" | "Machine" => "42",
-        "int" | "INT" | "float" | "FLOAT" | "bool" | "secs" => "\"soon\"",
+        "String" | "Machine" | "String|Map" | "Blob" => "42",
+        "int" | "INT" | "float" | "FLOAT" | "bool" | "secs" | "bool|secs" => "\"soon\"",
         "Map" | "Array" | "Console" | "FnPtr" | "Range" | "RangeInclusive" => "42",
         "any" => return None,
         other => panic!("a parameter of type {other:?}: add it to valid() and wrong()"),

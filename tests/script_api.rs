@@ -618,3 +618,28 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+#[test]
+fn blobs_round_trip_through_files_and_arrays_join() {
+    let w = World::new();
+    passes(
+        &w,
+        r#"
+let path = `${temp_dir()}/b.bin`;
+let b = blob();
+for i in 0..256 { b.push(i); }
+write_blob(path, b);
+let back = read_blob(path);
+assert_eq(back.len(), 256);
+assert_eq(back, b);
+assert_eq(back[255], 255);
+// write_file writes UTF-8: one char above 0x7f is two bytes.
+write_file(path, "\xff");
+assert_eq(read_blob(path).len(), 2);
+assert_eq(["a", 1, true].join(", "), "a, 1, true");
+assert_eq([].join("-"), "");
+try { read_blob(`${temp_dir()}/missing`); fail("no error"); }
+catch (e) { assert_eq(e.kind, "HostError"); assert_match(e.message, "read_blob: .*missing"); }
+"#,
+    );
+}

@@ -519,6 +519,11 @@ impl Console {
         self.inner.send_bytes(text.as_bytes())
     }
 
+    /// Sends raw bytes (any value 0x00–0xFF).
+    pub fn send_bytes(&self, bytes: &[u8]) -> Result<(), ConsoleError> {
+        self.inner.send_bytes(bytes)
+    }
+
     /// Sends `text` followed by `"\n"`.
     pub fn send_line(&self, text: &str) -> Result<(), ConsoleError> {
         let mut line = String::with_capacity(text.len() + 1);

@@ -128,6 +128,13 @@ pub fn register(e: &mut Engine, run: &Arc<Run>) {
     )
     .register_into_engine(e, |c: &mut ConsoleRef, t: &str| c.with(|c| c.send(t)));
     func(
+        "send(con: Console, bytes: Blob)",
+        "Sends raw bytes to the guest (0x80–0xFF included, unlike text).",
+    )
+    .register_into_engine(e, |c: &mut ConsoleRef, b: rhai::Blob| {
+        c.with(|c| c.send_bytes(&b))
+    });
+    func(
         "send_line(con: Console, text: String)",
         "Sends `text` and \"\\n\".",
     )

@@ -378,10 +378,37 @@ fn register_files(e: &mut Engine, run: &Arc<Run>) {
     });
     func(
         "write_file(path: String, text: String)",
-        "Writes `text` to a file, replacing it.",
+        "Writes `text` to a file as UTF-8, replacing it (\"\\xff\" is ÿ, two bytes: write_blob writes raw bytes).",
     )
     .register_into_engine(e, |p: &str, t: &str| {
         std::fs::write(p, t).map_err(|e| errors::host(format!("write_file: {p}: {e}")))
+    });
+    func(
+        "read_blob(path: String) -> Blob",
+        "A file's contents as bytes.",
+    )
+    .register_into_engine(e, |p: &str| {
+        std::fs::read(p).map_err(|e| errors::host(format!("read_blob: {p}: {e}")))
+    });
+    func(
+        "write_blob(path: String, bytes: Blob)",
+        "Writes bytes to a file, replacing it.",
+    )
+    .register_into_engine(e, |p: &str, b: rhai::Blob| {
+        std::fs::write(p, b).map_err(|e| errors::host(format!("write_blob: {p}: {e}")))
+    });
+    func(
+        "join(items: Array, separator: String) -> String",
+        "The items as text (strings as they are, others as print shows them), separated by `separator`.",
+    )
+    .register_into_engine(e, |a: rhai::Array, sep: &str| {
+        a.iter()
+            .map(|v| match v.clone().into_immutable_string() {
+                Ok(s) => s.to_string(),
+                Err(_) => v.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(sep)
     });
     func(
         "file_exists(path: String) -> bool",
