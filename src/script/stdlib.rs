@@ -12,6 +12,7 @@ pub const PREFIX: &str = "<stdlib>/";
 pub const MODULES: &[(&str, &str)] = &[
     ("guest", include_str!("../../stdlib/guest.rhai")),
     ("hotplug", include_str!("../../stdlib/hotplug.rhai")),
+    ("iotests", include_str!("../../stdlib/iotests.rhai")),
     ("jobs", include_str!("../../stdlib/jobs.rhai")),
     ("migration", include_str!("../../stdlib/migration.rhai")),
     ("net", include_str!("../../stdlib/net.rhai")),
