@@ -232,7 +232,10 @@ fn root_installs_what_is_missing_and_qemu_utils_again_at_qemus_version() {
         apt[1].starts_with("apt-get install ") && apt[1].ends_with(" qemu-system-x86 tmux"),
         "{log}"
     );
-    assert!(apt[2].ends_with(&format!(" qemu-utils={CANDIDATE}")), "{log}");
+    assert!(
+        apt[2].ends_with(&format!(" qemu-utils={CANDIDATE}")),
+        "{log}"
+    );
     assert_eq!(fake.version("qemu-system-x86").as_deref(), Some(CANDIDATE));
     assert_eq!(fake.version("qemu-utils").as_deref(), Some(CANDIDATE));
     assert!(fake.version("tmux").is_some());
@@ -274,6 +277,9 @@ fn a_machine_without_cargo_is_told_how_to_get_it() {
     let out = fake.run("scripts/examples.sh", 0);
     let err = stderr(&out);
     assert!(!out.status.success(), "{err}");
-    assert!(err.contains("cargo not found: install Rust with rustup"), "{err}");
+    assert!(
+        err.contains("cargo not found: install Rust with rustup"),
+        "{err}"
+    );
     assert_eq!(fake.log(), "");
 }
