@@ -197,13 +197,15 @@ fn stdout_failure(panic: &(dyn std::any::Any + Send)) -> Option<String> {
 }
 
 /// The REPL and the QMP shell print with `println!`, which panics when
-/// stdout cannot be written: main turns that panic into one error line
-/// (after the machines are cleaned up as the stack unwinds), so its
-/// default message is not shown.
+/// stdout cannot be written: main turns that panic on its own thread into
+/// one error line (after the machines are cleaned up as the stack
+/// unwinds), so its default message is not shown.
 fn quiet_stdout_panics() {
     let default = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        if stdout_failure(info.payload()).is_none() {
+        // Only main catches it; elsewhere the panic is shown as it was.
+        let on_main = std::thread::current().name() == Some("main");
+        if !on_main || stdout_failure(info.payload()).is_none() {
             default(info);
         }
     }));
