@@ -2,12 +2,17 @@
 # Builds everything and runs every test: the Rust tests (which boot real
 # QEMUs) and, once the runner exists, the example and ported scripts and
 # the stdlib's scripts.
+# What the machine lacks is installed first when run as root, else named in
+# a `sudo apt-get install` line (scripts/setup.sh).
 # Exit status: 0 when everything passed, non-zero otherwise.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 banner() { printf '\n==> %s\n' "$*"; }
+
+# shellcheck source=scripts/setup.sh
+. scripts/setup.sh
 
 banner "build the test guest"
 guest=$(bash scripts/build-guest.sh | tail -n 1)

@@ -4,6 +4,7 @@
 //! found an error), 2 for a usage or setup error, 128+N when stopped by
 //! signal N.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -170,7 +171,59 @@ struct RunArgs {
 fn main() -> ExitCode {
     runner::default_guest_env();
     let cli = Cli::parse();
-    let code = match cli.command {
+    quiet_stdout_panics();
+    let code = match std::panic::catch_unwind(|| dispatch(cli)) {
+        Ok(code) => code,
+        Err(panic) => match stdout_failure(panic.as_ref()) {
+            Some(e) => {
+                eprintln!("vmscript: error: {e}");
+                2
+            }
+            None => std::panic::resume_unwind(panic),
+        },
+    };
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+/// The error of a `println!` that could not write stdout (closed, a pipe
+/// whose reader left, a full disk), from its panic's message.
+fn stdout_failure(panic: &(dyn std::any::Any + Send)) -> Option<String> {
+    let text = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())?;
+    let e = text.strip_prefix("failed printing to stdout: ")?;
+    Some(format!("writing to stdout: {e}"))
+}
+
+/// The REPL and the QMP shell print with `println!`, which panics when
+/// stdout cannot be written: main turns that panic on its own thread into
+/// one error line (after the machines are cleaned up as the stack
+/// unwinds), so its default message is not shown.
+fn quiet_stdout_panics() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        // Only main catches it; elsewhere the panic is shown as it was.
+        let on_main = std::thread::current().name() == Some("main");
+        if !on_main || stdout_failure(info.payload()).is_none() {
+            default(info);
+        }
+    }));
+}
+
+/// Writes `text` to stdout, or says why it could not (exit status 2).
+fn print_out(text: &str) -> Result<(), i32> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(|e| {
+            eprintln!("vmscript: error: writing to stdout: {e}");
+            2
+        })
+}
+
+fn dispatch(cli: Cli) -> i32 {
+    match cli.command {
         Command::Run(args) => run(args),
         Command::Check { paths } => check(&paths),
         Command::Doc {
@@ -188,8 +241,7 @@ fn main() -> ExitCode {
             hmp,
             timeout,
         } => qmp_shell(address, hmp, timeout),
-    };
-    ExitCode::from(u8::try_from(code).unwrap_or(1))
+    }
 }
 
 fn secs(s: f64, what: &str) -> Result<Duration, String> {
@@ -238,11 +290,18 @@ fn check(paths: &[PathBuf]) -> i32 {
     let mut failed = 0;
     for t in &tests {
         if let Err(f) = script::check_file(&t.path) {
-            println!("{f}");
+            if let Err(code) = print_out(&format!("{f}\n")) {
+                return code;
+            }
             failed += 1;
         }
     }
-    println!("{} ok, {failed} with errors", tests.len() - failed);
+    if let Err(code) = print_out(&format!(
+        "{} ok, {failed} with errors\n",
+        tests.len() - failed
+    )) {
+        return code;
+    }
     i32::from(failed > 0)
 }
 
@@ -261,10 +320,7 @@ fn doc(module: Option<&str>, format: DocFormat, lib: &[PathBuf]) -> i32 {
             }),
     };
     match text {
-        Ok(t) => {
-            print!("{t}");
-            0
-        }
+        Ok(t) => print_out(&t).map_or_else(|code| code, |()| 0),
         Err(e) => {
             eprintln!("vmscript: error: {e}");
             2
@@ -295,9 +351,18 @@ fn qmp_shell(address: String, hmp: bool, timeout: f64) -> i32 {
     }
 }
 
-/// What an earlier vmscript that was killed (SIGKILL) left in `$TMPDIR`.
+/// What an earlier vmscript that was killed (SIGKILL) left in `$TMPDIR`:
+/// its temp folders go; its artifacts folder goes when empty, else is
+/// named (once).
 fn sweep_stale_temp_dirs() {
-    script::temp::sweep_stale(&std::env::temp_dir());
+    let tmp = std::env::temp_dir();
+    script::temp::sweep_stale(&tmp);
+    for d in runner::artifacts::sweep_stale(&tmp) {
+        eprintln!(
+            "vmscript: a run that was killed left the logs of its last tests in {}",
+            d.display()
+        );
+    }
 }
 
 fn repl_session(qemu: Option<PathBuf>, lib: Vec<PathBuf>, artifacts: Option<PathBuf>) -> i32 {

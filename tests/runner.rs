@@ -50,6 +50,9 @@ impl World {
             .current_dir(self.path())
             .env("TMPDIR", self.tmp())
             .env_remove("VMSCRIPT_QEMU")
+            .env_remove("NO_COLOR")
+            .env_remove("CLICOLOR")
+            .env_remove("CLICOLOR_FORCE")
             .stdin(Stdio::null());
         c
     }
@@ -716,6 +719,9 @@ fn a_terminal_gets_a_live_progress_line_and_a_pipe_plain_lines() {
         .current_dir(w.path())
         .env("TMPDIR", w.tmp())
         .env("TERM", "xterm")
+        .env_remove("NO_COLOR")
+        .env_remove("CLICOLOR")
+        .env_remove("CLICOLOR_FORCE")
         .stdin(Stdio::null())
         .output()
         .unwrap();
@@ -726,7 +732,10 @@ fn a_terminal_gets_a_live_progress_line_and_a_pipe_plain_lines() {
         ),
         "{screen:?}"
     );
-    assert!(screen.contains("PASS p/a.rhai"), "{screen:?}");
+    assert!(
+        screen.contains("\x1b[32mPASS\x1b[0m p/a.rhai"),
+        "{screen:?}"
+    );
     assert!(
         screen.ends_with("2 passed, 0 failed, 0 skipped\r\n"),
         "{screen:?}"

@@ -6,9 +6,21 @@
 //! everything stays, or else a fresh `vmscript-artifacts-XXXXXX` temp
 //! folder, where only failed and timed-out tries stay (all of them with
 //! `--keep-artifacts`) and which is removed at the end when nothing stayed.
+//!
+//! One run at a time writes to an `--artifacts` folder: it holds a lock
+//! (`flock` on [`LOCK`] inside) for as long as it runs, and a second run
+//! given the same folder stops before starting anything, rather than
+//! replacing the logs the first is writing. A temp root holds a locked
+//! marker (as the run's temp folders do, see [`crate::script::temp`]) until
+//! the run ends; [`sweep_stale`] finds the roots of runs that were killed
+//! (SIGKILL), removes the empty ones and names the others once.
 
 use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
+
+use crate::script::temp::{lock, MARKER};
 
 use super::discover::Test;
 use super::results::Verdict;
@@ -23,12 +35,101 @@ pub struct Artifacts {
     keep_all: bool,
     /// Each test's folder name, unique within the run.
     slugs: HashMap<String, String>,
+    /// The locked [`LOCK`] of a given root, or the locked [`MARKER`] of a
+    /// temp root: held until the run ends.
+    _lock: File,
+}
+
+/// The lock file in an `--artifacts` folder; it holds the pid of the run
+/// that has the folder.
+pub const LOCK: &str = ".vmscript-lock";
+
+/// The prefix of temp roots.
+const TEMP_PREFIX: &str = "vmscript-artifacts-";
+
+/// Takes the lock of a given artifacts folder `dir`, or names the run
+/// that holds it.
+fn lock_given(dir: &Path) -> Result<File, SetupError> {
+    let path = dir.join(LOCK);
+    let mut f = File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| SetupError(format!("creating {}: {e}", path.display())))?;
+    if lock(&f, true).is_err() {
+        let mut pid = String::new();
+        let _ = f.read_to_string(&mut pid);
+        let by = match pid.trim() {
+            "" => String::new(),
+            p => format!(" (pid {p})"),
+        };
+        return Err(SetupError(format!(
+            "the artifacts folder {} is in use by another vmscript run{by}: give each run its own --artifacts folder",
+            dir.display()
+        )));
+    }
+    // Who holds it, for the message above; the lock is what counts.
+    let _ = f.set_len(0);
+    let _ = f.rewind();
+    let _ = write!(f, "{}", std::process::id());
+    Ok(f)
+}
+
+/// Gives a temp root `dir` to the person who reads the report: its marker
+/// goes, and so does the folder if nothing stayed in it.
+pub fn release_temp_root(dir: &Path) {
+    let _ = std::fs::remove_file(dir.join(MARKER));
+    // Fails, as it should, when the folder is not empty.
+    let _ = std::fs::remove_dir(dir);
+}
+
+/// The temp roots in `base` of runs that were killed: each empty one is
+/// removed; the others (with the logs of the tests that were running) are
+/// returned, to be named once, and are left to the user. Only folders of
+/// this user with a marker no live run holds, never through a symbolic link.
+pub fn sweep_stale(base: &Path) -> Vec<PathBuf> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return Vec::new();
+    };
+    // SAFETY: geteuid cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    let mut kept = Vec::new();
+    for entry in entries.flatten() {
+        if !entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
+            continue;
+        }
+        // `DirEntry::metadata` does not follow a symbolic link.
+        let Ok(meta) = entry.metadata() else { continue };
+        if !meta.is_dir() || meta.uid() != uid {
+            continue;
+        }
+        let dir = entry.path();
+        let Ok(marker) = File::options()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(dir.join(MARKER))
+        else {
+            continue;
+        };
+        if lock(&marker, true).is_err() {
+            continue;
+        }
+        release_temp_root(&dir);
+        if dir.exists() {
+            kept.push(dir);
+        }
+    }
+    kept.sort();
+    kept
 }
 
 impl Artifacts {
     /// Makes the root: `dir`, or a new temp folder.
     pub fn new(dir: Option<&Path>, keep_all: bool) -> Result<Artifacts, SetupError> {
-        let (root, given) = match dir {
+        let (root, given, lock) = match dir {
             Some(d) => {
                 std::fs::create_dir_all(d).map_err(|e| {
                     SetupError(format!(
@@ -44,22 +145,33 @@ impl Artifacts {
                         d.display()
                     ))
                 })?;
-                (d.to_path_buf(), true)
+                (d.to_path_buf(), true, lock_given(d)?)
             }
             None => {
                 use std::os::unix::fs::PermissionsExt;
                 // Logs can hold secrets a guest printed: private, like the temp dirs.
+                let setup = |e: std::io::Error| {
+                    SetupError(format!(
+                        "creating an artifacts folder in {}: {e}",
+                        std::env::temp_dir().display()
+                    ))
+                };
                 let t = tempfile::Builder::new()
-                    .prefix("vmscript-artifacts-")
+                    .prefix(TEMP_PREFIX)
                     .permissions(std::fs::Permissions::from_mode(0o700))
                     .tempdir()
-                    .map_err(|e| {
-                        SetupError(format!(
-                            "creating an artifacts folder in {}: {e}",
-                            std::env::temp_dir().display()
-                        ))
-                    })?;
-                (t.keep(), false)
+                    .map_err(setup)?;
+                // Locked before it has its name, so that a sweep never
+                // sees the marker of a live run unlocked.
+                let unnamed = t.path().join(format!("{MARKER}.new"));
+                let marker = File::options()
+                    .write(true)
+                    .create_new(true)
+                    .open(&unnamed)
+                    .map_err(setup)?;
+                lock(&marker, false).map_err(setup)?;
+                std::fs::rename(&unnamed, t.path().join(MARKER)).map_err(setup)?;
+                (t.keep(), false, marker)
             }
         };
         Ok(Artifacts {
@@ -67,6 +179,7 @@ impl Artifacts {
             given,
             keep_all,
             slugs: HashMap::new(),
+            _lock: lock,
         })
     }
 
@@ -105,8 +218,7 @@ impl Artifacts {
     /// Removes the temp root when nothing stayed in it.
     pub fn finish(&self) {
         if !self.given {
-            // Fails, as it should, when the folder is not empty.
-            let _ = std::fs::remove_dir(&self.root);
+            release_temp_root(&self.root);
         }
     }
 
@@ -179,5 +291,47 @@ mod tests {
         let a = Artifacts::new(None, true).unwrap();
         assert!(a.keeps(Verdict::Passed));
         a.finish();
+    }
+
+    #[test]
+    fn a_given_folder_serves_one_run_at_a_time() {
+        let d = tempfile::tempdir().unwrap();
+        let first = Artifacts::new(Some(d.path()), false).unwrap();
+        let err = Artifacts::new(Some(d.path()), false).unwrap_err();
+        assert!(
+            err.0.contains(&format!(
+                "is in use by another vmscript run (pid {})",
+                std::process::id()
+            )),
+            "{err}"
+        );
+        drop(first);
+        Artifacts::new(Some(d.path()), false).unwrap();
+    }
+
+    #[test]
+    fn killed_runs_temp_roots_are_removed_when_empty_and_named_once_when_not() {
+        let base = tempfile::tempdir().unwrap();
+        let make = |name: &str, log: bool| {
+            let d = base.path().join(name);
+            std::fs::create_dir(&d).unwrap();
+            std::fs::write(d.join(MARKER), "").unwrap();
+            if log {
+                std::fs::create_dir(d.join("t")).unwrap();
+                std::fs::write(d.join("t/script.log"), "x").unwrap();
+            }
+            d
+        };
+        let empty = make("vmscript-artifacts-empty1", false);
+        let logs = make("vmscript-artifacts-logs01", true);
+        let live = make("vmscript-artifacts-live01", true);
+        let held = File::open(live.join(MARKER)).unwrap();
+        lock(&held, false).unwrap();
+        assert_eq!(sweep_stale(base.path()), vec![logs.clone()]);
+        assert!(!empty.exists());
+        assert!(logs.join("t/script.log").exists());
+        assert!(live.join(MARKER).exists());
+        // Named once: its marker is gone.
+        assert_eq!(sweep_stale(base.path()), Vec::<PathBuf>::new());
     }
 }

@@ -175,6 +175,10 @@ pub fn run(options: &Options) -> Result<Summary, SetupError> {
     if qemu.is_explicit() {
         qemu.locate().map_err(SetupError)?;
     }
+    if let Some(j) = &options.junit {
+        reporter::junit::check_writable(j)
+            .map_err(|e| SetupError(format!("--junit {}: {e}", j.display())))?;
+    }
     let artifacts =
         artifacts::Artifacts::new(options.artifacts.as_deref(), options.keep_artifacts)?;
     let channel = std::sync::mpsc::channel();
@@ -200,6 +204,11 @@ pub fn run(options: &Options) -> Result<Summary, SetupError> {
     if let Some(j) = &options.junit {
         reporter::junit::write(j, &summary, &results)
             .map_err(|e| SetupError(format!("writing {}: {e}", j.display())))?;
+    }
+    if let Some(e) = reporter.output_error() {
+        return Err(SetupError(format!(
+            "writing the report to stdout: {e}; the report is incomplete"
+        )));
     }
     Ok(summary)
 }

@@ -129,7 +129,7 @@ fn exit_now(shared: &Shared, sig: i32) -> ! {
         .unwrap_or_else(|e| e.into_inner())
         .iter()
     {
-        let _ = std::fs::remove_dir(d);
+        super::artifacts::release_temp_root(d);
     }
     let mut err = std::io::stderr().lock();
     let _ = std::io::Write::write_all(

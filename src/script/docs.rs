@@ -134,7 +134,14 @@ pub fn reference(engine: &Engine) -> Vec<Entry> {
 const PREAMBLE: &str = "\
 The vmscript script API. Types: `secs` is seconds as int or float; `any` is
 any value; a Map is an object map #{...}; `()` stands for an absent value.
-Errors are thrown as maps #{kind, message, ...}; see API.md for the kinds.
+Errors are thrown as maps #{kind, message, ...}, so a script can catch one
+kind: `try { ... } catch (e) { if e.kind == \"Timeout\" { ... } }`. Kinds:
+QEMUMachineError, QEMUMachineAddDeviceError, VMLaunchFailure (with exitcode,
+command, output), AbnormalShutdown, MonitorResponseError (with reply, class,
+desc), QMPError (connection trouble), Timeout, ConsoleError, AssertionFailed,
+HostError. An uncaught error is reported at the script's FILE:LINE:COL;
+there, Rhai's own errors and thrown strings show as ScriptError, and syntax
+errors as SyntaxError.
 
 ";
 

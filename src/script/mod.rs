@@ -1,4 +1,4 @@
-//! The Rhai bindings: the script API of `API.md` over [`crate::machine`],
+//! The Rhai bindings: the script API (`vmscript doc`) over [`crate::machine`],
 //! and running one script file from start to cleanup.
 //!
 //! Knows nothing of test discovery or reports (that is `runner`). Start

@@ -77,7 +77,7 @@ impl Drop for OwnedTempDir {
 }
 
 /// `flock(LOCK_EX)`, or without waiting (`try`).
-fn lock(f: &File, try_only: bool) -> io::Result<()> {
+pub(crate) fn lock(f: &File, try_only: bool) -> io::Result<()> {
     let op = if try_only {
         libc::LOCK_EX | libc::LOCK_NB
     } else {

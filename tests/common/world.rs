@@ -80,6 +80,10 @@ impl World {
             .env("VMSCRIPT_TEST_MARK", &self.mark)
             .env_remove("VMSCRIPT_QEMU")
             .env_remove("VMSCRIPT_MAX_MEMORY_MB")
+            // Reports are compared as plain text unless a test asks for colour.
+            .env_remove("NO_COLOR")
+            .env_remove("CLICOLOR")
+            .env_remove("CLICOLOR_FORCE")
             .stdin(Stdio::null());
         c
     }

@@ -2,14 +2,42 @@
 //! `FAIL`, `TIMEOUT`, `INTERRUPTED`, `FLAKY`, `SKIP name: reason`), the
 //! evidence indented under each failure, and a summary whose last line is
 //! exactly `N passed, N failed, N skipped` (CI reads it).
+//!
+//! The text carries ANSI styles (the verdicts, the error line); the
+//! reporter turns them into colours on a terminal and drops them
+//! elsewhere. What came from the test (its name, error, output, logs) is
+//! passed through [`plain`] first, so the only control sequences in a
+//! report are these styles.
 
 use std::time::Duration;
+
+use anstyle::{AnsiColor, Style};
 
 use crate::script::Status;
 
 use super::super::results::{TestResult, Verdict};
 use super::super::{StopReason, Summary};
-use super::{details, failure_text, indent};
+use super::{details, failure_text, indent, plain};
+
+const GOOD: Style = AnsiColor::Green.on_default();
+const BAD: Style = AnsiColor::Red.on_default().bold();
+const WARN: Style = AnsiColor::Yellow.on_default();
+const ERROR: Style = AnsiColor::Red.on_default();
+
+/// `text` in `style`.
+fn paint(style: Style, text: &str) -> String {
+    format!("{style}{text}{style:#}")
+}
+
+/// The word of a verdict, coloured.
+fn word(w: &str) -> String {
+    let style = match w {
+        "PASS" => GOOD,
+        "FAIL" | "TIMEOUT" => BAD,
+        _ => WARN,
+    };
+    paint(style, w)
+}
 
 /// How many of the slowest tests the summary names.
 const SLOWEST: usize = 3;
@@ -20,28 +48,30 @@ fn secs(d: Duration) -> String {
 
 /// A test's report.
 pub fn result(r: &TestResult, captured: bool) -> String {
-    let name = &r.test.name;
+    let name = plain(&r.test.name);
     let last = r.last();
     let time = secs(last.outcome.duration);
     let tries = r.attempts().len();
     if let Status::Skipped(reason) = &last.outcome.status {
-        return format!("SKIP {name}: {reason}");
+        return format!("{} {name}: {}", word("SKIP"), plain(reason));
     }
     let mut s = match last.verdict {
         Verdict::Passed if tries > 1 => {
-            format!("FLAKY {name} ({time}, passed on try {tries})")
+            format!("{} {name} ({time}, passed on try {tries})", word("FLAKY"))
         }
-        Verdict::Passed => return format!("PASS {name} ({time})"),
-        Verdict::Failed if tries > 1 => format!("FAIL {name} ({time}, {tries} tries)"),
-        Verdict::TimedOut if tries > 1 => format!("TIMEOUT {name} ({time}, {tries} tries)"),
-        Verdict::Failed => format!("FAIL {name} ({time})"),
-        Verdict::TimedOut => format!("TIMEOUT {name} ({time})"),
-        Verdict::Interrupted => format!("INTERRUPTED {name} ({time})"),
-        Verdict::Skipped => format!("SKIP {name}"),
+        Verdict::Passed => return format!("{} {name} ({time})", word("PASS")),
+        Verdict::Failed if tries > 1 => format!("{} {name} ({time}, {tries} tries)", word("FAIL")),
+        Verdict::TimedOut if tries > 1 => {
+            format!("{} {name} ({time}, {tries} tries)", word("TIMEOUT"))
+        }
+        Verdict::Failed => format!("{} {name} ({time})", word("FAIL")),
+        Verdict::TimedOut => format!("{} {name} ({time})", word("TIMEOUT")),
+        Verdict::Interrupted => format!("{} {name} ({time})", word("INTERRUPTED")),
+        Verdict::Skipped => format!("{} {name}", word("SKIP")),
     };
     // Earlier tries: one line each, and where their logs are.
     for a in &r.attempts()[..tries - 1] {
-        let first = failure_text(a);
+        let first = plain(&failure_text(a));
         let first = first.lines().next().unwrap_or("");
         s.push_str(&format!(
             "\n    try {} {} ({}): {first}",
@@ -58,8 +88,15 @@ pub fn result(r: &TestResult, captured: bool) -> String {
             s.push_str(&format!("\n    try {}:", last.number));
         }
         s.push('\n');
-        s.push_str(&indent(&failure_text(last), "    "));
-        let d = details(last, captured);
+        let error = indent(&plain(&failure_text(last)), "    ");
+        // The error's first line stands out; what follows is context.
+        let (first, rest) = error.split_once('\n').unwrap_or((&error, ""));
+        s.push_str(&paint(ERROR, first));
+        if !rest.is_empty() {
+            s.push('\n');
+            s.push_str(rest);
+        }
+        let d = plain(&details(last, captured));
         if !d.is_empty() {
             s.push('\n');
             s.push_str(&indent(&d, "    "));
@@ -92,7 +129,7 @@ pub fn summary(s: &Summary, results: &[TestResult]) -> String {
             let slowest: Vec<String> = by_time
                 .iter()
                 .take(SLOWEST)
-                .map(|r| format!("{} {}", secs(r.duration()), r.test.name))
+                .map(|r| format!("{} {}", secs(r.duration()), plain(&r.test.name)))
                 .collect();
             out.push(format!("    Slowest: {}", slowest.join(", ")));
         }
@@ -104,7 +141,7 @@ pub fn summary(s: &Summary, results: &[TestResult]) -> String {
                 Verdict::Passed if r.is_flaky() => "FLAKY",
                 _ => continue,
             };
-            out.push(format!("    {word} {}", r.test.name));
+            out.push(format!("    {} {}", self::word(word), plain(&r.test.name)));
         }
     }
     let c = &s.counts;
@@ -144,6 +181,39 @@ mod tests {
     use super::super::tests::result as make;
     use super::*;
     use crate::runner::results::Counts;
+
+    /// The text as it reads without colours.
+    fn result(r: &TestResult, captured: bool) -> String {
+        anstream::adapter::strip_str(&super::result(r, captured)).to_string()
+    }
+
+    fn summary(s: &Summary, results: &[TestResult]) -> String {
+        anstream::adapter::strip_str(&super::summary(s, results)).to_string()
+    }
+
+    #[test]
+    fn verdicts_and_errors_are_styled_and_test_text_is_not() {
+        let text = super::result(&make("t.rhai", &[Verdict::Failed]), true);
+        assert!(
+            text.starts_with(
+                "\x1b[1m\x1b[31mFAIL\x1b[0m t.rhai (1.2s)\n\x1b[31m    t.rhai: AssertionFailed"
+            ),
+            "{text:?}"
+        );
+        let pass = super::result(&make("t.rhai", &[Verdict::Passed]), true);
+        assert_eq!(pass, "\x1b[32mPASS\x1b[0m t.rhai (1.2s)");
+        // A name or an error that carries control sequences loses them.
+        let mut r = make("a\x1b[2Jb.rhai", &[Verdict::Failed]);
+        if let Status::Failed(f) = &mut r.attempts_mut()[0].outcome.status {
+            f.message = "bad\x1b]0;owned\x07 \x1b[1Aup".into();
+        }
+        let text = result(&r, true);
+        assert!(!text.contains('\x1b'), "{text:?}");
+        assert!(
+            text.contains("ab.rhai: AssertionFailed: bad up"),
+            "{text:?}"
+        );
+    }
 
     #[test]
     fn lines_show_status_error_output_and_artifacts() {

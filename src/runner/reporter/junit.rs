@@ -113,6 +113,29 @@ pub fn render(summary: &Summary, results: &[TestResult]) -> Result<String, Strin
 }
 
 /// Writes the report to `path`.
+/// Whether the report can be written to `path`, asked before the run so
+/// that a typo is not found after an hour of tests: its folder exists and
+/// takes a new file, and the file, if it exists, can be written.
+pub fn check_writable(path: &Path) -> Result<(), String> {
+    if path.is_dir() {
+        return Err("is a folder".into());
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if path.exists() {
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map_err(|e| e.to_string())?;
+    } else {
+        tempfile::tempfile_in(dir)
+            .map_err(|e| format!("cannot create a file in {}: {e}", dir.display()))?;
+    }
+    Ok(())
+}
+
 pub fn write(path: &Path, summary: &Summary, results: &[TestResult]) -> Result<(), String> {
     let xml = render(summary, results)?;
     std::fs::write(path, xml).map_err(|e| e.to_string())

@@ -7,6 +7,13 @@
 //! Start with [`Reporter`]; [`human`], [`tap`], [`json`] and [`junit`]
 //! render one format each, [`progress`] draws the live line. Knows nothing
 //! of how tests are run.
+//!
+//! What a test printed, threw or logged can hold terminal control
+//! sequences; [`plain`] removes them before any of it reaches a report, so
+//! that a test cannot move the cursor, retitle the terminal or hide lines.
+//! The human format is coloured where stdout is a terminal (see
+//! [`colour_wanted`]); a failure to write stdout is kept and reported at
+//! the end ([`Reporter::output_error`]), as the report was then lost.
 
 pub mod human;
 pub mod json;
@@ -44,6 +51,17 @@ pub struct Reporter {
     progress: Option<progress::Progress>,
     /// Test points printed so far (TAP numbers them).
     reported: usize,
+    /// Whether the human format's colours reach stdout.
+    colour: bool,
+    /// The first failure to write stdout.
+    output_error: Option<std::io::Error>,
+}
+
+/// Whether stdout gets colours: a terminal, or `CLICOLOR_FORCE` set, and
+/// neither `NO_COLOR` nor `CLICOLOR=0` (<https://no-color.org>,
+/// <https://bixense.com/clicolors/>).
+pub fn colour_wanted() -> bool {
+    anstream::AutoStream::choice(&std::io::stdout()) != anstream::ColorChoice::Never
 }
 
 impl Reporter {
@@ -55,7 +73,15 @@ impl Reporter {
             captured,
             progress: (live && format == Format::Human).then(progress::Progress::new),
             reported: 0,
+            colour: colour_wanted(),
+            output_error: None,
         }
+    }
+
+    /// The first error writing the report to stdout, if there was one:
+    /// the report is then incomplete.
+    pub fn output_error(&self) -> Option<&std::io::Error> {
+        self.output_error.as_ref()
     }
 
     /// Before the first test, with the number of tests selected.
@@ -111,15 +137,28 @@ impl Reporter {
         self.emit(&text);
     }
 
-    /// Writes whole lines to stdout under the progress line.
+    /// Writes whole lines to stdout under the progress line; the human
+    /// format's styles become colours or go.
     fn emit(&mut self, text: &str) {
         if let Some(p) = &mut self.progress {
             p.clear();
         }
-        let mut o = std::io::stdout().lock();
-        let _ = writeln!(o, "{text}");
-        let _ = o.flush();
-        drop(o);
+        let o = std::io::stdout().lock();
+        let written = if self.format == Format::Human {
+            let choice = if self.colour {
+                anstream::ColorChoice::AlwaysAnsi
+            } else {
+                anstream::ColorChoice::Never
+            };
+            let mut o = anstream::AutoStream::new(o, choice);
+            writeln!(o, "{text}").and_then(|()| o.flush())
+        } else {
+            let mut o = o;
+            writeln!(o, "{text}").and_then(|()| o.flush())
+        };
+        if let (Err(e), None) = (written, &self.output_error) {
+            self.output_error = Some(e);
+        }
         if let Some(p) = &mut self.progress {
             p.redraw();
         }
@@ -245,8 +284,73 @@ pub fn indent(text: &str, prefix: &str) -> String {
         .join("\n")
 }
 
+/// `text` without terminal control sequences (CSI `ESC [ … final`, OSC
+/// `ESC ] … BEL` or `ESC ] … ESC \`, two-character `ESC x`) and without
+/// other control characters but newline and tab. A newline ends any
+/// sequence, so that an unfinished one hides one line at most.
+pub fn plain(text: &str) -> String {
+    #[derive(PartialEq)]
+    enum State {
+        Text,
+        Escape,
+        Csi,
+        /// An OSC, DCS or similar string, up to BEL or ST.
+        Str,
+        StrEscape,
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut state = State::Text;
+    for c in text.chars() {
+        if c == '\n' {
+            out.push(c);
+            state = State::Text;
+            continue;
+        }
+        state = match state {
+            State::Text => match c {
+                '\x1b' => State::Escape,
+                '\u{9b}' => State::Csi,
+                '\u{9d}' | '\u{90}' => State::Str,
+                '\t' => {
+                    out.push(c);
+                    State::Text
+                }
+                c if c.is_control() => State::Text,
+                c => {
+                    out.push(c);
+                    State::Text
+                }
+            },
+            State::Escape => match c {
+                '[' => State::Csi,
+                ']' | 'P' | 'X' | '^' | '_' => State::Str,
+                // An intermediate byte: the sequence goes on (ESC ( B).
+                ' '..='/' => State::Escape,
+                _ => State::Text,
+            },
+            State::Csi => match c {
+                '\u{40}'..='\u{7e}' => State::Text,
+                '\u{20}'..='\u{3f}' => State::Csi,
+                // Not a CSI after all: drop what was read.
+                _ => State::Text,
+            },
+            State::Str => match c {
+                '\x07' | '\u{9c}' => State::Text,
+                '\x1b' => State::StrEscape,
+                _ => State::Str,
+            },
+            State::StrEscape => match c {
+                '\\' => State::Text,
+                '\x1b' => State::StrEscape,
+                _ => State::Str,
+            },
+        };
+    }
+    out
+}
+
 /// The last `n` lines of a file (its last 16 KiB at most), with terminal
-/// control characters removed.
+/// control sequences removed.
 pub fn tail_lines(path: &Path, n: usize) -> String {
     const MAX: u64 = 16 << 10;
     let Ok(mut f) = std::fs::File::open(path) else {
@@ -258,10 +362,7 @@ pub fn tail_lines(path: &Path, n: usize) -> String {
     }
     let mut buf = Vec::new();
     let _ = f.read_to_end(&mut buf);
-    let text: String = String::from_utf8_lossy(&buf)
-        .chars()
-        .filter(|c| !c.is_control() || *c == '\n' || *c == '\t')
-        .collect();
+    let text = plain(&String::from_utf8_lossy(&buf));
     crate::machine::last_lines(&text, n)
 }
 
@@ -317,7 +418,17 @@ pub(crate) mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("l");
         std::fs::write(&p, "a\nb\x1b[6n\nc\n").unwrap();
-        assert_eq!(tail_lines(&p, 2), "b[6n\nc");
+        assert_eq!(tail_lines(&p, 2), "b\nc");
+    }
+
+    #[test]
+    fn plain_text_keeps_no_control_sequence() {
+        assert_eq!(plain("a\x1b[31mred\x1b[0m\tb\n"), "ared\tb\n");
+        assert_eq!(plain("x\x1b]0;title\x07y\x1b]8;;u\x1b\\z"), "xyz");
+        assert_eq!(plain("cr\rbell\x07 \x1b(Bdone\x1b"), "crbell done");
+        assert_eq!(plain("\u{9b}2Jclear é"), "clear é");
+        // An unfinished sequence hides the rest of its line, no more.
+        assert_eq!(plain("a\x1b]0;never ends\nnext\n"), "a\nnext\n");
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! The live progress line on a terminal: elapsed time, tests done out of
 //! all, passed and failed, and the tests running now with their times.
 //! Drawn on stderr, cleared before any other output and drawn again after
-//! it, and cut to the terminal's width so that it never wraps.
+//! it, and cut to the terminal's width so that it never wraps. The counts
+//! of passed and failed tests are coloured unless `NO_COLOR` or
+//! `CLICOLOR=0` says not to.
 
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
@@ -64,6 +66,34 @@ pub fn render(s: &ProgressState, width: usize) -> String {
     line
 }
 
+/// `line` (as [`render`] made it) with its counts of passed and failed
+/// tests coloured, when there are any.
+pub fn styled(line: &str, c: &Counts) -> String {
+    let mut out = line.to_string();
+    // The counts come first, before any test's name.
+    let failed = format!(" {} failed", c.failed);
+    if c.failed > 0 {
+        if let Some(i) = out.find(&failed) {
+            let style = anstyle::AnsiColor::Red.on_default().bold();
+            out.replace_range(
+                i + 1..i + failed.len(),
+                &format!("{style}{}{style:#}", &failed[1..]),
+            );
+        }
+    }
+    let passed = format!(" {} passed", c.passed);
+    if c.passed > 0 {
+        if let Some(i) = out.find(&passed) {
+            let style = anstyle::AnsiColor::Green.on_default();
+            out.replace_range(
+                i + 1..i + passed.len(),
+                &format!("{style}{}{style:#}", &passed[1..]),
+            );
+        }
+    }
+    out
+}
+
 /// The terminal's width in columns (80 when unknown).
 fn width() -> usize {
     let mut ws: libc::winsize = libc::winsize {
@@ -88,17 +118,26 @@ pub struct Progress {
     shown: Option<String>,
     /// The last line drawn, to draw again after other output.
     last: Option<String>,
+    /// Whether stderr gets colours.
+    colour: bool,
 }
 
 impl Progress {
     pub fn new() -> Progress {
-        Progress::default()
+        Progress {
+            colour: anstream::AutoStream::choice(&std::io::stderr())
+                != anstream::ColorChoice::Never,
+            ..Progress::default()
+        }
     }
 
     /// Draws `state` in place of the current line.
     pub fn draw(&mut self, state: &ProgressState) {
         // One column spare: writing the last column makes some terminals wrap.
-        let line = render(state, width().saturating_sub(1));
+        let mut line = render(state, width().saturating_sub(1));
+        if self.colour {
+            line = styled(&line, &state.counts);
+        }
         if self.shown.as_deref() == Some(line.as_str()) {
             return;
         }
@@ -156,5 +195,9 @@ mod tests {
         let short = render(&s, 40);
         assert_eq!(short.chars().count(), 40);
         assert!(short.ends_with("..."));
+        assert_eq!(
+            styled(&short, &s.counts),
+            "[   12s] 4/8 done: \x1b[32m3 passed\x1b[0m, \x1b[1m\x1b[31m1 failed\x1b[0m..."
+        );
     }
 }

@@ -17,9 +17,16 @@ pub fn header(total: usize) -> String {
     format!("TAP version 14\n1..{total}")
 }
 
-/// A description may not hold an unescaped `#` (it would start a directive).
+/// A description is one line (a newline in a file's name would start a
+/// test point of its own) without an unescaped `#` (it would start a
+/// directive) nor terminal control sequences.
 fn escape(text: &str) -> String {
-    text.replace('\\', "\\\\").replace('#', "\\#")
+    let text = text
+        .replace('\\', "\\\\")
+        .replace('#', "\\#")
+        .replace('\n', "\\n")
+        .replace('\r', "\\r");
+    super::plain(&text)
 }
 
 /// One YAML line `key: "value"`; a JSON string is a YAML double-quoted scalar.
@@ -34,7 +41,7 @@ pub fn test_point(n: usize, r: &TestResult) -> String {
     let ms = r.duration().as_millis() as u64;
     match &last.outcome.status {
         Status::Skipped(reason) => {
-            let reason = reason.replace('\n', " ");
+            let reason = super::plain(&reason.replace(['\n', '\r'], " "));
             return format!("ok {n} - {name} # SKIP {reason}");
         }
         Status::Passed if !r.is_flaky() => return format!("ok {n} - {name}"),
@@ -104,6 +111,10 @@ mod tests {
         assert_eq!(
             test_point(1, &result("a#b.rhai", &[Verdict::Passed])),
             "ok 1 - a\\#b.rhai"
+        );
+        assert_eq!(
+            test_point(1, &result("a\nok 2 - b\r.rhai", &[Verdict::Passed])),
+            "ok 1 - a\\nok 2 - b\\r.rhai"
         );
         assert_eq!(
             test_point(2, &result("s.rhai", &[Verdict::Skipped])),
