@@ -732,3 +732,265 @@ fn a_terminal_gets_a_live_progress_line_and_a_pipe_plain_lines() {
         "{screen:?}"
     );
 }
+
+/// A file of cases with setup and teardown; teardown leaves a mark per
+/// case in `param("dir")`, so that a test can see it ran.
+const CASES: &str = r#"
+let marks = param("dir");
+fn setup() { #{ n: 5, dir: param("dir") } }
+fn teardown(ctx) {
+    let name = test_name();
+    write_file(`${ctx.dir}/${name.split("::")[1]}`, "torn down");
+}
+fn test_pass(ctx) { assert_eq(ctx.n, 5); assert_eq(test_name(), "c/cases.rhai::test_pass"); }
+fn test_fail() { assert_eq(1, 2, "one is two"); }
+fn test_skip() { skip("not this one"); }
+fn helper() { fail("not a case"); }
+"#;
+
+#[test]
+fn cases_are_tests_of_their_own_in_every_report() {
+    let w = World::new();
+    w.script("c/cases.rhai", CASES);
+    w.script(
+        "c/plain.rhai",
+        "assert_eq(test_name(), \"c/plain.rhai\");\n",
+    );
+    let dir = format!("dir={}", w.path().display());
+    let o = w.run(&[
+        "run", "--format", "json", "--junit", "j.xml", "c", "--", &dir,
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    let (tests, summary) = json_lines(&o);
+    let status = |name: &str| {
+        tests
+            .iter()
+            .find(|t| t["name"] == name)
+            .unwrap_or_else(|| panic!("{name} missing: {tests:?}"))
+            .clone()
+    };
+    assert_eq!(status("c/cases.rhai::test_pass")["status"], "passed");
+    assert_eq!(status("c/cases.rhai::test_skip")["status"], "skipped");
+    let fail = status("c/cases.rhai::test_fail");
+    assert_eq!(fail["status"], "failed");
+    assert_eq!(fail["case"], "test_fail");
+    assert_eq!(fail["file"], "c/cases.rhai");
+    assert_eq!(fail["error"]["line"], 9);
+    assert_eq!(fail["error"]["context"][0], "in test_fail");
+    assert_eq!(status("c/plain.rhai")["status"], "passed");
+    assert_eq!(tests.len(), 4);
+    assert_eq!(summary["passed"], 2);
+    assert_eq!(summary["skipped"], 1);
+    // teardown ran after each case, whether it passed, failed or skipped.
+    for case in ["test_pass", "test_fail", "test_skip"] {
+        let mark = w.path().join(case);
+        assert!(mark.is_file(), "teardown did not run after {case}");
+    }
+
+    // JUnit: the file is the class, the case the name.
+    let xml = std::fs::read_to_string(w.path().join("j.xml")).unwrap();
+    let report = quick_junit::Report::deserialize_from_str(&xml).unwrap();
+    let suite = &report.test_suites[0];
+    assert_eq!(report.tests, 4);
+    let case = |name: &str| {
+        suite
+            .test_cases
+            .iter()
+            .find(|c| c.name.as_str() == name)
+            .unwrap_or_else(|| panic!("{name} missing in {xml}"))
+    };
+    for name in ["test_pass", "test_fail", "test_skip"] {
+        assert_eq!(
+            case(name).classname.as_ref().unwrap().as_str(),
+            "c/cases.rhai"
+        );
+    }
+    use quick_junit::TestCaseStatus as S;
+    assert!(matches!(case("test_skip").status, S::Skipped { .. }));
+    assert!(matches!(case("test_fail").status, S::NonSuccess { .. }));
+    assert_eq!(
+        case("c/plain.rhai").classname.as_ref().unwrap().as_str(),
+        "c"
+    );
+
+    // TAP and the human lines name the case FILE::test_name.
+    let o = w.run(&["run", "--format", "tap", "c", "--", &dir]);
+    let (plan, points, _) = parse_tap(&stdout(&o));
+    assert_eq!(plan, 4);
+    let skip = points
+        .iter()
+        .find(|p| p.description == "c/cases.rhai::test_skip")
+        .unwrap();
+    assert_eq!(skip.directive.as_deref(), Some("SKIP not this one"));
+    let o = w.run(&["run", "c", "--", &dir]);
+    let out = stdout(&o);
+    assert!(out.contains("PASS c/cases.rhai::test_pass ("), "{out}");
+    assert!(
+        out.contains("SKIP c/cases.rhai::test_skip: not this one\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("FAIL c/cases.rhai::test_fail (",)
+            && out.contains("    c/cases.rhai:9:18: AssertionFailed: one is two\n"),
+        "{out}"
+    );
+
+    // --filter matches the case's name.
+    let o = w.run(&[
+        "run",
+        "--format",
+        "json",
+        "--filter",
+        "::test_pass",
+        "c",
+        "--",
+        &dir,
+    ]);
+    assert!(o.status.success(), "{}", stdout(&o));
+    let (tests, _) = json_lines(&o);
+    let names: Vec<&str> = tests.iter().map(|t| t["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["c/cases.rhai::test_pass"]);
+}
+
+#[test]
+fn cases_run_in_parallel_and_are_retried_alone() {
+    let w = World::new();
+    let mut text = String::new();
+    for i in 0..4 {
+        text.push_str(&format!("fn test_sleep{i}() {{ sleep(2); }}\n"));
+    }
+    text.push_str(
+        FLAKY
+            .replace("let mark", "fn test_flaky() {\nlet mark")
+            .as_str(),
+    );
+    text.push_str("}\n");
+    w.script("p/cases.rhai", &text);
+    let dir = format!("dir={}", w.path().display());
+    let start = Instant::now();
+    let o = w.run(&["run", "-j", "5", "--retries", "1", "p", "--", &dir]);
+    let out = stdout(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(
+        start.elapsed() < Duration::from_secs(7),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(
+        out.contains("FLAKY p/cases.rhai::test_flaky (") && out.contains("passed on try 2"),
+        "{out}"
+    );
+    assert!(
+        out.ends_with("    1 flaky\n5 passed, 0 failed, 0 skipped\n"),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_failing_top_level_fails_every_case_with_its_error() {
+    let w = World::new();
+    w.script(
+        "t.rhai",
+        "let x = 1;\nfail(\"no guest here\");\nfn test_a() {}\nfn test_b() {}\n",
+    );
+    let o = w.run(&["run", "--format", "json", "t.rhai"]);
+    assert_eq!(o.status.code(), Some(1));
+    let (tests, summary) = json_lines(&o);
+    assert_eq!(summary["failed"], 2);
+    for t in &tests {
+        assert_eq!(t["error"]["message"], "no guest here", "{t}");
+        assert_eq!(t["error"]["line"], 2, "{t}");
+        assert_eq!(
+            t["error"]["context"][0], "in the file's top level, which runs before each case",
+            "{t}"
+        );
+    }
+}
+
+#[test]
+fn setup_and_teardown_failures_are_reported_on_their_case() {
+    let w = World::new();
+    w.script(
+        "s.rhai",
+        "fn setup() {\n    throw \"no disk\";\n}\nfn teardown() { write_file(\"torn\", \"x\"); }\nfn test_a() { write_file(\"ran\", \"x\"); }\n",
+    );
+    w.script(
+        "t.rhai",
+        "fn teardown() {\n    fail(\"cannot clean\");\n}\nfn test_ok() {}\nfn test_bad() { fail(\"bad\"); }\n",
+    );
+    let o = w.run(&["run", "s.rhai", "t.rhai"]);
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("FAIL s.rhai::test_a (")
+            && out.contains(
+                "    s.rhai:2:5: ScriptError: no disk\n      in setup(), so test_a did not run\n"
+            ),
+        "{out}"
+    );
+    // As unittest: a failed setup runs neither the case nor teardown.
+    assert!(!w.path().join("ran").exists() && !w.path().join("torn").exists());
+    assert!(
+        out.contains("    t.rhai:2:5: AssertionFailed: cannot clean\n      in teardown(), after test_ok passed\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("AssertionFailed: bad\n      in test_bad\n      teardown() failed too, at t.rhai:2:5: AssertionFailed: cannot clean\n"),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_case_that_times_out_leaves_no_machine_behind() {
+    let w = World::new();
+    w.script(
+        "m.rhai",
+        &format!(
+            r#"
+fn setup() {{
+    let vm = machine();
+    vm.add_args("-M", "none");
+    vm.launch();
+    write_file("{}/pid", `${{vm.get_pid()}}`);
+    vm
+}}
+fn teardown(vm) {{ write_file("{}/torn", "x"); }}
+fn test_wait(vm) {{
+    vm.event_wait("NEVER", 600);
+}}
+fn test_quick(vm) {{ assert(vm.is_running()); }}
+"#,
+            w.path().display(),
+            w.path().display()
+        ),
+    );
+    let start = Instant::now();
+    let o = w.run(&[
+        "run",
+        "--timeout",
+        "2",
+        "-j",
+        "1",
+        "--filter",
+        "test_wait",
+        "m.rhai",
+    ]);
+    assert!(start.elapsed() < Duration::from_secs(20));
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(out.starts_with("TIMEOUT m.rhai::test_wait (2."), "{out}");
+    assert!(
+        out.contains("Timeout: the test timed out after 2s, waiting for event NEVER"),
+        "{out}"
+    );
+    let pid: i32 = std::fs::read_to_string(w.path().join("pid"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(!is_qemu_process(pid), "QEMU {pid} outlived its case");
+    assert!(sockets_below(&w.tmp()).is_empty());
+    // The other case, on its own machine, passes.
+    let o = w.run(&["run", "--filter", "test_quick", "m.rhai"]);
+    assert!(o.status.success(), "{}", stdout(&o));
+    assert!(w.path().join("torn").exists());
+}

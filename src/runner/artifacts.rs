@@ -146,6 +146,7 @@ mod tests {
         Test {
             path: name.into(),
             name: name.into(),
+            ..Test::default()
         }
     }
 

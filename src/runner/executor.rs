@@ -1,6 +1,7 @@
 //! Running the selected tests: up to `jobs` at once, each try on a thread
 //! of its own with its own engine, temp dir and artifacts folder
-//! ([`script::run_file`] does the rest), retries of failed tries,
+//! ([`script::run_program`] does the rest, on the file compiled once for
+//! the whole run), retries of failed tries,
 //! `--fail-fast`, signals, and a backstop for a test that does not stop at
 //! its timeout.
 //!
@@ -21,7 +22,7 @@ use super::discover::Test;
 use super::reporter::{ProgressState, Reporter};
 use super::results::{Attempt, Counts, TestResult, Verdict};
 use super::signal::SignalWatch;
-use super::{Options, StopReason, Summary};
+use super::{Options, Programs, StopReason, Summary};
 
 /// How often the progress line and the stuck-test backstop are looked at.
 const TICK: Duration = Duration::from_millis(250);
@@ -54,6 +55,7 @@ pub struct Executor<'a> {
     options: &'a Options,
     qemu: QemuBinary,
     jobs: usize,
+    programs: Programs,
     artifacts: Artifacts,
     signals: SignalWatch,
     tx: Sender<Msg>,
@@ -71,6 +73,7 @@ impl<'a> Executor<'a> {
         options: &'a Options,
         qemu: QemuBinary,
         jobs: usize,
+        programs: Programs,
         artifacts: Artifacts,
         signals: SignalWatch,
         (tx, rx): (Sender<Msg>, Receiver<Msg>),
@@ -79,6 +82,7 @@ impl<'a> Executor<'a> {
             options,
             qemu,
             jobs: jobs.max(1),
+            programs,
             artifacts,
             signals,
             tx,
@@ -191,6 +195,8 @@ impl<'a> Executor<'a> {
             capture: self.options.capture,
             lib_dirs: self.options.lib_dirs.clone(),
         };
+        let program = self.programs.get(&test.path).cloned();
+        let case = test.case.clone();
         let tx = self.tx.clone();
         let c = cancel.clone();
         let spawned = std::thread::Builder::new()
@@ -198,21 +204,23 @@ impl<'a> Executor<'a> {
             .stack_size(script::SCRIPT_STACK)
             .spawn(move || {
                 let shown = config.script.display().to_string();
-                let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    script::run_file(config, c)
-                }))
-                .unwrap_or_else(|panic| {
-                    let what = panic
-                        .downcast_ref::<&str>()
-                        .map(|s| s.to_string())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_default();
-                    host_failure(
-                        &shown,
-                        format!("vmscript bug: the test's thread panicked: {what}"),
-                        started,
-                    )
-                });
+                let outcome =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match program {
+                        Some(p) => script::run_program(config, &p, case.as_deref(), c),
+                        None => script::run_file(config, c),
+                    }))
+                    .unwrap_or_else(|panic| {
+                        let what = panic
+                            .downcast_ref::<&str>()
+                            .map(|s| s.to_string())
+                            .or_else(|| panic.downcast_ref::<String>().cloned())
+                            .unwrap_or_default();
+                        host_failure(
+                            &shown,
+                            format!("vmscript bug: the test's thread panicked: {what}"),
+                            started,
+                        )
+                    });
                 let _ = tx.send(Msg::Done {
                     id,
                     outcome: Box::new(outcome),

@@ -22,11 +22,12 @@ pub mod reporter;
 pub mod results;
 pub mod signal;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
-use crate::script::QemuBinary;
+use crate::script::{Program, QemuBinary};
 
 pub use discover::Test;
 pub use partition::Partition;
@@ -140,19 +141,43 @@ pub fn default_guest_env() {
     }
 }
 
-/// The tests `options` selects, in order.
-pub fn select(options: &Options) -> Result<Vec<Test>, SetupError> {
-    let tests = discover::discover(&options.paths).map_err(SetupError)?;
+/// Every test file of a run, compiled once and shared by its cases.
+pub type Programs = HashMap<PathBuf, Arc<Program>>;
+
+/// What a run will run: the tests, and the compiled files they are in.
+#[derive(Debug, Default)]
+pub struct Selection {
+    pub tests: Vec<Test>,
+    pub programs: Programs,
+}
+
+/// The tests `options` selects, in order: each file compiled once, a file
+/// of cases expanded into its cases, then `--filter` and `--partition`.
+pub fn select(options: &Options) -> Result<Selection, SetupError> {
+    let files = discover::discover(&options.paths).map_err(SetupError)?;
+    let mut programs = Programs::new();
+    let mut tests = Vec::new();
+    for file in files {
+        let program = Arc::new(Program::load(&file.path));
+        let cases = program.cases();
+        if cases.is_empty() {
+            tests.push(file.clone());
+        } else {
+            tests.extend(cases.iter().map(|c| Test::case_of(&file, c)));
+        }
+        programs.insert(file.path, program);
+    }
     let tests: Vec<Test> = tests
         .into_iter()
         .filter(|t| {
             options.filters.is_empty() || options.filters.iter().any(|f| t.name.contains(f))
         })
         .collect();
-    Ok(match options.partition {
+    let tests = match options.partition {
         Some(p) => p.select(tests),
         None => tests,
-    })
+    };
+    Ok(Selection { tests, programs })
 }
 
 /// How many tests run at once: `-j`, else one per CPU; one with
@@ -170,7 +195,7 @@ pub fn jobs(options: &Options) -> usize {
 
 /// Runs the selected tests and reports them.
 pub fn run(options: &Options) -> Result<Summary, SetupError> {
-    let tests = select(options)?;
+    let Selection { tests, programs } = select(options)?;
     let qemu = QemuBinary::resolve(options.qemu.clone());
     if qemu.is_explicit() {
         qemu.locate().map_err(SetupError)?;
@@ -195,7 +220,7 @@ pub fn run(options: &Options) -> Result<Summary, SetupError> {
         reporter.note("--no-capture runs one test at a time, so that output stays readable");
     }
     let jobs = jobs(options);
-    let exec = executor::Executor::new(options, qemu, jobs, artifacts, signals, channel);
+    let exec = executor::Executor::new(options, qemu, jobs, programs, artifacts, signals, channel);
     let (summary, results) = exec.run(tests, &mut reporter);
     if let Some(j) = &options.junit {
         reporter::junit::write(j, &summary, &results)

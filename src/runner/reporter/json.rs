@@ -39,6 +39,8 @@ pub fn result(r: &TestResult) -> Value {
     json!({
         "name": r.test.name,
         "path": r.test.path.display().to_string(),
+        "file": r.test.file_name(),
+        "case": r.test.case,
         "status": r.verdict().as_str(),
         "flaky": r.is_flaky(),
         "duration": r.duration().as_secs_f64(),

@@ -2,7 +2,8 @@
 //! actions and Jenkins read it, written with `quick-junit` (the crate
 //! cargo-nextest uses). One `<testsuite>` named `vmscript`; each test a
 //! `<testcase>` named after its path, its folder as `classname` and the
-//! path again as `file`. A failure or timeout is a `<failure>` whose
+//! path again as `file`; a test case of a file is named after its function,
+//! with the file as `classname`. A failure or timeout is a `<failure>` whose
 //! `message` is the error's first line and whose text is the whole report
 //! (error, output and log tails, artifacts); an interruption is an
 //! `<error>`; earlier failed tries are `<rerunFailure>`, or
@@ -87,13 +88,20 @@ fn test_case(r: &TestResult) -> TestCase {
         }
     };
     status.add_reruns(earlier.iter().map(rerun));
-    let mut tc = TestCase::new(r.test.name.as_str(), status);
-    let folder = Path::new(&r.test.name)
-        .parent()
-        .map(|p| p.display().to_string())
-        .filter(|p| !p.is_empty())
-        .unwrap_or_else(|| SUITE.to_string());
-    tc.set_classname(folder).set_time(r.duration());
+    // A case is named after its function, in the class of its file.
+    let (name, class) = match &r.test.case {
+        Some(case) => (case.as_str(), r.test.file_name().to_string()),
+        None => (
+            r.test.name.as_str(),
+            Path::new(&r.test.name)
+                .parent()
+                .map(|p| p.display().to_string())
+                .filter(|p| !p.is_empty())
+                .unwrap_or_else(|| SUITE.to_string()),
+        ),
+    };
+    let mut tc = TestCase::new(name, status);
+    tc.set_classname(class).set_time(r.duration());
     tc.extra
         .insert("file".into(), r.test.path.display().to_string().into());
     if !last.outcome.report.output.is_empty() {

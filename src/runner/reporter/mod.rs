@@ -307,6 +307,7 @@ pub(crate) mod tests {
             Test {
                 path: name.into(),
                 name: name.into(),
+                ..Test::default()
             },
             attempts,
         )
