@@ -994,3 +994,73 @@ fn test_quick(vm) {{ assert(vm.is_running()); }}
     assert!(o.status.success(), "{}", stdout(&o));
     assert!(w.path().join("torn").exists());
 }
+
+#[test]
+fn steps_are_timed_in_every_report_and_name_where_an_error_happened() {
+    let w = World::new();
+    w.script(
+        "s.rhai",
+        r#"
+let n = step("compute", || { sleep(0.2); 41 + 1 });
+assert_eq(n, 42);
+step("outer", || {
+    step("inner", || {
+        assert_eq(n, 43, "n is not 43");
+    });
+});
+"#,
+    );
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let o = w.run(&["run", "--format", "json", "--junit", "j.xml", "s.rhai"]);
+    assert_eq!(o.status.code(), Some(1));
+    let (tests, _) = json_lines(&o);
+    let steps = tests[0]["steps"].as_array().unwrap();
+    let names: Vec<&str> = steps.iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["compute", "outer", "outer > inner"]);
+    let statuses: Vec<&str> = steps
+        .iter()
+        .map(|s| s["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["passed", "failed", "failed"]);
+    assert!(steps[0]["duration"].as_f64().unwrap() >= 0.2, "{steps:?}");
+    assert!(steps[0]["start"].as_f64().unwrap() >= before - 1.0);
+    assert!(steps[1]["offset"].as_f64().unwrap() >= 0.2);
+    assert!(steps[2]["error"]
+        .as_str()
+        .unwrap()
+        .starts_with("AssertionFailed: n is not 43"));
+    assert_eq!(tests[0]["error"]["context"][0], "in step outer > inner");
+
+    let xml = std::fs::read_to_string(w.path().join("j.xml")).unwrap();
+    let report = quick_junit::Report::deserialize_from_str(&xml).unwrap();
+    let props: Vec<String> = report.test_suites[0].test_cases[0]
+        .properties
+        .iter()
+        .map(|p| format!("{}={}", p.name.as_str(), p.value.as_str()))
+        .collect();
+    assert_eq!(props.len(), 3, "{props:?}");
+    assert!(props[0].starts_with("step=passed  +0.0"), "{props:?}");
+    assert!(props[0].ends_with("s  compute"), "{props:?}");
+    assert!(
+        props[2].ends_with("s  outer > inner: AssertionFailed: n is not 43"),
+        "{props:?}"
+    );
+
+    let o = w.run(&["run", "s.rhai"]);
+    let out = stdout(&o);
+    assert!(
+        out.contains("    s.rhai:6:9: AssertionFailed: n is not 43\n      left: 42\n     right: 43\n      in step outer > inner\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("\n    --- steps ---\n    passed  +0.0"),
+        "{out}"
+    );
+    assert!(
+        out.contains("s  outer > inner: AssertionFailed: n is not 43\n"),
+        "{out}"
+    );
+}

@@ -8,15 +8,18 @@
 //! (error, output and log tails, artifacts); an interruption is an
 //! `<error>`; earlier failed tries are `<rerunFailure>`, or
 //! `<flakyFailure>` when the test passed in the end; captured output goes
-//! to `<system-out>`.
+//! to `<system-out>`; each `step()` is a `step` property (status, start,
+//! duration, name, error) of its test case, in order.
 
 use std::path::Path;
 
-use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestRerun, TestSuite};
+use quick_junit::{
+    NonSuccessKind, Property, Report, TestCase, TestCaseStatus, TestRerun, TestSuite,
+};
 
 use super::super::results::{Attempt, TestResult, Verdict};
 use super::super::Summary;
-use super::{details, failure_text, waiting_for};
+use super::{details, failure_text, step_line, waiting_for};
 
 /// The suite and report name.
 const SUITE: &str = "vmscript";
@@ -106,6 +109,10 @@ fn test_case(r: &TestResult) -> TestCase {
         .insert("file".into(), r.test.path.display().to_string().into());
     if !last.outcome.report.output.is_empty() {
         tc.set_system_out(last.outcome.report.output.join("\n"));
+    }
+    // Steps as properties `step` = `passed +0.012s 1.250s boot`, in order.
+    for st in &last.outcome.report.steps {
+        tc.add_property(Property::new("step", step_line(st)));
     }
     tc
 }
