@@ -6,6 +6,8 @@
 
 use std::path::{Path, PathBuf};
 
+use super::config::Settings;
+
 /// One test, a file or one case of a file, and the name it is reported
 /// under: the file's path, or `FILE::test_case`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -14,6 +16,9 @@ pub struct Test {
     pub name: String,
     /// The case's function name, for a case.
     pub case: Option<String>,
+    /// Its timeout, retries, weight and tags (`vmscript.toml` and the
+    /// command line), set by [`super::select`].
+    pub settings: Settings,
 }
 
 impl Test {
@@ -23,6 +28,7 @@ impl Test {
             path: file.path.clone(),
             name: format!("{}::{case}", file.name),
             case: Some(case.to_string()),
+            settings: file.settings.clone(),
         }
     }
 
@@ -70,7 +76,7 @@ pub fn discover(paths: &[PathBuf]) -> Result<Vec<Test>, String> {
             Test {
                 name: path.display().to_string(),
                 path,
-                case: None,
+                ..Test::default()
             }
         })
         .collect())
@@ -126,7 +132,7 @@ mod tests {
         let file = Test {
             path: "t/a.rhai".into(),
             name: "t/a.rhai".into(),
-            case: None,
+            ..Test::default()
         };
         let case = Test::case_of(&file, "test_one");
         assert_eq!(case.name, "t/a.rhai::test_one");
