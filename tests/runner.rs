@@ -1064,3 +1064,189 @@ step("outer", || {
         "{out}"
     );
 }
+
+#[test]
+fn list_shows_what_run_would_run_with_tags() {
+    let w = World::new();
+    w.script("l/cases.rhai", "fn test_b() {}\nfn test_a() {}\n");
+    w.script("l/plain.rhai", "let x = 1;\n");
+    w.script("l/lib/m.rhai", "fn test_not() {}\n");
+    w.script(
+        "l/vmscript.toml",
+        "[[tests]]\nfilter = \"::test_a\"\ntags = [\"smoke\", \"fast\"]\n",
+    );
+    let o = w.run(&["list", "l"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o),
+        "l/cases.rhai::test_a [smoke, fast]\nl/cases.rhai::test_b\nl/plain.rhai\n"
+    );
+    let o = w.run(&["list", "--format", "json", "--tag", "smoke", "l"]);
+    let lines: Vec<serde_json::Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["name"], "l/cases.rhai::test_a");
+    assert_eq!(lines[0]["case"], "test_a");
+    assert_eq!(lines[0]["file"], "l/cases.rhai");
+    assert_eq!(lines[0]["tags"], serde_json::json!(["smoke", "fast"]));
+    let o = w.run(&["list", "--exclude-tag", "fast", "--filter", "cases", "l"]);
+    assert_eq!(stdout(&o), "l/cases.rhai::test_b\n");
+    // run selects the same.
+    let o = w.run(&["run", "--format", "json", "--tag", "fast", "l"]);
+    let (tests, _) = json_lines(&o);
+    assert_eq!(tests.len(), 1);
+    assert_eq!(tests[0]["name"], "l/cases.rhai::test_a");
+}
+
+#[test]
+fn selecting_no_test_exits_4_unless_told_otherwise() {
+    let w = World::new();
+    w.script("n/a.rhai", "let x = 1;\n");
+    for cmd in ["run", "list"] {
+        let o = w.run(&[cmd, "--filter", "typo", "n"]);
+        assert_eq!(o.status.code(), Some(4), "{cmd}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("no tests selected in n with --filter typo (exit status 4"),
+            "{cmd}: {}",
+            stderr(&o)
+        );
+        let o = w.run(&[cmd, "--filter", "typo", "--no-tests", "warn", "n"]);
+        assert_eq!(o.status.code(), Some(0), "{cmd}");
+        assert!(stderr(&o).contains("no tests selected"), "{cmd}");
+        let o = w.run(&[cmd, "--filter", "typo", "--no-tests", "pass", "n"]);
+        assert_eq!(o.status.code(), Some(0), "{cmd}");
+        assert!(!stderr(&o).contains("no tests selected"), "{cmd}");
+    }
+    // An empty shard too.
+    let o = w.run(&["run", "--partition", "count:2/2", "n"]);
+    assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
+}
+
+#[test]
+fn vmscript_toml_sets_defaults_and_overrides_and_the_command_line_wins() {
+    let w = World::new();
+    w.script("suite/sub/short.rhai", "sleep(3);\n");
+    w.script(
+        "suite/sub/long.rhai",
+        "sleep(3);\nimport \"helper\" as h;\nassert_eq(h::two(), 2);\n",
+    );
+    w.script("suite/mylib/helper.rhai", "fn two() { 2 }\n");
+    w.script(
+        "suite/vmscript.toml",
+        "# the suite's settings\n[run]\ntimeout = 1\nlib = [\"mylib\"]\n\n[[tests]]\nfilter = \"long\"\ntimeout = 20\n",
+    );
+    // Found in a parent of the folder run.
+    let o = w.run(&["run", "suite/sub"]);
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}{}", stderr(&o));
+    assert!(out.contains("TIMEOUT suite/sub/short.rhai ("), "{out}");
+    assert!(out.contains("timed out after 1s"), "{out}");
+    assert!(out.contains("PASS suite/sub/long.rhai ("), "{out}");
+    // The command line wins over the file.
+    let o = w.run(&["run", "--timeout", "20", "suite/sub"]);
+    assert!(o.status.success(), "{}", stdout(&o));
+
+    // Unknown keys: the file, the line and the valid keys.
+    w.script(
+        "bad/vmscript.toml",
+        "[run]\njobs = 2\n\n[[tests]]\nfilter = \"x\"\nwieght = 2\n",
+    );
+    w.script("bad/t.rhai", "let x = 1;\n");
+    for cmd in ["run", "list"] {
+        let o = w.run(&[cmd, "bad"]);
+        assert_eq!(o.status.code(), Some(2), "{cmd}");
+        let err = stderr(&o);
+        assert!(
+            err.contains("bad/vmscript.toml:6:1: unknown field wieght; valid keys here are filter, timeout, retries, weight, tags"),
+            "{err}"
+        );
+    }
+}
+
+/// A test that records when it ran in `spans/NAME`.
+fn span_script(name: &str, secs: f64) -> String {
+    format!(
+        "let start = now();\nsleep({secs});\nwrite_file(`${{param(\"dir\")}}/spans/{name}`, `${{start}} ${{now()}}`);\n"
+    )
+}
+
+#[test]
+fn a_test_of_weight_two_holds_two_slots() {
+    let w = World::new();
+    std::fs::create_dir_all(w.path().join("spans")).unwrap();
+    w.script("h/a_heavy.rhai", &span_script("heavy", 1.5));
+    for l in ["b_light", "c_light", "d_light"] {
+        w.script(&format!("h/{l}.rhai"), &span_script(l, 1.5));
+    }
+    w.script(
+        "h/vmscript.toml",
+        "[[tests]]\nfilter = \"heavy\"\nweight = 2\n",
+    );
+    let dir = format!("dir={}", w.path().display());
+    let o = w.run(&["run", "-j", "2", "h", "--", &dir]);
+    assert!(o.status.success(), "{}", stdout(&o));
+    let span = |n: &str| -> (f64, f64) {
+        let t = std::fs::read_to_string(w.path().join("spans").join(n)).unwrap();
+        let (a, b) = t.split_once(' ').unwrap();
+        (a.parse().unwrap(), b.parse().unwrap())
+    };
+    let heavy = span("heavy");
+    let lights: Vec<(f64, f64)> = ["b_light", "c_light", "d_light"].map(span).into();
+    for l in &lights {
+        assert!(
+            l.0 >= heavy.1 || l.1 <= heavy.0,
+            "a light test {l:?} ran beside the heavy one {heavy:?}"
+        );
+    }
+    // Two light ones did share the two slots.
+    let overlap = |a: (f64, f64), b: (f64, f64)| a.0 < b.1 && b.0 < a.1;
+    assert!(
+        overlap(lights[0], lights[1])
+            || overlap(lights[1], lights[2])
+            || overlap(lights[0], lights[2]),
+        "{lights:?}"
+    );
+    // A weight above -j is capped: the test still runs.
+    let o = w.run(&["run", "-j", "1", "--filter", "heavy", "h", "--", &dir]);
+    assert!(o.status.success(), "{}", stdout(&o));
+}
+
+#[test]
+fn the_timeout_multiplier_scales_the_test_timeout_and_the_scripts_waits() {
+    let w = World::new();
+    w.script("m/sleepy.rhai", "sleep(2);\n");
+    w.script("m/wait.rhai", "wait_until(|| false, 1);\n");
+    let o = w.run(&["run", "--timeout", "1", "--filter", "sleepy", "m"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    let o = w.run(&[
+        "run",
+        "--timeout",
+        "1",
+        "--timeout-multiplier",
+        "4",
+        "--filter",
+        "sleepy",
+        "m",
+    ]);
+    assert!(o.status.success(), "{}", stdout(&o));
+    let o = w
+        .command(&["run", "--timeout", "1", "--filter", "sleepy", "m"])
+        .env("VMSCRIPT_TIMEOUT_MULTIPLIER", "4")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stdout(&o));
+    // A script's own wait: 1 s times 2.
+    let start = Instant::now();
+    let o = w.run(&["run", "--timeout-multiplier", "2", "--filter", "wait", "m"]);
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("Timeout: timed out after 2s waiting for wait_until's condition"),
+        "{out}"
+    );
+    assert!(start.elapsed() >= Duration::from_secs(2));
+    let o = w.run(&["run", "--timeout-multiplier", "0", "m"]);
+    assert_eq!(o.status.code(), Some(2));
+}

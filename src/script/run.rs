@@ -456,6 +456,7 @@ impl Run {
         opts.base_temp_dir = Some(self.temp_path.clone());
         opts.log_dir = Some(self.config.artifacts.clone());
         opts.qmp_transcript = true;
+        opts.qmp_timer = super::args::scaled(opts.qmp_timer);
         Ok(opts)
     }
 
