@@ -1,8 +1,8 @@
 //! The `vmscript` command line: parses, dispatches, prints errors.
 //!
 //! Exit status: 0 when nothing failed, 1 when a test failed (or `check`
-//! found an error), 2 for a usage or setup error, 128+N when stopped by
-//! signal N.
+//! found an error), 2 for a usage or setup error, 4 when no test was
+//! selected, 128+N when stopped by signal N.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use vmscript::runner::{self, Format, Partition};
+use vmscript::runner::{self, Format, NoTests, Partition};
 
 use vmscript::{qmp, repl, script};
 
@@ -26,6 +26,8 @@ Examples:
   vmscript run boot.rhai --timeout 60 --no-capture
   vmscript run tests/ --filter migration -- guest=/srv/guest
   vmscript run tests/ -j 4 --retries 2 --junit junit.xml --partition hash:1/3
+  vmscript run tests/ --tag smoke --timeout-multiplier 3
+  vmscript list tests/ --format json            what run would run, cases included
   vmscript check scripts/examples               compile only
   vmscript doc | grep event_wait                the script API reference
   vmscript doc guest                            one module: bundled, or found like an import
@@ -36,8 +38,11 @@ Environment:
   VMSCRIPT_GUEST   the test guest; when unset, <project>/.cache/guest if
                    vmscript runs from <project>/target/<profile>/ and it exists
 
+Settings: vmscript.toml in the folder run (or the nearest parent) sets
+[run] defaults and [[tests]] overrides; command-line options win.
+
 Exit status: 0 nothing failed, 1 a test failed, 2 usage or setup error,
-128+N stopped by signal N.";
+4 no test selected (see --no-tests), 128+N stopped by signal N.";
 
 const REPL_HELP: &str = "\
 In the REPL: :help, :doc NAME, :load FILE, :save FILE, :vms, :events on|off, :quit.
@@ -67,6 +72,14 @@ enum Command {
     /// Run test scripts: a test passes when it ends without an uncaught error.
     #[command(after_help = EXAMPLES)]
     Run(RunArgs),
+    /// List the tests (test cases included) that `run` would run with the same options, with their tags.
+    List {
+        #[command(flatten)]
+        select: SelectArgs,
+        /// human: one test per line, its tags in brackets; json: one object per line.
+        #[arg(long, value_enum, default_value_t = ListFormat::Human)]
+        format: ListFormat,
+    },
     /// Compile scripts without running them; report syntax errors as FILE:LINE:COL.
     Check {
         /// Script files or folders.
@@ -112,6 +125,45 @@ enum Command {
     },
 }
 
+/// How `vmscript list` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ListFormat {
+    Human,
+    Json,
+}
+
+/// Which tests: shared by `run` and `list`.
+#[derive(clap::Args)]
+struct SelectArgs {
+    /// Script files and folders (a folder runs every *.rhai below it, except under lib/).
+    #[arg(default_value = ".")]
+    paths: Vec<PathBuf>,
+    /// Run only tests whose name contains TEXT (repeatable); a test case is named FILE::test_name.
+    #[arg(long, value_name = "TEXT")]
+    filter: Vec<String>,
+    /// Run only tests with tag T (repeatable: any of them), tags being set in vmscript.toml.
+    #[arg(long, value_name = "T")]
+    tag: Vec<String>,
+    /// Run no test with tag T (repeatable).
+    #[arg(long, value_name = "T")]
+    exclude_tag: Vec<String>,
+    /// Run only share K of N of the selected tests: count:K/N (every Nth) or hash:K/N (by name), for splitting a suite across CI machines.
+    #[arg(long, value_name = "SPEC")]
+    partition: Option<Partition>,
+    /// When no test is selected: fail (exit 4), warn (exit 0) or pass quietly.
+    #[arg(long, value_enum, value_name = "WHAT", default_value_t = NoTests::Fail)]
+    no_tests: NoTests,
+    /// Scale every timeout, the per-test one and each wait of a script, by X [else $VMSCRIPT_TIMEOUT_MULTIPLIER, else vmscript.toml's].
+    #[arg(long, value_name = "X")]
+    timeout_multiplier: Option<f64>,
+    /// Per-test timeout in seconds: the test is stopped, its machines killed, and it is reported as timed out [default: vmscript.toml's, else 300].
+    #[arg(long, value_name = "SECS")]
+    timeout: Option<f64>,
+    /// Run a failed or timed-out test up to N more times; one that passes then is reported as flaky [default: vmscript.toml's, else 0].
+    #[arg(long, value_name = "N")]
+    retries: Option<u32>,
+}
+
 /// How `vmscript doc` prints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum DocFormat {
@@ -121,15 +173,11 @@ enum DocFormat {
 
 #[derive(clap::Args)]
 struct RunArgs {
-    /// Script files and folders (a folder runs every *.rhai below it, except under lib/).
-    #[arg(default_value = ".")]
-    paths: Vec<PathBuf>,
-    /// Tests run at once [default: one per CPU; 1 with --no-capture].
+    #[command(flatten)]
+    select: SelectArgs,
+    /// Tests run at once [default: vmscript.toml's, else one per CPU; 1 with --no-capture].
     #[arg(short = 'j', long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     jobs: Option<u16>,
-    /// Per-test timeout in seconds: the test is stopped, its machines killed, and it is reported as timed out.
-    #[arg(long, value_name = "SECS", default_value_t = 300.0)]
-    timeout: f64,
     /// The QEMU binary machine() uses by default [else $VMSCRIPT_QEMU, else qemu-system-<arch>].
     #[arg(long, value_name = "BINARY")]
     qemu: Option<PathBuf>,
@@ -145,18 +193,9 @@ struct RunArgs {
     /// A folder to look in for `import "name"` (repeatable; also $VMSCRIPT_PATH).
     #[arg(long, value_name = "DIR")]
     lib: Vec<PathBuf>,
-    /// Run only tests whose name contains TEXT (repeatable).
-    #[arg(long, value_name = "TEXT")]
-    filter: Vec<String>,
     /// Start no more tests after the first failure (running ones finish).
     #[arg(long)]
     fail_fast: bool,
-    /// Run a failed or timed-out test up to N more times; one that passes then is reported as flaky.
-    #[arg(long, value_name = "N", default_value_t = 0)]
-    retries: u32,
-    /// Run only share K of N of the selected tests: count:K/N (every Nth) or hash:K/N (by name), for splitting a suite across CI machines.
-    #[arg(long, value_name = "SPEC")]
-    partition: Option<Partition>,
     /// Output format on stdout (a live progress line is drawn on a terminal with the human format).
     #[arg(long, value_enum, default_value_t = Format::Human)]
     format: Format,
@@ -225,6 +264,7 @@ fn print_out(text: &str) -> Result<(), i32> {
 fn dispatch(cli: Cli) -> i32 {
     match cli.command {
         Command::Run(args) => run(args),
+        Command::List { select, format } => list(select, format),
         Command::Check { paths } => check(&paths),
         Command::Doc {
             module,
@@ -248,26 +288,55 @@ fn secs(s: f64, what: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(s).map_err(|_| format!("{what}: {s} is not a number of seconds"))
 }
 
+/// The options of `run` and `list` that choose the tests.
+fn selection(s: SelectArgs) -> Result<runner::Options, String> {
+    if let Some(m) = s.timeout_multiplier {
+        if !(m.is_finite() && m > 0.0) {
+            return Err(format!("--timeout-multiplier: {m} is not a number above 0"));
+        }
+    }
+    Ok(runner::Options {
+        paths: s.paths,
+        filters: s.filter,
+        tags: s.tag,
+        exclude_tags: s.exclude_tag,
+        partition: s.partition,
+        no_tests: s.no_tests,
+        timeout_multiplier: s.timeout_multiplier,
+        timeout: s.timeout.map(|t| secs(t, "--timeout")).transpose()?,
+        retries: s.retries,
+        ..runner::Options::default()
+    })
+}
+
+fn list(select: SelectArgs, format: ListFormat) -> i32 {
+    match selection(select)
+        .and_then(|o| runner::list(&o, format == ListFormat::Json).map_err(|e| e.0))
+    {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("vmscript: error: {e}");
+            2
+        }
+    }
+}
+
 fn run(args: RunArgs) -> i32 {
     sweep_stale_temp_dirs();
     let options = (|| -> Result<runner::Options, String> {
         Ok(runner::Options {
-            paths: args.paths,
             jobs: args.jobs.map_or(0, usize::from),
-            timeout: secs(args.timeout, "--timeout")?,
             qemu: args.qemu,
             artifacts: args.artifacts,
             keep_artifacts: args.keep_artifacts,
             capture: !args.no_capture,
             lib_dirs: args.lib,
-            filters: args.filter,
             fail_fast: args.fail_fast,
-            retries: args.retries,
-            partition: args.partition,
             format: args.format,
             junit: args.junit,
             params: runner::parse_params(&args.params).map_err(|e| e.0)?,
             progress: true,
+            ..selection(args.select)?
         })
     })();
     match options.map(|o| runner::run(&o).map_err(|e| e.0)) {

@@ -741,3 +741,521 @@ fn a_terminal_gets_a_live_progress_line_and_a_pipe_plain_lines() {
         "{screen:?}"
     );
 }
+
+/// A file of cases with setup and teardown; teardown leaves a mark per
+/// case in `param("dir")`, so that a test can see it ran.
+const CASES: &str = r#"
+let marks = param("dir");
+fn setup() { #{ n: 5, dir: param("dir") } }
+fn teardown(ctx) {
+    let name = test_name();
+    write_file(`${ctx.dir}/${name.split("::")[1]}`, "torn down");
+}
+fn test_pass(ctx) { assert_eq(ctx.n, 5); assert_eq(test_name(), "c/cases.rhai::test_pass"); }
+fn test_fail() { assert_eq(1, 2, "one is two"); }
+fn test_skip() { skip("not this one"); }
+fn helper() { fail("not a case"); }
+"#;
+
+#[test]
+fn cases_are_tests_of_their_own_in_every_report() {
+    let w = World::new();
+    w.script("c/cases.rhai", CASES);
+    w.script(
+        "c/plain.rhai",
+        "assert_eq(test_name(), \"c/plain.rhai\");\n",
+    );
+    let dir = format!("dir={}", w.path().display());
+    let o = w.run(&[
+        "run", "--format", "json", "--junit", "j.xml", "c", "--", &dir,
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    let (tests, summary) = json_lines(&o);
+    let status = |name: &str| {
+        tests
+            .iter()
+            .find(|t| t["name"] == name)
+            .unwrap_or_else(|| panic!("{name} missing: {tests:?}"))
+            .clone()
+    };
+    assert_eq!(status("c/cases.rhai::test_pass")["status"], "passed");
+    assert_eq!(status("c/cases.rhai::test_skip")["status"], "skipped");
+    let fail = status("c/cases.rhai::test_fail");
+    assert_eq!(fail["status"], "failed");
+    assert_eq!(fail["case"], "test_fail");
+    assert_eq!(fail["file"], "c/cases.rhai");
+    assert_eq!(fail["error"]["line"], 9);
+    assert_eq!(fail["error"]["context"][0], "in test_fail");
+    assert_eq!(status("c/plain.rhai")["status"], "passed");
+    assert_eq!(tests.len(), 4);
+    assert_eq!(summary["passed"], 2);
+    assert_eq!(summary["skipped"], 1);
+    // teardown ran after each case, whether it passed, failed or skipped.
+    for case in ["test_pass", "test_fail", "test_skip"] {
+        let mark = w.path().join(case);
+        assert!(mark.is_file(), "teardown did not run after {case}");
+    }
+
+    // JUnit: the file is the class, the case the name.
+    let xml = std::fs::read_to_string(w.path().join("j.xml")).unwrap();
+    let report = quick_junit::Report::deserialize_from_str(&xml).unwrap();
+    let suite = &report.test_suites[0];
+    assert_eq!(report.tests, 4);
+    let case = |name: &str| {
+        suite
+            .test_cases
+            .iter()
+            .find(|c| c.name.as_str() == name)
+            .unwrap_or_else(|| panic!("{name} missing in {xml}"))
+    };
+    for name in ["test_pass", "test_fail", "test_skip"] {
+        assert_eq!(
+            case(name).classname.as_ref().unwrap().as_str(),
+            "c/cases.rhai"
+        );
+    }
+    use quick_junit::TestCaseStatus as S;
+    assert!(matches!(case("test_skip").status, S::Skipped { .. }));
+    assert!(matches!(case("test_fail").status, S::NonSuccess { .. }));
+    assert_eq!(
+        case("c/plain.rhai").classname.as_ref().unwrap().as_str(),
+        "c"
+    );
+
+    // TAP and the human lines name the case FILE::test_name.
+    let o = w.run(&["run", "--format", "tap", "c", "--", &dir]);
+    let (plan, points, _) = parse_tap(&stdout(&o));
+    assert_eq!(plan, 4);
+    let skip = points
+        .iter()
+        .find(|p| p.description == "c/cases.rhai::test_skip")
+        .unwrap();
+    assert_eq!(skip.directive.as_deref(), Some("SKIP not this one"));
+    let o = w.run(&["run", "c", "--", &dir]);
+    let out = stdout(&o);
+    assert!(out.contains("PASS c/cases.rhai::test_pass ("), "{out}");
+    assert!(
+        out.contains("SKIP c/cases.rhai::test_skip: not this one\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("FAIL c/cases.rhai::test_fail (",)
+            && out.contains("    c/cases.rhai:9:18: AssertionFailed: one is two\n"),
+        "{out}"
+    );
+
+    // --filter matches the case's name.
+    let o = w.run(&[
+        "run",
+        "--format",
+        "json",
+        "--filter",
+        "::test_pass",
+        "c",
+        "--",
+        &dir,
+    ]);
+    assert!(o.status.success(), "{}", stdout(&o));
+    let (tests, _) = json_lines(&o);
+    let names: Vec<&str> = tests.iter().map(|t| t["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["c/cases.rhai::test_pass"]);
+}
+
+#[test]
+fn cases_run_in_parallel_and_are_retried_alone() {
+    let w = World::new();
+    let mut text = String::new();
+    for i in 0..4 {
+        text.push_str(&format!("fn test_sleep{i}() {{ sleep(2); }}\n"));
+    }
+    text.push_str(
+        FLAKY
+            .replace("let mark", "fn test_flaky() {\nlet mark")
+            .as_str(),
+    );
+    text.push_str("}\n");
+    w.script("p/cases.rhai", &text);
+    let dir = format!("dir={}", w.path().display());
+    let start = Instant::now();
+    let o = w.run(&["run", "-j", "5", "--retries", "1", "p", "--", &dir]);
+    let out = stdout(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(
+        start.elapsed() < Duration::from_secs(7),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(
+        out.contains("FLAKY p/cases.rhai::test_flaky (") && out.contains("passed on try 2"),
+        "{out}"
+    );
+    assert!(
+        out.ends_with("    1 flaky\n5 passed, 0 failed, 0 skipped\n"),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_failing_top_level_fails_every_case_with_its_error() {
+    let w = World::new();
+    w.script(
+        "t.rhai",
+        "let x = 1;\nfail(\"no guest here\");\nfn test_a() {}\nfn test_b() {}\n",
+    );
+    let o = w.run(&["run", "--format", "json", "t.rhai"]);
+    assert_eq!(o.status.code(), Some(1));
+    let (tests, summary) = json_lines(&o);
+    assert_eq!(summary["failed"], 2);
+    for t in &tests {
+        assert_eq!(t["error"]["message"], "no guest here", "{t}");
+        assert_eq!(t["error"]["line"], 2, "{t}");
+        assert_eq!(
+            t["error"]["context"][0], "in the file's top level, which runs before each case",
+            "{t}"
+        );
+    }
+}
+
+#[test]
+fn setup_and_teardown_failures_are_reported_on_their_case() {
+    let w = World::new();
+    w.script(
+        "s.rhai",
+        "fn setup() {\n    throw \"no disk\";\n}\nfn teardown() { write_file(\"torn\", \"x\"); }\nfn test_a() { write_file(\"ran\", \"x\"); }\n",
+    );
+    w.script(
+        "t.rhai",
+        "fn teardown() {\n    fail(\"cannot clean\");\n}\nfn test_ok() {}\nfn test_bad() { fail(\"bad\"); }\n",
+    );
+    let o = w.run(&["run", "s.rhai", "t.rhai"]);
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("FAIL s.rhai::test_a (")
+            && out.contains(
+                "    s.rhai:2:5: ScriptError: no disk\n      in setup(), so test_a did not run\n"
+            ),
+        "{out}"
+    );
+    // As unittest: a failed setup runs neither the case nor teardown.
+    assert!(!w.path().join("ran").exists() && !w.path().join("torn").exists());
+    assert!(
+        out.contains("    t.rhai:2:5: AssertionFailed: cannot clean\n      in teardown(), after test_ok passed\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("AssertionFailed: bad\n      in test_bad\n      teardown() failed too, at t.rhai:2:5: AssertionFailed: cannot clean\n"),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_case_that_times_out_leaves_no_machine_behind() {
+    let w = World::new();
+    w.script(
+        "m.rhai",
+        &format!(
+            r#"
+fn setup() {{
+    let vm = machine();
+    vm.add_args("-M", "none");
+    vm.launch();
+    write_file("{}/pid", `${{vm.get_pid()}}`);
+    vm
+}}
+fn teardown(vm) {{ write_file("{}/torn", "x"); }}
+fn test_wait(vm) {{
+    vm.event_wait("NEVER", 600);
+}}
+fn test_quick(vm) {{ assert(vm.is_running()); }}
+"#,
+            w.path().display(),
+            w.path().display()
+        ),
+    );
+    let start = Instant::now();
+    let o = w.run(&[
+        "run",
+        "--timeout",
+        "2",
+        "-j",
+        "1",
+        "--filter",
+        "test_wait",
+        "m.rhai",
+    ]);
+    assert!(start.elapsed() < Duration::from_secs(20));
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(out.starts_with("TIMEOUT m.rhai::test_wait (2."), "{out}");
+    assert!(
+        out.contains("Timeout: the test timed out after 2s, waiting for event NEVER"),
+        "{out}"
+    );
+    let pid: i32 = std::fs::read_to_string(w.path().join("pid"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(!is_qemu_process(pid), "QEMU {pid} outlived its case");
+    assert!(sockets_below(&w.tmp()).is_empty());
+    // The other case, on its own machine, passes.
+    let o = w.run(&["run", "--filter", "test_quick", "m.rhai"]);
+    assert!(o.status.success(), "{}", stdout(&o));
+    assert!(w.path().join("torn").exists());
+}
+
+#[test]
+fn steps_are_timed_in_every_report_and_name_where_an_error_happened() {
+    let w = World::new();
+    w.script(
+        "s.rhai",
+        r#"
+let n = step("compute", || { sleep(0.2); 41 + 1 });
+assert_eq(n, 42);
+step("outer", || {
+    step("inner", || {
+        assert_eq(n, 43, "n is not 43");
+    });
+});
+"#,
+    );
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let o = w.run(&["run", "--format", "json", "--junit", "j.xml", "s.rhai"]);
+    assert_eq!(o.status.code(), Some(1));
+    let (tests, _) = json_lines(&o);
+    let steps = tests[0]["steps"].as_array().unwrap();
+    let names: Vec<&str> = steps.iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["compute", "outer", "outer > inner"]);
+    let statuses: Vec<&str> = steps
+        .iter()
+        .map(|s| s["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["passed", "failed", "failed"]);
+    assert!(steps[0]["duration"].as_f64().unwrap() >= 0.2, "{steps:?}");
+    assert!(steps[0]["start"].as_f64().unwrap() >= before - 1.0);
+    assert!(steps[1]["offset"].as_f64().unwrap() >= 0.2);
+    assert!(steps[2]["error"]
+        .as_str()
+        .unwrap()
+        .starts_with("AssertionFailed: n is not 43"));
+    assert_eq!(tests[0]["error"]["context"][0], "in step outer > inner");
+
+    let xml = std::fs::read_to_string(w.path().join("j.xml")).unwrap();
+    let report = quick_junit::Report::deserialize_from_str(&xml).unwrap();
+    let props: Vec<String> = report.test_suites[0].test_cases[0]
+        .properties
+        .iter()
+        .map(|p| format!("{}={}", p.name.as_str(), p.value.as_str()))
+        .collect();
+    assert_eq!(props.len(), 3, "{props:?}");
+    assert!(props[0].starts_with("step=passed  +0.0"), "{props:?}");
+    assert!(props[0].ends_with("s  compute"), "{props:?}");
+    assert!(
+        props[2].ends_with("s  outer > inner: AssertionFailed: n is not 43"),
+        "{props:?}"
+    );
+
+    let o = w.run(&["run", "s.rhai"]);
+    let out = stdout(&o);
+    assert!(
+        out.contains("    s.rhai:6:9: AssertionFailed: n is not 43\n      left: 42\n     right: 43\n      in step outer > inner\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("\n    --- steps ---\n    passed  +0.0"),
+        "{out}"
+    );
+    assert!(
+        out.contains("s  outer > inner: AssertionFailed: n is not 43\n"),
+        "{out}"
+    );
+}
+
+#[test]
+fn list_shows_what_run_would_run_with_tags() {
+    let w = World::new();
+    w.script("l/cases.rhai", "fn test_b() {}\nfn test_a() {}\n");
+    w.script("l/plain.rhai", "let x = 1;\n");
+    w.script("l/lib/m.rhai", "fn test_not() {}\n");
+    w.script(
+        "l/vmscript.toml",
+        "[[tests]]\nfilter = \"::test_a\"\ntags = [\"smoke\", \"fast\"]\n",
+    );
+    let o = w.run(&["list", "l"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o),
+        "l/cases.rhai::test_a [smoke, fast]\nl/cases.rhai::test_b\nl/plain.rhai\n"
+    );
+    let o = w.run(&["list", "--format", "json", "--tag", "smoke", "l"]);
+    let lines: Vec<serde_json::Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["name"], "l/cases.rhai::test_a");
+    assert_eq!(lines[0]["case"], "test_a");
+    assert_eq!(lines[0]["file"], "l/cases.rhai");
+    assert_eq!(lines[0]["tags"], serde_json::json!(["smoke", "fast"]));
+    let o = w.run(&["list", "--exclude-tag", "fast", "--filter", "cases", "l"]);
+    assert_eq!(stdout(&o), "l/cases.rhai::test_b\n");
+    // run selects the same.
+    let o = w.run(&["run", "--format", "json", "--tag", "fast", "l"]);
+    let (tests, _) = json_lines(&o);
+    assert_eq!(tests.len(), 1);
+    assert_eq!(tests[0]["name"], "l/cases.rhai::test_a");
+}
+
+#[test]
+fn selecting_no_test_exits_4_unless_told_otherwise() {
+    let w = World::new();
+    w.script("n/a.rhai", "let x = 1;\n");
+    for cmd in ["run", "list"] {
+        let o = w.run(&[cmd, "--filter", "typo", "n"]);
+        assert_eq!(o.status.code(), Some(4), "{cmd}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("no tests selected in n with --filter typo (exit status 4"),
+            "{cmd}: {}",
+            stderr(&o)
+        );
+        let o = w.run(&[cmd, "--filter", "typo", "--no-tests", "warn", "n"]);
+        assert_eq!(o.status.code(), Some(0), "{cmd}");
+        assert!(stderr(&o).contains("no tests selected"), "{cmd}");
+        let o = w.run(&[cmd, "--filter", "typo", "--no-tests", "pass", "n"]);
+        assert_eq!(o.status.code(), Some(0), "{cmd}");
+        assert!(!stderr(&o).contains("no tests selected"), "{cmd}");
+    }
+    // An empty shard too.
+    let o = w.run(&["run", "--partition", "count:2/2", "n"]);
+    assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
+}
+
+#[test]
+fn vmscript_toml_sets_defaults_and_overrides_and_the_command_line_wins() {
+    let w = World::new();
+    w.script("suite/sub/short.rhai", "sleep(3);\n");
+    w.script(
+        "suite/sub/long.rhai",
+        "sleep(3);\nimport \"helper\" as h;\nassert_eq(h::two(), 2);\n",
+    );
+    w.script("suite/mylib/helper.rhai", "fn two() { 2 }\n");
+    w.script(
+        "suite/vmscript.toml",
+        "# the suite's settings\n[run]\ntimeout = 1\nlib = [\"mylib\"]\n\n[[tests]]\nfilter = \"long\"\ntimeout = 20\n",
+    );
+    // Found in a parent of the folder run.
+    let o = w.run(&["run", "suite/sub"]);
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}{}", stderr(&o));
+    assert!(out.contains("TIMEOUT suite/sub/short.rhai ("), "{out}");
+    assert!(out.contains("timed out after 1s"), "{out}");
+    assert!(out.contains("PASS suite/sub/long.rhai ("), "{out}");
+    // The command line wins over the file.
+    let o = w.run(&["run", "--timeout", "20", "suite/sub"]);
+    assert!(o.status.success(), "{}", stdout(&o));
+
+    // Unknown keys: the file, the line and the valid keys.
+    w.script(
+        "bad/vmscript.toml",
+        "[run]\njobs = 2\n\n[[tests]]\nfilter = \"x\"\nwieght = 2\n",
+    );
+    w.script("bad/t.rhai", "let x = 1;\n");
+    for cmd in ["run", "list"] {
+        let o = w.run(&[cmd, "bad"]);
+        assert_eq!(o.status.code(), Some(2), "{cmd}");
+        let err = stderr(&o);
+        assert!(
+            err.contains("bad/vmscript.toml:6:1: unknown field wieght; valid keys here are filter, timeout, retries, weight, tags"),
+            "{err}"
+        );
+    }
+}
+
+/// A test that records when it ran in `spans/NAME`.
+fn span_script(name: &str, secs: f64) -> String {
+    format!(
+        "let start = now();\nsleep({secs});\nwrite_file(`${{param(\"dir\")}}/spans/{name}`, `${{start}} ${{now()}}`);\n"
+    )
+}
+
+#[test]
+fn a_test_of_weight_two_holds_two_slots() {
+    let w = World::new();
+    std::fs::create_dir_all(w.path().join("spans")).unwrap();
+    w.script("h/a_heavy.rhai", &span_script("heavy", 1.5));
+    for l in ["b_light", "c_light", "d_light"] {
+        w.script(&format!("h/{l}.rhai"), &span_script(l, 1.5));
+    }
+    w.script(
+        "h/vmscript.toml",
+        "[[tests]]\nfilter = \"heavy\"\nweight = 2\n",
+    );
+    let dir = format!("dir={}", w.path().display());
+    let o = w.run(&["run", "-j", "2", "h", "--", &dir]);
+    assert!(o.status.success(), "{}", stdout(&o));
+    let span = |n: &str| -> (f64, f64) {
+        let t = std::fs::read_to_string(w.path().join("spans").join(n)).unwrap();
+        let (a, b) = t.split_once(' ').unwrap();
+        (a.parse().unwrap(), b.parse().unwrap())
+    };
+    let heavy = span("heavy");
+    let lights: Vec<(f64, f64)> = ["b_light", "c_light", "d_light"].map(span).into();
+    for l in &lights {
+        assert!(
+            l.0 >= heavy.1 || l.1 <= heavy.0,
+            "a light test {l:?} ran beside the heavy one {heavy:?}"
+        );
+    }
+    // Two light ones did share the two slots.
+    let overlap = |a: (f64, f64), b: (f64, f64)| a.0 < b.1 && b.0 < a.1;
+    assert!(
+        overlap(lights[0], lights[1])
+            || overlap(lights[1], lights[2])
+            || overlap(lights[0], lights[2]),
+        "{lights:?}"
+    );
+    // A weight above -j is capped: the test still runs.
+    let o = w.run(&["run", "-j", "1", "--filter", "heavy", "h", "--", &dir]);
+    assert!(o.status.success(), "{}", stdout(&o));
+}
+
+#[test]
+fn the_timeout_multiplier_scales_the_test_timeout_and_the_scripts_waits() {
+    let w = World::new();
+    w.script("m/sleepy.rhai", "sleep(2);\n");
+    w.script("m/wait.rhai", "wait_until(|| false, 1);\n");
+    let o = w.run(&["run", "--timeout", "1", "--filter", "sleepy", "m"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    let o = w.run(&[
+        "run",
+        "--timeout",
+        "1",
+        "--timeout-multiplier",
+        "4",
+        "--filter",
+        "sleepy",
+        "m",
+    ]);
+    assert!(o.status.success(), "{}", stdout(&o));
+    let o = w
+        .command(&["run", "--timeout", "1", "--filter", "sleepy", "m"])
+        .env("VMSCRIPT_TIMEOUT_MULTIPLIER", "4")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stdout(&o));
+    // A script's own wait: 1 s times 2.
+    let start = Instant::now();
+    let o = w.run(&["run", "--timeout-multiplier", "2", "--filter", "wait", "m"]);
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("Timeout: timed out after 2s waiting for wait_until's condition"),
+        "{out}"
+    );
+    assert!(start.elapsed() >= Duration::from_secs(2));
+    let o = w.run(&["run", "--timeout-multiplier", "0", "m"]);
+    assert_eq!(o.status.code(), Some(2));
+}

@@ -258,6 +258,7 @@ mod tests {
         Test {
             path: name.into(),
             name: name.into(),
+            ..Test::default()
         }
     }
 

@@ -1,15 +1,48 @@
 //! Finding the tests: files as given, folders searched for `*.rhai` in
 //! sorted order, skipping anything under a folder named `lib` (modules for
-//! `import`, not tests) and hidden folders. `--filter` and `--partition`
-//! are applied afterwards, by [`super::select`] and [`super::partition`].
+//! `import`, not tests) and hidden folders. A file that defines `test_*`
+//! functions is expanded into one test per case by [`super::select`],
+//! which then applies `--filter`, tags and [`super::partition`].
 
 use std::path::{Path, PathBuf};
 
-/// One test file and the name it is reported under.
-#[derive(Debug, Clone, PartialEq, Eq)]
+use super::config::Settings;
+
+/// One test, a file or one case of a file, and the name it is reported
+/// under: the file's path, or `FILE::test_case`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Test {
     pub path: PathBuf,
     pub name: String,
+    /// The case's function name, for a case.
+    pub case: Option<String>,
+    /// Its timeout, retries, weight and tags (`vmscript.toml` and the
+    /// command line), set by [`super::select`].
+    pub settings: Settings,
+}
+
+impl Test {
+    /// Case `case` of the file `file`.
+    pub fn case_of(file: &Test, case: &str) -> Test {
+        Test {
+            path: file.path.clone(),
+            name: format!("{}::{case}", file.name),
+            case: Some(case.to_string()),
+            settings: file.settings.clone(),
+        }
+    }
+
+    /// The name of the file the test is in (its name without the case).
+    pub fn file_name(&self) -> &str {
+        match &self.case {
+            Some(c) => self
+                .name
+                .strip_suffix(c.as_str())
+                .and_then(|n| n.strip_suffix("::"))
+                .unwrap_or(&self.name),
+            None => &self.name,
+        }
+    }
 }
 
 /// The tests under `paths` (`.` when empty), in order, without duplicates.
@@ -43,6 +76,7 @@ pub fn discover(paths: &[PathBuf]) -> Result<Vec<Test>, String> {
             Test {
                 name: path.display().to_string(),
                 path,
+                ..Test::default()
             }
         })
         .collect())
@@ -91,6 +125,19 @@ mod tests {
             .map(|t| t.path.strip_prefix(p).unwrap().display().to_string())
             .collect();
         assert_eq!(names, ["a.rhai", "b.rhai", "sub/c.rhai"]);
+    }
+
+    #[test]
+    fn cases_are_named_after_their_file() {
+        let file = Test {
+            path: "t/a.rhai".into(),
+            name: "t/a.rhai".into(),
+            ..Test::default()
+        };
+        let case = Test::case_of(&file, "test_one");
+        assert_eq!(case.name, "t/a.rhai::test_one");
+        assert_eq!(case.file_name(), "t/a.rhai");
+        assert_eq!(file.file_name(), "t/a.rhai");
     }
 
     #[test]

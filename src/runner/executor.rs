@@ -1,6 +1,8 @@
-//! Running the selected tests: up to `jobs` at once, each try on a thread
+//! Running the selected tests: up to `jobs` slots at once (a test of
+//! weight N holds N of them, at most all), each try on a thread
 //! of its own with its own engine, temp dir and artifacts folder
-//! ([`script::run_file`] does the rest), retries of failed tries,
+//! ([`script::run_program`] does the rest, on the file compiled once for
+//! the whole run), retries of failed tries,
 //! `--fail-fast`, signals, and a backstop for a test that does not stop at
 //! its timeout.
 //!
@@ -21,7 +23,7 @@ use super::discover::Test;
 use super::reporter::{ProgressState, Reporter};
 use super::results::{Attempt, Counts, TestResult, Verdict};
 use super::signal::SignalWatch;
-use super::{Options, StopReason, Summary};
+use super::{Options, Programs, StopReason, Summary};
 
 /// How often the progress line and the stuck-test backstop are looked at.
 const TICK: Duration = Duration::from_millis(250);
@@ -54,11 +56,14 @@ pub struct Executor<'a> {
     options: &'a Options,
     qemu: QemuBinary,
     jobs: usize,
+    programs: Programs,
     artifacts: Artifacts,
     signals: SignalWatch,
     tx: Sender<Msg>,
     rx: Receiver<Msg>,
     running: BTreeMap<u64, Running>,
+    /// The slots the running tests hold.
+    busy: usize,
     next_id: u64,
     counts: Counts,
     results: Vec<TestResult>,
@@ -71,6 +76,7 @@ impl<'a> Executor<'a> {
         options: &'a Options,
         qemu: QemuBinary,
         jobs: usize,
+        programs: Programs,
         artifacts: Artifacts,
         signals: SignalWatch,
         (tx, rx): (Sender<Msg>, Receiver<Msg>),
@@ -79,11 +85,13 @@ impl<'a> Executor<'a> {
             options,
             qemu,
             jobs: jobs.max(1),
+            programs,
             artifacts,
             signals,
             tx,
             rx,
             running: BTreeMap::new(),
+            busy: 0,
             next_id: 0,
             counts: Counts::default(),
             results: Vec::new(),
@@ -102,11 +110,18 @@ impl<'a> Executor<'a> {
             if let (None, Some(sig)) = (self.stopped, self.signals.received()) {
                 self.stopped = Some(StopReason::Signal(sig));
             }
-            while self.stopped.is_none() && self.running.len() < self.jobs {
-                let Some(test) = queue.pop_front() else {
+            // In order: a heavy test waits for its slots rather than be
+            // overtaken for ever by light ones.
+            while self.stopped.is_none() {
+                let Some(weight) = queue.front().map(|t| self.weight(t)) else {
                     break;
                 };
-                self.start(test, 1, Vec::new());
+                if self.busy + weight > self.jobs {
+                    break;
+                }
+                if let Some(test) = queue.pop_front() {
+                    self.start(test, 1, Vec::new());
+                }
             }
             if self.running.is_empty() {
                 break;
@@ -141,13 +156,20 @@ impl<'a> Executor<'a> {
             elapsed: start.elapsed(),
             jobs: self.jobs,
             partition: self.options.partition,
+            none_selected: false,
         };
         reporter.finish(&summary, &self.results);
         (summary, self.results)
     }
 
+    /// The slots `test` holds while it runs: its weight, at most all.
+    fn weight(&self, test: &Test) -> usize {
+        test.settings.weight.clamp(1, self.jobs)
+    }
+
     /// Starts try `number` of `test` on a thread of its own.
     fn start(&mut self, test: Test, number: u32, earlier: Vec<Attempt>) {
+        self.busy += self.weight(&test);
         let id = self.next_id;
         self.next_id += 1;
         let cancel = Cancel::new();
@@ -185,12 +207,14 @@ impl<'a> Executor<'a> {
         let config = RunConfig {
             script: test.path.clone(),
             artifacts: dir.clone(),
-            timeout: self.options.timeout,
+            timeout: test.settings.timeout,
             qemu: self.qemu.clone(),
             params: self.options.params.clone(),
             capture: self.options.capture,
             lib_dirs: self.options.lib_dirs.clone(),
         };
+        let program = self.programs.get(&test.path).cloned();
+        let case = test.case.clone();
         let tx = self.tx.clone();
         let c = cancel.clone();
         let spawned = std::thread::Builder::new()
@@ -198,21 +222,23 @@ impl<'a> Executor<'a> {
             .stack_size(script::SCRIPT_STACK)
             .spawn(move || {
                 let shown = config.script.display().to_string();
-                let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    script::run_file(config, c)
-                }))
-                .unwrap_or_else(|panic| {
-                    let what = panic
-                        .downcast_ref::<&str>()
-                        .map(|s| s.to_string())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_default();
-                    host_failure(
-                        &shown,
-                        format!("vmscript bug: the test's thread panicked: {what}"),
-                        started,
-                    )
-                });
+                let outcome =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match program {
+                        Some(p) => script::run_program(config, &p, case.as_deref(), c),
+                        None => script::run_file(config, c),
+                    }))
+                    .unwrap_or_else(|panic| {
+                        let what = panic
+                            .downcast_ref::<&str>()
+                            .map(|s| s.to_string())
+                            .or_else(|| panic.downcast_ref::<String>().cloned())
+                            .unwrap_or_default();
+                        host_failure(
+                            &shown,
+                            format!("vmscript bug: the test's thread panicked: {what}"),
+                            started,
+                        )
+                    });
                 let _ = tx.send(Msg::Done {
                     id,
                     outcome: Box::new(outcome),
@@ -232,6 +258,7 @@ impl<'a> Executor<'a> {
 
     /// Try `id` ended: retry it, or report the test.
     fn finished(&mut self, id: u64, r: Running, outcome: Outcome, reporter: &mut Reporter) {
+        self.busy = self.busy.saturating_sub(self.weight(&r.test));
         let verdict = Verdict::of(&outcome, r.cancel.reason().as_ref());
         let mut attempts = r.earlier;
         attempts.push(Attempt {
@@ -241,7 +268,7 @@ impl<'a> Executor<'a> {
             artifacts: r.dir,
         });
         let retry = matches!(verdict, Verdict::Failed | Verdict::TimedOut)
-            && r.number <= self.options.retries
+            && r.number <= r.test.settings.retries
             && self.stopped.is_none()
             && self.signals.received().is_none();
         if retry {
@@ -274,11 +301,10 @@ impl<'a> Executor<'a> {
     /// well past its timeout; its machines are killed and its temp dir
     /// removed, its thread is left to end with the process.
     fn abandon_stuck(&mut self, reporter: &mut Reporter) {
-        let limit = self.options.timeout + STUCK_GRACE;
         let stuck: Vec<u64> = self
             .running
             .iter()
-            .filter(|(_, r)| r.started.elapsed() > limit)
+            .filter(|(_, r)| r.started.elapsed() > r.test.settings.timeout + STUCK_GRACE)
             .map(|(id, _)| *id)
             .collect();
         for id in stuck {
@@ -286,12 +312,12 @@ impl<'a> Executor<'a> {
                 continue;
             };
             self.signals.untrack(id);
-            r.cancel
-                .cancel(script::Reason::Timeout(self.options.timeout));
+            let timeout = r.test.settings.timeout;
+            r.cancel.cancel(script::Reason::Timeout(timeout));
             r.cancel.abandon();
             let message = format!(
                 "the test timed out after {}s and did not stop within {}s more; it was abandoned",
-                self.options.timeout.as_secs_f64(),
+                timeout.as_secs_f64(),
                 STUCK_GRACE.as_secs()
             );
             let shown = r.test.path.display().to_string();

@@ -1,10 +1,13 @@
 //! `vmscript run`: finds the test scripts, runs them in parallel (each
 //! with its own engine, temp dir and artifacts) and reports the results.
 //!
-//! Knows nothing of Rhai: a test is run by [`crate::script::run_file`].
+//! Knows nothing of Rhai: a file is compiled once into a
+//! [`crate::script::Program`], whose cases (if any) are tests of their
+//! own, and a test is run by [`crate::script::run_program`].
 //! Start with [`run`], which wires the parts together, one module per
-//! responsibility (as in cargo-nextest's runner): [`discover`] finds the
-//! tests, [`partition`] splits them across CI machines, [`executor`]
+//! responsibility (as in cargo-nextest's runner): [`config`] reads the
+//! suite's `vmscript.toml`, [`discover`] finds the
+//! tests, [`select`] picks them, [`partition`] splits them across CI machines, [`executor`]
 //! schedules them on worker threads with retries and `--fail-fast`,
 //! [`artifacts`] decides where logs go and which stay, [`signal`] turns
 //! Ctrl-C/SIGTERM into a clean stop, [`results`] holds what came out, and
@@ -12,9 +15,11 @@
 //!
 //! Exit status (see [`Summary::exit_code`]): 0 when nothing failed, 1 when
 //! a test failed (timed-out and interrupted tests count as failed), 2 for a
-//! usage or setup error, 128+N when stopped by signal N.
+//! usage or setup error, 4 when no test was selected (see [`NoTests`]),
+//! 128+N when stopped by signal N.
 
 pub mod artifacts;
+pub mod config;
 pub mod discover;
 pub mod executor;
 pub mod partition;
@@ -22,12 +27,14 @@ pub mod reporter;
 pub mod results;
 pub mod signal;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
-use crate::script::QemuBinary;
+use crate::script::{Program, QemuBinary};
 
+pub use config::{Config, Settings};
 pub use discover::Test;
 pub use partition::Partition;
 pub use reporter::Format;
@@ -38,10 +45,14 @@ pub use results::{Counts, TestResult, Verdict};
 pub struct Options {
     /// Files and folders (`.` when empty).
     pub paths: Vec<PathBuf>,
-    /// Tests run at once; 0 means one per CPU. `--no-capture` makes it 1.
+    /// Tests run at once; 0 means `vmscript.toml`'s, else one per CPU.
+    /// `--no-capture` makes it 1.
     pub jobs: usize,
-    /// Per-test timeout.
-    pub timeout: Duration,
+    /// `--timeout`: every test's, over `vmscript.toml`'s.
+    pub timeout: Option<Duration>,
+    /// `--timeout-multiplier`, else `$VMSCRIPT_TIMEOUT_MULTIPLIER`, else
+    /// `vmscript.toml`'s: scales every timeout and every wait of a script.
+    pub timeout_multiplier: Option<f64>,
     /// `--qemu`.
     pub qemu: Option<PathBuf>,
     /// `--artifacts DIR`: every test's logs go to `DIR/<test>/` and stay.
@@ -56,8 +67,15 @@ pub struct Options {
     pub filters: Vec<String>,
     /// Start no more tests after the first failure.
     pub fail_fast: bool,
-    /// Run a failed or timed-out test up to this many more times.
-    pub retries: u32,
+    /// Run a failed or timed-out test up to this many more times (over
+    /// `vmscript.toml`'s).
+    pub retries: Option<u32>,
+    /// Run only tests with one of these tags (`--tag`).
+    pub tags: Vec<String>,
+    /// Run no test with one of these tags (`--exclude-tag`).
+    pub exclude_tags: Vec<String>,
+    /// What an empty selection does.
+    pub no_tests: NoTests,
     pub partition: Option<Partition>,
     pub format: Format,
     pub junit: Option<PathBuf>,
@@ -66,6 +84,21 @@ pub struct Options {
     /// Draw the live progress line (when stderr is a terminal).
     pub progress: bool,
 }
+
+/// `--no-tests`: what happens when no test is selected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum NoTests {
+    /// Exit 0 quietly.
+    Pass,
+    /// Say so, exit 0.
+    Warn,
+    /// Say so, exit 4.
+    #[default]
+    Fail,
+}
+
+/// The exit status of a run that selected no test (with `--no-tests fail`).
+pub const NO_TESTS_EXIT: i32 = 4;
 
 /// A usage or setup problem: nothing was run (exit status 2).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -93,6 +126,8 @@ pub struct Summary {
     /// Tests run at once.
     pub jobs: usize,
     pub partition: Option<Partition>,
+    /// No test was selected and `--no-tests fail` makes that an error.
+    pub none_selected: bool,
 }
 
 impl Summary {
@@ -101,6 +136,7 @@ impl Summary {
         match self.stopped {
             Some(StopReason::Signal(s)) => 128 + s,
             _ if self.counts.failed > 0 => 1,
+            _ if self.none_selected => NO_TESTS_EXIT,
             _ => 0,
         }
     }
@@ -140,19 +176,85 @@ pub fn default_guest_env() {
     }
 }
 
-/// The tests `options` selects, in order.
-pub fn select(options: &Options) -> Result<Vec<Test>, SetupError> {
-    let tests = discover::discover(&options.paths).map_err(SetupError)?;
+/// Every test file of a run, compiled once and shared by its cases.
+pub type Programs = HashMap<PathBuf, Arc<Program>>;
+
+/// What a run will run: the tests, and the compiled files they are in.
+#[derive(Debug, Default)]
+pub struct Selection {
+    pub tests: Vec<Test>,
+    pub programs: Programs,
+}
+
+/// `options` with what the suite's `vmscript.toml` sets and the command
+/// line does not, and the configuration itself.
+pub fn configure(options: &Options) -> Result<(Options, Config), SetupError> {
+    let config = Config::find(&options.paths)?;
+    let mut o = options.clone();
+    if o.jobs == 0 {
+        o.jobs = config.run.jobs.map_or(0, usize::from);
+    }
+    if o.qemu.is_none() {
+        o.qemu.clone_from(&config.run.qemu);
+    }
+    o.lib_dirs.extend(config.run.lib.iter().cloned());
+    let env = match std::env::var("VMSCRIPT_TIMEOUT_MULTIPLIER") {
+        Ok(v) if !v.is_empty() => Some(v.parse::<f64>().map_err(|_| {
+            SetupError(format!(
+                "$VMSCRIPT_TIMEOUT_MULTIPLIER={v:?} is not a number"
+            ))
+        })?),
+        _ => None,
+    };
+    let m = o
+        .timeout_multiplier
+        .or(env)
+        .or(config.run.timeout_multiplier)
+        .unwrap_or(1.0);
+    if !(m.is_finite() && m > 0.0) {
+        return Err(SetupError(format!(
+            "timeout multiplier {m} is not a number above 0"
+        )));
+    }
+    o.timeout_multiplier = Some(m);
+    Ok((o, config))
+}
+
+/// The tests `options` selects, in order: each file compiled once, a file
+/// of cases expanded into its cases, each given its [`Settings`], then
+/// `--filter`, `--tag`, `--exclude-tag` and `--partition`.
+pub fn select(options: &Options, config: &Config) -> Result<Selection, SetupError> {
+    let files = discover::discover(&options.paths).map_err(SetupError)?;
+    let mut programs = Programs::new();
+    let mut tests = Vec::new();
+    for file in files {
+        let program = Arc::new(Program::load(&file.path));
+        let cases = program.cases();
+        if cases.is_empty() {
+            tests.push(file.clone());
+        } else {
+            tests.extend(cases.iter().map(|c| Test::case_of(&file, c)));
+        }
+        programs.insert(file.path, program);
+    }
+    let multiplier = options.timeout_multiplier.unwrap_or(1.0);
+    for t in &mut tests {
+        t.settings = config.settings(&t.name, options.timeout, options.retries, multiplier);
+    }
+    let has_tag = |t: &Test, tags: &[String]| t.settings.tags.iter().any(|x| tags.contains(x));
     let tests: Vec<Test> = tests
         .into_iter()
         .filter(|t| {
             options.filters.is_empty() || options.filters.iter().any(|f| t.name.contains(f))
         })
+        .filter(|t| options.tags.is_empty() || has_tag(t, &options.tags))
+        .filter(|t| !has_tag(t, &options.exclude_tags))
         .collect();
-    Ok(match options.partition {
+    let tests = match options.partition {
         Some(p) => p.select(tests),
         None => tests,
-    })
+    };
+    Ok(Selection { tests, programs })
 }
 
 /// How many tests run at once: `-j`, else one per CPU; one with
@@ -168,9 +270,87 @@ pub fn jobs(options: &Options) -> usize {
     }
 }
 
+/// What to say when nothing is selected, and whether that is an error.
+fn nothing_selected(options: &Options, note: impl FnOnce(&str)) -> bool {
+    if options.no_tests == NoTests::Pass {
+        return false;
+    }
+    let mut why = Vec::new();
+    if !options.filters.is_empty() {
+        why.push(format!("--filter {}", options.filters.join(", ")));
+    }
+    if !options.tags.is_empty() {
+        why.push(format!("--tag {}", options.tags.join(", ")));
+    }
+    if !options.exclude_tags.is_empty() {
+        why.push(format!("--exclude-tag {}", options.exclude_tags.join(", ")));
+    }
+    if let Some(p) = options.partition {
+        why.push(format!("--partition {p}"));
+    }
+    let paths: Vec<String> = options
+        .paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    let paths = if paths.is_empty() {
+        ".".to_string()
+    } else {
+        paths.join(" ")
+    };
+    let mut text = format!("no tests selected in {paths}");
+    if !why.is_empty() {
+        text.push_str(&format!(" with {}", why.join(", ")));
+    }
+    let fail = options.no_tests == NoTests::Fail;
+    text.push_str(if fail {
+        " (exit status 4; --no-tests pass|warn to accept that)"
+    } else {
+        ""
+    });
+    note(&text);
+    fail
+}
+
+/// `vmscript list`: the tests `run` would run with the same options, one
+/// per line with their tags (human), or one JSON object per line. Returns
+/// the exit status.
+pub fn list(options: &Options, json: bool) -> Result<i32, SetupError> {
+    let (options, config) = configure(options)?;
+    let Selection { tests, .. } = select(&options, &config)?;
+    let mut out = String::new();
+    for t in &tests {
+        if json {
+            let line = serde_json::json!({
+                "name": t.name,
+                "file": t.file_name(),
+                "case": t.case,
+                "path": t.path.display().to_string(),
+                "tags": t.settings.tags,
+                "weight": t.settings.weight,
+                "timeout": t.settings.timeout.as_secs_f64(),
+                "retries": t.settings.retries,
+            });
+            out.push_str(&format!("{line}\n"));
+        } else if t.settings.tags.is_empty() {
+            out.push_str(&format!("{}\n", t.name));
+        } else {
+            out.push_str(&format!("{} [{}]\n", t.name, t.settings.tags.join(", ")));
+        }
+    }
+    print!("{out}");
+    if tests.is_empty() && nothing_selected(&options, |t| eprintln!("vmscript: {t}")) {
+        return Ok(NO_TESTS_EXIT);
+    }
+    Ok(0)
+}
+
 /// Runs the selected tests and reports them.
 pub fn run(options: &Options) -> Result<Summary, SetupError> {
-    let tests = select(options)?;
+    let (options, config) = configure(options)?;
+    let options = &options;
+    crate::script::args::set_timeout_multiplier(options.timeout_multiplier.unwrap_or(1.0));
+    let Selection { tests, programs } = select(options, &config)?;
     let qemu = QemuBinary::resolve(options.qemu.clone());
     if qemu.is_explicit() {
         qemu.locate().map_err(SetupError)?;
@@ -192,15 +372,17 @@ pub fn run(options: &Options) -> Result<Summary, SetupError> {
     }
     let live = options.progress && options.capture && reporter::progress::wanted();
     let mut reporter = reporter::Reporter::new(options.format, options.capture, live);
+    let mut none_selected = false;
     if tests.is_empty() {
-        reporter.note("no tests to run");
+        none_selected = nothing_selected(options, |t| reporter.note(t));
     }
     if !options.capture && options.jobs > 1 {
         reporter.note("--no-capture runs one test at a time, so that output stays readable");
     }
     let jobs = jobs(options);
-    let exec = executor::Executor::new(options, qemu, jobs, artifacts, signals, channel);
-    let (summary, results) = exec.run(tests, &mut reporter);
+    let exec = executor::Executor::new(options, qemu, jobs, programs, artifacts, signals, channel);
+    let (mut summary, results) = exec.run(tests, &mut reporter);
+    summary.none_selected = none_selected;
     if let Some(j) = &options.junit {
         reporter::junit::write(j, &summary, &results)
             .map_err(|e| SetupError(format!("writing {}: {e}", j.display())))?;
@@ -237,5 +419,10 @@ mod tests {
         assert_eq!(s.exit_code(), 1);
         s.stopped = Some(StopReason::Signal(15));
         assert_eq!(s.exit_code(), 143);
+        let none = Summary {
+            none_selected: true,
+            ..Summary::default()
+        };
+        assert_eq!(none.exit_code(), 4);
     }
 }

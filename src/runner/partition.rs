@@ -77,6 +77,7 @@ mod tests {
             .map(|i| Test {
                 path: format!("t{i}.rhai").into(),
                 name: format!("t{i}.rhai"),
+                ..Test::default()
             })
             .collect();
         for spec in ["count", "hash"] {

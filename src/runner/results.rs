@@ -205,6 +205,7 @@ mod tests {
         let test = Test {
             path: "t.rhai".into(),
             name: "t.rhai".into(),
+            ..Test::default()
         };
         let attempts = verdicts
             .iter()

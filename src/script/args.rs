@@ -1,15 +1,51 @@
 //! Reading the arguments scripts pass: seconds as INT or FLOAT, arrays of
 //! strings, and option maps whose unknown keys are an error that lists the
 //! valid ones.
+//!
+//! Every timeout a script passes is read by [`secs`], which scales it by
+//! the run's timeout multiplier (`--timeout-multiplier`), so a slow CI
+//! machine stretches all the waits of every script and stdlib module in
+//! this one place; [`plain_secs`] reads a duration that is not a deadline
+//! (`sleep`, a polling interval).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use rhai::{Array, Dynamic, ImmutableString, Map};
 
 use super::errors::{self, ScriptResult};
 
-/// Seconds given as INT or FLOAT (not negative).
+/// The multiplier's bits (an `f64`); 0 means unset, that is 1.
+static MULTIPLIER: AtomicU64 = AtomicU64::new(0);
+
+/// Sets the factor every script timeout is multiplied by, for the whole
+/// process (one run of the runner).
+pub fn set_timeout_multiplier(factor: f64) {
+    MULTIPLIER.store(factor.to_bits(), Ordering::Relaxed);
+}
+
+/// The factor set by [`set_timeout_multiplier`] (1 by default).
+pub fn timeout_multiplier() -> f64 {
+    match MULTIPLIER.load(Ordering::Relaxed) {
+        0 => 1.0,
+        bits => f64::from_bits(bits),
+    }
+}
+
+/// A script's timeout `d` (or a default one) scaled by the multiplier.
+pub fn scaled(d: Duration) -> Duration {
+    d.mul_f64(timeout_multiplier())
+        .min(Duration::from_secs(1_000_000_000))
+}
+
+/// A timeout in seconds given as INT or FLOAT (not negative), scaled by
+/// the timeout multiplier.
 pub fn secs(value: &Dynamic, what: &str) -> ScriptResult<Duration> {
+    plain_secs(value, what).map(scaled)
+}
+
+/// Seconds given as INT or FLOAT (not negative), as they are.
+pub fn plain_secs(value: &Dynamic, what: &str) -> ScriptResult<Duration> {
     let s = if let Ok(i) = value.as_int() {
         i as f64
     } else if let Ok(f) = value.as_float() {

@@ -455,13 +455,17 @@ fn register_processes(e: &mut Engine, run: &Arc<Run>) {
         "sleep(secs: int)",
         "Sleeps for `secs` seconds; a timeout or Ctrl-C ends it early.",
     )
-    .register_into_engine(e, move |s: INT| r.sleep(args::secs(&s.into(), "sleep")?));
+    .register_into_engine(e, move |s: INT| {
+        r.sleep(args::plain_secs(&s.into(), "sleep")?)
+    });
     let r = run.clone();
     func(
         "sleep(secs: float)",
         "Sleeps for `secs` seconds; a timeout or Ctrl-C ends it early.",
     )
-    .register_into_engine(e, move |s: FLOAT| r.sleep(args::secs(&s.into(), "sleep")?));
+    .register_into_engine(e, move |s: FLOAT| {
+        r.sleep(args::plain_secs(&s.into(), "sleep")?)
+    });
     let r = run.clone();
     func(
         "run_host(argv: Array) -> Map",
@@ -505,7 +509,7 @@ fn register_processes(e: &mut Engine, run: &Arc<Run>) {
                 &ctx,
                 &f,
                 args::secs(&t, "timeout")?,
-                args::secs(&i, "interval")?,
+                args::plain_secs(&i, "interval")?,
             )
         },
     );

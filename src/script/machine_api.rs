@@ -242,7 +242,7 @@ fn shutdown(vm: &MachineRef, options: &Map) -> ScriptResult<()> {
     };
     let timeout = match options.get("timeout") {
         Some(v) => args::secs(v, "timeout")?,
-        None => SHUTDOWN_WAIT,
+        None => args::scaled(SHUTDOWN_WAIT),
     };
     vm.with(|m| m.shutdown(hard, timeout))
 }
@@ -576,7 +576,7 @@ fn register_lifecycle(e: &mut Engine, run: &Arc<Run>) {
         "Quits QEMU by QMP, waits up to 30s, then SIGKILL; cleans up. No-op when not launched.",
     )
     .register_into_engine(e, |vm: &mut MachineRef| {
-        vm.with(|m| m.shutdown(false, SHUTDOWN_WAIT))
+        vm.with(|m| m.shutdown(false, args::scaled(SHUTDOWN_WAIT)))
     });
     func(
         "shutdown(vm: Machine, options: Map)",
@@ -596,7 +596,9 @@ fn register_lifecycle(e: &mut Engine, run: &Arc<Run>) {
         "wait(vm: Machine)",
         "Waits up to 30s for QEMU to exit by itself (guest poweroff), then cleans up.",
     )
-    .register_into_engine(e, |vm: &mut MachineRef| vm.with(|m| m.wait(SHUTDOWN_WAIT)));
+    .register_into_engine(e, |vm: &mut MachineRef| {
+        vm.with(|m| m.wait(args::scaled(SHUTDOWN_WAIT)))
+    });
     func(
         "wait(vm: Machine, timeout: secs)",
         "Waits up to `timeout` for QEMU to exit by itself, then cleans up.",
@@ -768,7 +770,7 @@ fn register_events(e: &mut Engine) {
         "Waits up to 60s for event `name`; Timeout otherwise.",
     )
     .register_into_engine(e, move |vm: &mut MachineRef, n: &str| {
-        wait(vm, n, DEFAULT_WAIT, None)
+        wait(vm, n, args::scaled(DEFAULT_WAIT), None)
     });
     func(
         "event_wait(vm: Machine, name: String, timeout: secs) -> Map",
@@ -809,7 +811,7 @@ fn register_events(e: &mut Engine) {
         "Waits up to 60s for the first event matching any [name, match] pair.",
     )
     .register_into_engine(e, move |vm: &mut MachineRef, p: Array| {
-        many(vm, &p, DEFAULT_WAIT)
+        many(vm, &p, args::scaled(DEFAULT_WAIT))
     });
     func(
         "events_wait(vm: Machine, events: Array, timeout: secs) -> Map",

@@ -6,13 +6,15 @@
 //! (temp dir, artifacts, machine registry) with a [`Watchdog`] for its
 //! timeout, and returns an [`Outcome`]. The bindings themselves live in
 //! [`machine_api`] (the `Machine` type), [`console_api`] (the console) and
-//! [`host`] (the helpers); [`errors`] decides how errors look, [`convert`] converts
+//! [`host`] (the helpers), [`steps`] (`step`, `test_name`); [`cases`]
+//! runs a file's `test_*` functions as cases of their own; [`errors`] decides how errors look, [`convert`] converts
 //! between Rhai and JSON values, and [`docs`] carries the doc comments that
 //! `vmscript doc` prints. [`modules`] resolves `import`, finding bundled
 //! [`stdlib`] modules last.
 
 pub mod args;
 pub mod cancel;
+pub mod cases;
 pub mod console_api;
 pub mod convert;
 pub mod docs;
@@ -24,6 +26,7 @@ pub mod modules;
 pub mod parallel;
 pub mod run;
 pub mod stdlib;
+pub mod steps;
 pub mod temp;
 
 use std::path::{Path, PathBuf};
@@ -33,8 +36,11 @@ use std::time::{Duration, Instant};
 use rhai::{Dynamic, Engine, AST};
 
 pub use cancel::{Cancel, Reason, Watchdog};
+pub use cases::Program;
 pub use errors::Failure;
-pub use run::{MachineLogs, QemuBinary, QemuSource, Run, RunConfig, RunReport};
+pub use run::{
+    MachineLogs, QemuBinary, QemuSource, Run, RunConfig, RunReport, StepRecord, StepStatus,
+};
 
 /// How a script ended.
 #[derive(Debug, Clone, PartialEq)]
@@ -105,6 +111,7 @@ pub fn engine(run: &Arc<Run>) -> Engine {
     machine_api::register(&mut engine, run);
     host::register(&mut engine, run);
     parallel::register(&mut engine, run);
+    steps::register(&mut engine, run);
     engine
 }
 
@@ -127,10 +134,22 @@ pub fn check_file(path: &Path) -> Result<(), Box<Failure>> {
 
 /// Runs one script to its end and releases everything it made.
 pub fn run_file(config: RunConfig, cancel: Cancel) -> Outcome {
+    let program = Program::load(&config.script);
+    run_program(config, &program, None, cancel)
+}
+
+/// Runs `program` (compiled once, shared by every test of a run) as one
+/// test: the whole file, or with `case` one of its test cases; then
+/// releases everything it made.
+pub fn run_program(
+    config: RunConfig,
+    program: &Program,
+    case: Option<&str>,
+    cancel: Cancel,
+) -> Outcome {
     let start = Instant::now();
     let shown = config.script.display().to_string();
     let timeout = config.timeout;
-    let script = config.script.clone();
     let outcome = |status, report| Outcome {
         status,
         duration: start.elapsed(),
@@ -150,11 +169,12 @@ pub fn run_file(config: RunConfig, cancel: Cancel) -> Outcome {
             return outcome(Status::Failed(f), run.finish());
         }
     };
-    let engine = engine(&run);
-    let result = compile(&engine, &script).and_then(|ast| {
-        engine
-            .run_ast(&ast)
-            .map_err(|e| Box::new(Failure::from_eval(&e, &shown)))
+    let mut engine = engine(&run);
+    let result = program.execute(&mut engine, &run, case).map_err(|mut f| {
+        if let Some(step) = run.failed_step(&f) {
+            f.context.insert(0, format!("in step {step}"));
+        }
+        f
     });
     drop(engine);
     let report = run.finish();

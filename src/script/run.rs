@@ -9,6 +9,9 @@
 //! (a short graceful attempt, then SIGKILL; at once when the run was
 //! cancelled), closes the descriptors and removes the temp dir. The
 //! [`Cancel`] token lets the watchdog and the signal handler stop it.
+//! The run also keeps the test's name (`test_name()`) and the record of
+//! its `step(name, fn)` calls ([`StepRecord`]), which end up in the
+//! [`RunReport`].
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
@@ -17,12 +20,12 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::machine::{self, Machine, MachineOptions};
 
 use super::cancel::Cancel;
-use super::errors::{self, ScriptResult};
+use super::errors::{self, Failure, ScriptResult};
 use super::temp::OwnedTempDir;
 
 /// How long a machine left running at the end gets to quit by itself.
@@ -145,7 +148,60 @@ pub struct RunReport {
     /// Artifacts that could not be written or were cut short (a full or
     /// read-only disk), one line each naming the file and the error.
     pub lost: Vec<String>,
+    /// Every `step()` the script took, in the order they started.
+    pub steps: Vec<StepRecord>,
 }
+
+/// How a `step()` ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepStatus {
+    Passed,
+    /// Its closure ended with an error (a timeout included).
+    Failed,
+    /// Its closure called `skip()`.
+    Skipped,
+}
+
+impl StepStatus {
+    /// `passed`, `failed` or `skipped`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepStatus::Passed => "passed",
+            StepStatus::Failed => "failed",
+            StepStatus::Skipped => "skipped",
+        }
+    }
+}
+
+/// One `step(name, fn)`: when it started, how long it took, how it ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepRecord {
+    /// The step's name; a step inside another is `outer > inner`.
+    pub name: String,
+    /// Since the run started.
+    pub offset: Duration,
+    /// Wall-clock start.
+    pub started_at: SystemTime,
+    pub duration: Duration,
+    pub status: StepStatus,
+    /// `KIND: message` of the error that ended a failed step.
+    pub error: Option<String>,
+}
+
+/// The steps of a run: those taken, those open now, and which failed last.
+#[derive(Debug, Default)]
+struct Steps {
+    taken: Vec<StepRecord>,
+    /// Indexes into `taken` of the steps still running, outermost first.
+    open: Vec<usize>,
+    /// The innermost step that failed with the latest error: its name and
+    /// the error's kind and message.
+    failed: Option<(String, String, String)>,
+}
+
+/// A step that has started; given back to [`Run::step_end`].
+#[derive(Debug)]
+pub struct StepToken(usize);
 
 /// `print` and `log` output: captured for the report or sent to stdout,
 /// and always written to `script.log` in the artifacts.
@@ -201,6 +257,9 @@ pub struct Run {
     output: Output,
     /// Gives each new machine a QMP observer ([`Run::observe_machines`]).
     observers: Mutex<Option<ObserverFactory>>,
+    /// What `test_name()` returns.
+    test_name: Mutex<String>,
+    steps: Mutex<Steps>,
 }
 
 /// Makes the QMP observer of the machine with the given name.
@@ -236,6 +295,7 @@ impl Run {
             Err(e) => (None, Some(("creating", e.to_string()))),
         };
         let now = Instant::now();
+        let test_name = config.script.display().to_string();
         Ok(Run {
             output: Output {
                 capture: config.capture,
@@ -254,7 +314,79 @@ impl Run {
             names: Default::default(),
             fds: Default::default(),
             observers: Default::default(),
+            test_name: Mutex::new(test_name),
+            steps: Default::default(),
         })
+    }
+
+    /// The running test's name (`test_name()`): the script's path, or
+    /// `FILE::test_case` for a case.
+    pub fn test_name(&self) -> String {
+        lock(&self.test_name).clone()
+    }
+
+    /// Names the running test.
+    pub fn set_test_name(&self, name: String) {
+        *lock(&self.test_name) = name;
+    }
+
+    /// Records that step `name` starts now.
+    pub fn step_begin(&self, name: &str) -> StepToken {
+        let mut steps = lock(&self.steps);
+        let full = match steps.open.last() {
+            Some(&outer) => format!("{} > {name}", steps.taken[outer].name),
+            None => name.to_string(),
+        };
+        let index = steps.taken.len();
+        steps.taken.push(StepRecord {
+            name: full,
+            offset: self.output.start.elapsed(),
+            started_at: SystemTime::now(),
+            duration: Duration::ZERO,
+            status: StepStatus::Passed,
+            error: None,
+        });
+        steps.open.push(index);
+        StepToken(index)
+    }
+
+    /// Records how the step of `token` ended: `error` is the failure its
+    /// closure ended with, if any.
+    pub fn step_end(&self, token: StepToken, error: Option<&Failure>) {
+        let mut steps = lock(&self.steps);
+        steps.open.retain(|&i| i != token.0);
+        let start = self.output.start + steps.taken[token.0].offset;
+        let mut failed = None;
+        let step = &mut steps.taken[token.0];
+        step.duration = start.elapsed();
+        if let Some(f) = error {
+            if f.kind == errors::SKIPPED {
+                step.status = StepStatus::Skipped;
+            } else {
+                step.status = StepStatus::Failed;
+                step.error = Some(format!("{}: {}", f.kind, f.message));
+                failed = Some((step.name.clone(), f.kind.clone(), f.message.clone()));
+            }
+        }
+        if let Some((name, kind, message)) = failed {
+            // An outer step failing with the error an inner one failed
+            // with keeps the inner one: that is where it happened.
+            let same = steps
+                .failed
+                .as_ref()
+                .is_some_and(|(_, k, m)| *k == kind && *m == message);
+            if !same {
+                steps.failed = Some((name, kind, message));
+            }
+        }
+    }
+
+    /// The step `f` happened in: the innermost step that failed with the
+    /// same error, when one did.
+    pub fn failed_step(&self, f: &Failure) -> Option<String> {
+        let steps = lock(&self.steps);
+        let (name, kind, message) = steps.failed.as_ref()?;
+        (*kind == f.kind && *message == f.message).then(|| name.clone())
     }
 
     /// The run's configuration.
@@ -328,6 +460,7 @@ impl Run {
         opts.base_temp_dir = Some(self.temp_path.clone());
         opts.log_dir = Some(self.config.artifacts.clone());
         opts.qmp_transcript = true;
+        opts.qmp_timer = super::args::scaled(opts.qmp_timer);
         Ok(opts)
     }
 
@@ -478,6 +611,14 @@ impl Run {
             report.lost.push(format!("{what} {}: {e}", path.display()));
         }
         report.output = lock(&self.output.lines).drain(..).collect();
+        let mut steps = lock(&self.steps);
+        for i in std::mem::take(&mut steps.open) {
+            // Still open: the run was stopped inside it.
+            let step = &mut steps.taken[i];
+            step.duration = (self.output.start + step.offset).elapsed();
+            step.status = StepStatus::Failed;
+        }
+        report.steps = steps.taken.clone();
         report
     }
 }

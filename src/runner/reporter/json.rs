@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 
-use crate::script::Status;
+use crate::script::{Status, StepRecord};
 
 use super::super::results::{Attempt, TestResult};
 use super::super::Summary;
@@ -28,7 +28,25 @@ fn attempt(a: &Attempt) -> Value {
         "status": a.verdict.as_str(),
         "duration": a.outcome.duration.as_secs_f64(),
         "error": error,
+        "steps": a.outcome.report.steps.iter().map(step).collect::<Vec<_>>(),
         "artifacts": a.artifacts.as_ref().map(|d| d.display().to_string()),
+    })
+}
+
+/// A `step()`: its start (seconds since the Unix epoch, and since the
+/// test started), duration, status and error.
+fn step(st: &StepRecord) -> Value {
+    let start = st
+        .started_at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    json!({
+        "name": st.name,
+        "start": start,
+        "offset": st.offset.as_secs_f64(),
+        "duration": st.duration.as_secs_f64(),
+        "status": st.status.as_str(),
+        "error": st.error,
     })
 }
 
@@ -39,11 +57,14 @@ pub fn result(r: &TestResult) -> Value {
     json!({
         "name": r.test.name,
         "path": r.test.path.display().to_string(),
+        "file": r.test.file_name(),
+        "case": r.test.case,
         "status": r.verdict().as_str(),
         "flaky": r.is_flaky(),
         "duration": r.duration().as_secs_f64(),
         "tries": r.attempts().len(),
         "error": last["error"],
+        "steps": last["steps"],
         "artifacts": last["artifacts"],
         "attempts": r.attempts().iter().map(attempt).collect::<Vec<_>>(),
     })

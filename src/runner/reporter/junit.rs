@@ -2,20 +2,24 @@
 //! actions and Jenkins read it, written with `quick-junit` (the crate
 //! cargo-nextest uses). One `<testsuite>` named `vmscript`; each test a
 //! `<testcase>` named after its path, its folder as `classname` and the
-//! path again as `file`. A failure or timeout is a `<failure>` whose
+//! path again as `file`; a test case of a file is named after its function,
+//! with the file as `classname`. A failure or timeout is a `<failure>` whose
 //! `message` is the error's first line and whose text is the whole report
 //! (error, output and log tails, artifacts); an interruption is an
 //! `<error>`; earlier failed tries are `<rerunFailure>`, or
 //! `<flakyFailure>` when the test passed in the end; captured output goes
-//! to `<system-out>`.
+//! to `<system-out>`; each `step()` is a `step` property (status, start,
+//! duration, name, error) of its test case, in order.
 
 use std::path::Path;
 
-use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestRerun, TestSuite};
+use quick_junit::{
+    NonSuccessKind, Property, Report, TestCase, TestCaseStatus, TestRerun, TestSuite,
+};
 
 use super::super::results::{Attempt, TestResult, Verdict};
 use super::super::Summary;
-use super::{details, failure_text, waiting_for};
+use super::{details, failure_text, step_line, waiting_for};
 
 /// The suite and report name.
 const SUITE: &str = "vmscript";
@@ -87,17 +91,28 @@ fn test_case(r: &TestResult) -> TestCase {
         }
     };
     status.add_reruns(earlier.iter().map(rerun));
-    let mut tc = TestCase::new(r.test.name.as_str(), status);
-    let folder = Path::new(&r.test.name)
-        .parent()
-        .map(|p| p.display().to_string())
-        .filter(|p| !p.is_empty())
-        .unwrap_or_else(|| SUITE.to_string());
-    tc.set_classname(folder).set_time(r.duration());
+    // A case is named after its function, in the class of its file.
+    let (name, class) = match &r.test.case {
+        Some(case) => (case.as_str(), r.test.file_name().to_string()),
+        None => (
+            r.test.name.as_str(),
+            Path::new(&r.test.name)
+                .parent()
+                .map(|p| p.display().to_string())
+                .filter(|p| !p.is_empty())
+                .unwrap_or_else(|| SUITE.to_string()),
+        ),
+    };
+    let mut tc = TestCase::new(name, status);
+    tc.set_classname(class).set_time(r.duration());
     tc.extra
         .insert("file".into(), r.test.path.display().to_string().into());
     if !last.outcome.report.output.is_empty() {
         tc.set_system_out(last.outcome.report.output.join("\n"));
+    }
+    // Steps as properties `step` = `passed +0.012s 1.250s boot`, in order.
+    for st in &last.outcome.report.steps {
+        tc.add_property(Property::new("step", step_line(st)));
     }
     tc
 }

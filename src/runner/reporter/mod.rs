@@ -235,6 +235,13 @@ fn log_section(s: &mut String, title: &str, path: &Path) {
 pub fn details(a: &Attempt, captured: bool) -> String {
     let mut s = String::new();
     let rep = &a.outcome.report;
+    if !rep.steps.is_empty() {
+        s.push_str("--- steps ---\n");
+        for st in &rep.steps {
+            s.push_str(&step_line(st));
+            s.push('\n');
+        }
+    }
     if captured && !rep.output.is_empty() {
         let from = rep.output.len().saturating_sub(OUTPUT_TAIL_LINES);
         s.push_str(&format!(
@@ -261,6 +268,22 @@ pub fn details(a: &Attempt, captured: bool) -> String {
         }
     }
     s
+}
+
+/// A step as one line: `failed  +1.200s  0.300s  boot > login: KIND: message`.
+pub fn step_line(st: &crate::script::StepRecord) -> String {
+    let mut line = format!(
+        "{:<7} +{:.3}s {:.3}s  {}",
+        st.status.as_str(),
+        st.offset.as_secs_f64(),
+        st.duration.as_secs_f64(),
+        st.name
+    );
+    if let Some(e) = &st.error {
+        line.push_str(": ");
+        line.push_str(e.lines().next().unwrap_or(""));
+    }
+    line
 }
 
 /// The names of the files in `dir`, sorted.
@@ -408,6 +431,7 @@ pub(crate) mod tests {
             Test {
                 path: name.into(),
                 name: name.into(),
+                ..Test::default()
             },
             attempts,
         )
