@@ -8,7 +8,9 @@
 //!
 //! Two endings are not catchable, because a script must not swallow them:
 //! `skip(reason)` ([`skipped`]) and the run being cancelled by its timeout
-//! or a signal ([`terminated`]). Both use Rhai's `ErrorTerminated`.
+//! or a signal ([`terminated`]). Both use Rhai's `ErrorTerminated`, which
+//! no script can raise itself: that is how a skip is told from a thrown
+//! `#{kind: "Skipped"}`, which is an error like any other.
 //!
 //! [`Failure::from_eval`] turns whatever ended a script into the report
 //! `FILE:LINE:COL: KIND: message`.
@@ -306,8 +308,24 @@ fn location(file: &str, pos: Position) -> String {
 /// The kind and message of a thrown value or of one of Rhai's own errors.
 fn kind_and_message(err: &EvalAltResult) -> (String, String, Option<serde_json::Value>) {
     match err {
-        EvalAltResult::ErrorRuntime(v, _) | EvalAltResult::ErrorTerminated(v, _) => {
-            thrown_kind_and_message(v)
+        // Only vmscript ends a script with `ErrorTerminated` (`skip`, a
+        // timeout, a signal): a script cannot make one, so its kind is
+        // trusted as it is.
+        EvalAltResult::ErrorTerminated(v, _) => thrown_kind_and_message(v),
+        EvalAltResult::ErrorRuntime(v, _) => {
+            let (kind, message, value) = thrown_kind_and_message(v);
+            if kind == SKIPPED {
+                // A thrown map is an error, whatever its kind says: only
+                // `skip()` skips.
+                return (
+                    SCRIPT_ERROR.into(),
+                    format!(
+                        "a thrown value of kind \"{SKIPPED}\" is an error, not a skip (call skip(reason) to skip): {message}"
+                    ),
+                    value,
+                );
+            }
+            (kind, message, value)
         }
         EvalAltResult::ErrorParsing(p, _) => ("SyntaxError".into(), p.to_string(), None),
         EvalAltResult::ErrorTooManyOperations(_) | EvalAltResult::ErrorStackOverflow(_) => {
@@ -405,6 +423,19 @@ mod tests {
         assert_eq!((k.as_str(), msg.as_str()), ("HostError", "disk full"));
         let (k, msg, _) = thrown_kind_and_message(&Dynamic::from("boom"));
         assert_eq!((k.as_str(), msg.as_str()), (SCRIPT_ERROR, "boom"));
+    }
+
+    #[test]
+    fn only_skip_skips_a_thrown_skipped_map_is_an_error() {
+        let engine = rhai::Engine::new();
+        let err = engine
+            .run("throw #{kind: \"Skipped\", message: \"forged\"};")
+            .unwrap_err();
+        let f = Failure::from_eval(&err, "t.rhai");
+        assert_eq!(f.kind, SCRIPT_ERROR);
+        assert!(f.message.contains("forged") && f.message.contains("skip(reason)"));
+        let f = Failure::from_eval(&skipped("real"), "t.rhai");
+        assert_eq!((f.kind.as_str(), f.message.as_str()), (SKIPPED, "real"));
     }
 
     #[test]
