@@ -716,3 +716,50 @@ fn a_long_read_ends_at_the_test_timeout() {
     );
     w.assert_clean();
 }
+
+#[test]
+fn the_test_timeout_inside_try_is_reported_at_the_wait_naming_what_it_awaited() {
+    let w = World::new();
+    let event = r#"let vm = machine();
+vm.add_args("-M", "none");
+vm.launch();
+try {
+    vm.event_wait("NEVER", 100);
+} catch (e) {
+    print("caught");
+}
+"#;
+    let console = r#"let vm = machine();
+vm.add_args("-M", "none");
+vm.set_console();
+vm.launch();
+let con = vm.console_socket();
+try {
+    con.wait_for("never", 100);
+} catch (e) {
+    print("caught");
+}
+"#;
+    w.script("t/event.rhai", event);
+    w.script("t/console.rhai", console);
+    let (code, out, err, took) = run_within(
+        &w,
+        &["run", "--no-capture", "--timeout", "3", "t"],
+        &[],
+        secs(60.0),
+    );
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(took < secs(30.0), "took {took:?}");
+    assert!(!out.contains("caught"), "a catch block ran:\n{out}");
+    let line = line_with(&out, "t/event.rhai:5:");
+    assert!(
+        line.contains("Timeout: the test timed out after 3s, waiting for event NEVER"),
+        "{out}"
+    );
+    let line = line_with(&out, "t/console.rhai:7:");
+    assert!(
+        line.contains("Timeout: the test timed out after 3s, waiting for"),
+        "{out}"
+    );
+    w.assert_clean();
+}

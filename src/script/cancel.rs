@@ -106,6 +106,11 @@ impl Cancel {
         Cancel::default()
     }
 
+    /// Whether `other` is this token (a clone of it).
+    pub fn same(&self, other: &Cancel) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
     /// Cancels the run (the first reason is kept) and kills its machines.
     pub fn cancel(&self, reason: Reason) {
         {

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use rhai::{Dynamic, EvalAltResult, Map, Position};
 
+use super::cancel::{Cancel, Reason};
 use super::convert;
 use crate::machine::{self, ConsoleError};
 use crate::qmp;
@@ -100,9 +101,50 @@ pub fn terminated(kind: &str, message: impl Into<String>) -> Box<EvalAltResult> 
         .into()
 }
 
-/// A machine error as the thrown map the API contract describes.
+thread_local! {
+    /// The cancellation token of the run whose script this thread runs.
+    static RUN: std::cell::RefCell<Option<Cancel>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Tells the binding errors of this thread which run they belong to. The
+/// engine calls it before every operation, so a `parallel` branch's thread
+/// is covered too; it costs a comparison when nothing changed.
+pub fn enter_run(cancel: &Cancel) {
+    RUN.with(|r| {
+        let mut r = r.borrow_mut();
+        if !r.as_ref().is_some_and(|c| c.same(cancel)) {
+            *r = Some(cancel.clone());
+        }
+    });
+}
+
+/// A machine error as the thrown map the API contract describes; when the
+/// run was cancelled (its timeout, a signal), the cancellation instead,
+/// not catchable: a wait that failed because its machine was killed by
+/// the cancellation must not run the script's `catch` block, and the
+/// report then points at the wait and names what it awaited.
 pub fn machine_error(err: machine::Error) -> Box<EvalAltResult> {
-    throw_map(machine_error_map(&err))
+    let map = machine_error_map(&err);
+    let reason = RUN.with(|r| r.borrow().as_ref().and_then(Cancel::reason));
+    match reason {
+        Some(r) => cancelled(&r, map),
+        None => throw_map(map),
+    }
+}
+
+/// The cancellation `reason`, with what the failed call `saw` (its error
+/// map: what it awaited, and the error itself).
+fn cancelled(reason: &Reason, saw: Map) -> Box<EvalAltResult> {
+    let mut fields = Vec::new();
+    if let Some(what) = saw.get("what") {
+        fields.push(("what", what.clone()));
+    }
+    fields.push(("saw", saw.into()));
+    EvalAltResult::ErrorTerminated(
+        error_map(reason.kind(), reason.message(), fields).into(),
+        Position::NONE,
+    )
+    .into()
 }
 
 fn opt_int(v: Option<i32>) -> Dynamic {
@@ -240,6 +282,12 @@ impl Failure {
         }
         context.reverse();
         let (kind, message, value) = kind_and_message(e);
+        // A call that failed because the run was cancelled: what it saw.
+        if let Some(saw) = value.as_ref().and_then(|v| v.get("saw")) {
+            let text = |k: &str| saw.get(k).and_then(|v| v.as_str()).unwrap_or("");
+            let first = text("message").lines().next().unwrap_or("");
+            context.push(format!("the script saw it as {}: {first}", text("kind")));
+        }
         Failure {
             file,
             line: pos.line(),
