@@ -10,6 +10,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::secs;
 use common::world::*;
 
 /// The line number (1-based) of the first line of `script` that contains `needle`.
@@ -492,4 +493,273 @@ fn a_read_only_artifacts_folder_is_one_clear_setup_error() {
     w.assert_clean();
     drop(disk);
     assert!(!Path::new(&art).join("t_a").exists());
+}
+
+/// Runs vmscript with `args` (and `env`), SIGKILLing it if it has not
+/// ended after `limit`: (exit code, stdout, stderr, how long it took).
+fn run_within(
+    w: &World,
+    args: &[&str],
+    env: &[(&str, &str)],
+    limit: Duration,
+) -> (Option<i32>, String, String, Duration) {
+    use std::io::Read;
+    let start = Instant::now();
+    let mut child = w
+        .command(args)
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let reader = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = r.read_to_string(&mut s);
+            s
+        })
+    };
+    let out = reader(Box::new(child.stdout.take().unwrap()));
+    let err = reader(Box::new(child.stderr.take().unwrap()));
+    let code = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s.code();
+        }
+        if start.elapsed() > limit {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let took = start.elapsed();
+    (code, out.join().unwrap(), err.join().unwrap(), took)
+}
+
+#[test]
+fn run_host_returns_when_its_command_exits_though_a_background_child_holds_the_pipes() {
+    let w = World::new();
+    w.script(
+        "t.rhai",
+        r#"
+let t = now();
+let r = run_host(["sh", "-c", "sleep 40 & echo started"], #{timeout: 2});
+let took = now() - t;
+print(`took ${took}`);
+assert_eq(r.status, 0);
+assert_eq(r.stdout, "started\n");
+assert(took < 2.0, `run_host took ${took}s`);
+"#,
+    );
+    let (code, out, err, took) = run_within(&w, &["run", "t.rhai"], &[], secs(30.0));
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(took < secs(15.0), "took {took:?}");
+    // The background `sleep 40` was killed when the script ended.
+    w.assert_clean();
+}
+
+#[test]
+fn run_host_timeout_ends_the_call_though_an_escaped_grandchild_holds_the_pipes() {
+    let w = World::new();
+    // `setsid` takes the grandchild out of the command's process group,
+    // so killing the group leaves it, holding the pipes.
+    w.script(
+        "t.rhai",
+        r#"
+let t = now();
+try {
+    run_host(["sh", "-c", "setsid sleep 40 & sleep 30"], #{timeout: 2});
+    fail("no timeout");
+} catch (e) {
+    assert_eq(e.kind, "Timeout", e.message);
+}
+let took = now() - t;
+assert(took >= 2.0 && took < 4.0, `run_host took ${took}s`);
+"#,
+    );
+    let (code, out, err, took) = run_within(&w, &["run", "t.rhai"], &[], secs(30.0));
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(took < secs(15.0), "took {took:?}");
+    w.assert_clean();
+}
+
+#[test]
+fn the_test_timeout_ends_run_host_and_everything_it_started() {
+    let w = World::new();
+    w.script(
+        "t.rhai",
+        "run_host([\"sh\", \"-c\", \"sleep 50 & setsid sleep 40 & sleep 30\"]);\n",
+    );
+    let (code, out, err, took) =
+        run_within(&w, &["run", "--timeout", "3", "t.rhai"], &[], secs(30.0));
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(took < secs(15.0), "took {took:?}");
+    assert!(
+        line_with(&out, "t.rhai:1:").contains("Timeout: the test timed out after 3s"),
+        "{out}"
+    );
+    w.assert_clean();
+}
+
+#[test]
+fn a_qemu_that_run_host_leaves_in_the_background_is_killed_at_the_end() {
+    let w = World::new();
+    let pidfile = w.path().join("daemon.pid");
+    // One QEMU left behind by `&`, one that daemonizes itself (it forks,
+    // leaves its parent and calls setsid).
+    let script = format!(
+        r#"
+let r = run_host(["sh", "-c", "qemu-system-x86_64 -M none -display none -nodefaults -S & echo $!"]);
+let s = r.stdout;
+s.trim();
+print(`pid ${{s}}`);
+run_host(["qemu-system-x86_64", "-M", "none", "-display", "none", "-nodefaults", "-S",
+          "-daemonize", "-pidfile", "{}"]);
+let d = read_file("{}");
+d.trim();
+print(`pid ${{d}}`);
+"#,
+        pidfile.display(),
+        pidfile.display()
+    );
+    w.script("t.rhai", &script);
+    let (code, out, err, _) = run_within(&w, &["run", "--no-capture", "t.rhai"], &[], secs(60.0));
+    assert_eq!(code, Some(0), "{out}{err}");
+    let pids = printed_pids(&out);
+    assert_eq!(pids.len(), 2, "{out}");
+    for p in pids {
+        assert!(!is_qemu(p), "QEMU {p} outlived its test");
+    }
+    w.assert_clean();
+}
+
+#[test]
+fn a_host_command_dies_with_a_sigkilled_vmscript() {
+    let w = World::new();
+    w.script(
+        "t.rhai",
+        "print(\"waiting\");\nrun_host([\"sleep\", \"40\"]);\n",
+    );
+    let mut run = w.spawn(&["run", "--no-capture", "t.rhai"]);
+    run.until("waiting");
+    std::thread::sleep(Duration::from_millis(500));
+    signal(run.child.id() as i32, libc::SIGKILL);
+    let (code, _, _) = run.finish();
+    assert_eq!(code, None);
+    assert_eq!(
+        w.survivors(),
+        Vec::<i32>::new(),
+        "the command outlived vmscript"
+    );
+}
+
+#[test]
+fn reads_and_captured_output_stop_at_the_memory_limit_naming_what_was_read() {
+    let w = World::new();
+    let big = w.path().join("big");
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len(1 << 30)
+        .unwrap();
+    w.script("a.rhai", &format!("read_file(\"{}\");\n", big.display()));
+    w.script("b.rhai", "run_host([\"yes\"], #{timeout: 20});\n");
+    w.script("c.rhai", "read_file(\"/dev/zero\");\n");
+    let env = [("VMSCRIPT_MAX_MEMORY_MB", "256")];
+    for (name, what) in [
+        (
+            "a.rhai",
+            format!("read_file: {}: stopped after", big.display()),
+        ),
+        (
+            "b.rhai",
+            "run_host: [\"yes\"] was stopped after".to_string(),
+        ),
+        ("c.rhai", "read_file: /dev/zero: stopped after".to_string()),
+    ] {
+        let (code, out, err, took) = run_within(&w, &["run", name], &env, secs(60.0));
+        assert_eq!(code, Some(1), "{out}{err}");
+        assert!(took < secs(20.0), "{name} took {took:?}");
+        let line = line_with(&out, &format!("{name}:1:"));
+        assert!(
+            line.contains("HostError")
+                && line.contains(&what)
+                && line.contains("over the limit of 256 MiB"),
+            "{line}"
+        );
+    }
+    w.assert_clean();
+}
+
+#[test]
+fn a_long_read_ends_at_the_test_timeout() {
+    let w = World::new();
+    let fifo = w.path().join("fifo");
+    let c = std::ffi::CString::new(fifo.display().to_string()).unwrap();
+    // SAFETY: mkfifo on a path in this test's folder.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    // A writer that never ends, a little at a time.
+    w.script(
+        "t.rhai",
+        &format!(
+            "run_host([\"sh\", \"-c\", \"(while true; do echo x; sleep 0.01; done) > {} &\"]);\nread_file(\"{}\");\n",
+            fifo.display(),
+            fifo.display()
+        ),
+    );
+    let (code, out, err, took) =
+        run_within(&w, &["run", "--timeout", "3", "t.rhai"], &[], secs(30.0));
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(took < secs(15.0), "took {took:?}");
+    assert!(
+        line_with(&out, "t.rhai:2:").contains("Timeout: the test timed out after 3s"),
+        "{out}"
+    );
+    w.assert_clean();
+}
+
+#[test]
+fn the_test_timeout_inside_try_is_reported_at_the_wait_naming_what_it_awaited() {
+    let w = World::new();
+    let event = r#"let vm = machine();
+vm.add_args("-M", "none");
+vm.launch();
+try {
+    vm.event_wait("NEVER", 100);
+} catch (e) {
+    print("caught");
+}
+"#;
+    let console = r#"let vm = machine();
+vm.add_args("-M", "none");
+vm.set_console();
+vm.launch();
+let con = vm.console_socket();
+try {
+    con.wait_for("never", 100);
+} catch (e) {
+    print("caught");
+}
+"#;
+    w.script("t/event.rhai", event);
+    w.script("t/console.rhai", console);
+    let (code, out, err, took) = run_within(
+        &w,
+        &["run", "--no-capture", "--timeout", "3", "t"],
+        &[],
+        secs(60.0),
+    );
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(took < secs(30.0), "took {took:?}");
+    assert!(!out.contains("caught"), "a catch block ran:\n{out}");
+    let line = line_with(&out, "t/event.rhai:5:");
+    assert!(
+        line.contains("Timeout: the test timed out after 3s, waiting for event NEVER"),
+        "{out}"
+    );
+    let line = line_with(&out, "t/console.rhai:7:");
+    assert!(
+        line.contains("Timeout: the test timed out after 3s, waiting for"),
+        "{out}"
+    );
+    w.assert_clean();
 }

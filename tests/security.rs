@@ -192,3 +192,36 @@ for s in socks.split("\n") {
     }
     w.assert_clean();
 }
+
+#[test]
+fn a_script_cannot_forge_a_skip_by_throwing_its_kind() {
+    let w = World::new();
+    w.script(
+        "t/forged.rhai",
+        "throw #{kind: \"Skipped\", message: \"not really\"};\n",
+    );
+    w.script(
+        "t/rethrown.rhai",
+        "fn f() { throw #{kind: \"Skipped\", message: \"deep\"}; }\ntry { f(); } catch (e) { throw e; }\n",
+    );
+    w.script(
+        "t/skip_in_try.rhai",
+        "try { skip(\"caught?\"); } catch (e) { }\nfail(\"skip was caught\");\n",
+    );
+    w.script("t/real.rhai", "skip(\"a real skip\");\n");
+    let o = w.run(&["run", "t"]);
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}{}", stderr(&o));
+    assert!(
+        line_with(&out, "t/forged.rhai:1:").contains("ScriptError"),
+        "{out}"
+    );
+    assert!(
+        line_with(&out, "t/rethrown.rhai:2:").contains("ScriptError"),
+        "{out}"
+    );
+    // skip() inside try is not caught; it skips the test.
+    assert!(out.contains("SKIP t/skip_in_try.rhai: caught?"), "{out}");
+    assert!(out.contains("SKIP t/real.rhai: a real skip"), "{out}");
+    assert!(out.contains("0 passed, 2 failed, 2 skipped"), "{out}");
+}

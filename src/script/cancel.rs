@@ -3,7 +3,8 @@
 //! A [`Cancel`] is shared by a run, its [`Watchdog`] thread and the
 //! signal handler. Cancelling records why (the first reason wins), kills
 //! every QEMU of the run through its [`KillHandle`] so that any wait on a
-//! machine fails at once, and wakes the host helpers that sleep
+//! machine fails at once, kills what its `run_host` calls left running
+//! ([`HostProcesses`]), and wakes the host helpers that sleep
 //! ([`Cancel::sleep`]). The engine's progress callback checks
 //! [`Cancel::is_cancelled`] so that a pure Rhai loop stops too.
 //! [`Cancel::abandon`] is for a process about to exit without waiting for
@@ -21,6 +22,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::machine::{InterruptHandle, KillHandle};
+
+use super::host::HostProcesses;
 
 /// Why a run was stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,6 +83,7 @@ struct Inner {
     temp_dirs: Mutex<Vec<PathBuf>>,
     interrupted: AtomicBool,
     waits: Mutex<Vec<InterruptHandle>>,
+    host: HostProcesses,
 }
 
 /// A run's cancellation token; clones share it.
@@ -102,6 +106,11 @@ impl Cancel {
         Cancel::default()
     }
 
+    /// Whether `other` is this token (a clone of it).
+    pub fn same(&self, other: &Cancel) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
     /// Cancels the run (the first reason is kept) and kills its machines.
     pub fn cancel(&self, reason: Reason) {
         {
@@ -113,6 +122,12 @@ impl Cancel {
         }
         self.inner.wake.notify_all();
         self.kill_machines();
+        self.inner.host.kill_all(false);
+    }
+
+    /// The processes the run's `run_host` calls started.
+    pub fn host_processes(&self) -> &HostProcesses {
+        &self.inner.host
     }
 
     /// SIGKILLs every machine of the run that is running.
@@ -141,6 +156,7 @@ impl Cancel {
     /// its machines and removes its temp dirs (their sockets with them).
     pub fn abandon(&self) {
         self.kill_machines();
+        self.inner.host.kill_all(false);
         let dirs = self
             .inner
             .temp_dirs

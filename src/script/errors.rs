@@ -8,7 +8,9 @@
 //!
 //! Two endings are not catchable, because a script must not swallow them:
 //! `skip(reason)` ([`skipped`]) and the run being cancelled by its timeout
-//! or a signal ([`terminated`]). Both use Rhai's `ErrorTerminated`.
+//! or a signal ([`terminated`]). Both use Rhai's `ErrorTerminated`, which
+//! no script can raise itself: that is how a skip is told from a thrown
+//! `#{kind: "Skipped"}`, which is an error like any other.
 //!
 //! [`Failure::from_eval`] turns whatever ended a script into the report
 //! `FILE:LINE:COL: KIND: message`.
@@ -17,6 +19,7 @@ use std::time::Duration;
 
 use rhai::{Dynamic, EvalAltResult, Map, Position};
 
+use super::cancel::{Cancel, Reason};
 use super::convert;
 use crate::machine::{self, ConsoleError};
 use crate::qmp;
@@ -98,9 +101,50 @@ pub fn terminated(kind: &str, message: impl Into<String>) -> Box<EvalAltResult> 
         .into()
 }
 
-/// A machine error as the thrown map the API contract describes.
+thread_local! {
+    /// The cancellation token of the run whose script this thread runs.
+    static RUN: std::cell::RefCell<Option<Cancel>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Tells the binding errors of this thread which run they belong to. The
+/// engine calls it before every operation, so a `parallel` branch's thread
+/// is covered too; it costs a comparison when nothing changed.
+pub fn enter_run(cancel: &Cancel) {
+    RUN.with(|r| {
+        let mut r = r.borrow_mut();
+        if !r.as_ref().is_some_and(|c| c.same(cancel)) {
+            *r = Some(cancel.clone());
+        }
+    });
+}
+
+/// A machine error as the thrown map the API contract describes; when the
+/// run was cancelled (its timeout, a signal), the cancellation instead,
+/// not catchable: a wait that failed because its machine was killed by
+/// the cancellation must not run the script's `catch` block, and the
+/// report then points at the wait and names what it awaited.
 pub fn machine_error(err: machine::Error) -> Box<EvalAltResult> {
-    throw_map(machine_error_map(&err))
+    let map = machine_error_map(&err);
+    let reason = RUN.with(|r| r.borrow().as_ref().and_then(Cancel::reason));
+    match reason {
+        Some(r) => cancelled(&r, map),
+        None => throw_map(map),
+    }
+}
+
+/// The cancellation `reason`, with what the failed call `saw` (its error
+/// map: what it awaited, and the error itself).
+fn cancelled(reason: &Reason, saw: Map) -> Box<EvalAltResult> {
+    let mut fields = Vec::new();
+    if let Some(what) = saw.get("what") {
+        fields.push(("what", what.clone()));
+    }
+    fields.push(("saw", saw.into()));
+    EvalAltResult::ErrorTerminated(
+        error_map(reason.kind(), reason.message(), fields).into(),
+        Position::NONE,
+    )
+    .into()
 }
 
 fn opt_int(v: Option<i32>) -> Dynamic {
@@ -238,6 +282,12 @@ impl Failure {
         }
         context.reverse();
         let (kind, message, value) = kind_and_message(e);
+        // A call that failed because the run was cancelled: what it saw.
+        if let Some(saw) = value.as_ref().and_then(|v| v.get("saw")) {
+            let text = |k: &str| saw.get(k).and_then(|v| v.as_str()).unwrap_or("");
+            let first = text("message").lines().next().unwrap_or("");
+            context.push(format!("the script saw it as {}: {first}", text("kind")));
+        }
         Failure {
             file,
             line: pos.line(),
@@ -306,8 +356,24 @@ fn location(file: &str, pos: Position) -> String {
 /// The kind and message of a thrown value or of one of Rhai's own errors.
 fn kind_and_message(err: &EvalAltResult) -> (String, String, Option<serde_json::Value>) {
     match err {
-        EvalAltResult::ErrorRuntime(v, _) | EvalAltResult::ErrorTerminated(v, _) => {
-            thrown_kind_and_message(v)
+        // Only vmscript ends a script with `ErrorTerminated` (`skip`, a
+        // timeout, a signal): a script cannot make one, so its kind is
+        // trusted as it is.
+        EvalAltResult::ErrorTerminated(v, _) => thrown_kind_and_message(v),
+        EvalAltResult::ErrorRuntime(v, _) => {
+            let (kind, message, value) = thrown_kind_and_message(v);
+            if kind == SKIPPED {
+                // A thrown map is an error, whatever its kind says: only
+                // `skip()` skips.
+                return (
+                    SCRIPT_ERROR.into(),
+                    format!(
+                        "a thrown value of kind \"{SKIPPED}\" is an error, not a skip (call skip(reason) to skip): {message}"
+                    ),
+                    value,
+                );
+            }
+            (kind, message, value)
         }
         EvalAltResult::ErrorParsing(p, _) => ("SyntaxError".into(), p.to_string(), None),
         EvalAltResult::ErrorTooManyOperations(_) | EvalAltResult::ErrorStackOverflow(_) => {
@@ -405,6 +471,19 @@ mod tests {
         assert_eq!((k.as_str(), msg.as_str()), ("HostError", "disk full"));
         let (k, msg, _) = thrown_kind_and_message(&Dynamic::from("boom"));
         assert_eq!((k.as_str(), msg.as_str()), (SCRIPT_ERROR, "boom"));
+    }
+
+    #[test]
+    fn only_skip_skips_a_thrown_skipped_map_is_an_error() {
+        let engine = rhai::Engine::new();
+        let err = engine
+            .run("throw #{kind: \"Skipped\", message: \"forged\"};")
+            .unwrap_err();
+        let f = Failure::from_eval(&err, "t.rhai");
+        assert_eq!(f.kind, SCRIPT_ERROR);
+        assert!(f.message.contains("forged") && f.message.contains("skip(reason)"));
+        let f = Failure::from_eval(&skipped("real"), "t.rhai");
+        assert_eq!((f.kind.as_str(), f.message.as_str()), (SKIPPED, "real"));
     }
 
     #[test]

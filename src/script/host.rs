@@ -6,6 +6,7 @@
 //! the run's cancellation token, so a timeout or a signal ends it at once.
 
 use std::io::Read;
+use std::os::fd::AsRawFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use super::args;
 use super::convert;
 use super::docs::func;
 use super::errors::{self, ScriptResult};
+use super::memory;
 use super::run::Run;
 
 /// How often `wait_until` calls its closure by default.
@@ -125,8 +127,7 @@ impl HostCommand {
         })
     }
 
-    /// Runs the command (never through a shell) in its own process group,
-    /// killed at its timeout or when the run is cancelled.
+    /// Runs the command (never through a shell); see [`HostRun`].
     fn run(self, run: &Run) -> ScriptResult<Map> {
         let program = &self.argv[0];
         let mut cmd = Command::new(program);
@@ -135,63 +136,193 @@ impl HostCommand {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .env(HOST_MARK_VAR, run.cancel().host_processes().mark())
             .process_group(0);
         if let Some(c) = &self.cwd {
             cmd.current_dir(c);
         }
-        let mut child = cmd
+        adopt_orphans();
+        let parent = std::process::id() as libc::pid_t;
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::prctl(
+                    libc::PR_SET_PDEATHSIG,
+                    libc::SIGKILL as libc::c_ulong,
+                    0,
+                    0,
+                    0,
+                ) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // vmscript may have died before the prctl took effect.
+                if libc::getppid() != parent {
+                    libc::_exit(1);
+                }
+                Ok(())
+            });
+        }
+        let child = cmd
             .spawn()
             .map_err(|e| errors::host(format!("run_host: starting {program}: {e}")))?;
-        let drain = |r: Option<Box<dyn Read + Send>>| {
-            std::thread::spawn(move || {
-                let mut buf = Vec::new();
-                if let Some(mut r) = r {
-                    let _ = r.read_to_end(&mut buf);
+        run.cancel().host_processes().started(child.id() as i32);
+        HostRun {
+            argv: &self.argv,
+            child,
+            timeout: self.timeout,
+            limit: memory::limit(),
+        }
+        .finish(run)
+    }
+}
+
+/// The environment variable that marks every process `run_host` starts,
+/// and so their descendants, with the run that started them.
+pub const HOST_MARK_VAR: &str = "VMSCRIPT_RUN_HOST";
+
+/// How long `run_host` goes on reading after its command exited, for
+/// output that processes it left in the background still write.
+const LINGER: Duration = Duration::from_millis(200);
+
+/// Makes vmscript the subreaper of what it starts: a process whose parent
+/// exits (a command's background child, a daemon) is reparented to
+/// vmscript instead of init, so the run can still find, kill and reap it.
+fn adopt_orphans() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    // SAFETY: a process attribute; failure leaves orphans to init, and
+    // they are still found by their mark.
+    ONCE.call_once(|| unsafe {
+        libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+    });
+}
+
+/// One captured stream of a host command.
+struct Capture {
+    pipe: Option<std::os::fd::OwnedFd>,
+    bytes: Vec<u8>,
+}
+
+impl Capture {
+    fn new(pipe: Option<impl Into<std::os::fd::OwnedFd>>) -> Capture {
+        let pipe = pipe.map(Into::into);
+        if let Some(p) = &pipe {
+            // SAFETY: fcntl on a descriptor we own.
+            unsafe {
+                let flags = libc::fcntl(p.as_raw_fd(), libc::F_GETFL);
+                libc::fcntl(p.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK);
+            }
+        }
+        Capture {
+            pipe,
+            bytes: Vec::new(),
+        }
+    }
+
+    /// Reads what is there without blocking; the pipe is dropped at its end.
+    fn read_available(&mut self) -> std::io::Result<()> {
+        let Some(p) = &self.pipe else { return Ok(()) };
+        let mut f = std::fs::File::from(p.try_clone()?);
+        let mut buf = [0u8; 64 << 10];
+        loop {
+            match f.read(&mut buf) {
+                Ok(0) => {
+                    self.pipe = None;
+                    return Ok(());
                 }
-                String::from_utf8_lossy(&buf).into_owned()
-            })
-        };
-        let out = drain(
-            child
-                .stdout
-                .take()
-                .map(|s| Box::new(s) as Box<dyn Read + Send>),
-        );
-        let err = drain(
-            child
-                .stderr
-                .take()
-                .map(|s| Box::new(s) as Box<dyn Read + Send>),
-        );
+                Ok(n) => self.bytes.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+            if self.bytes.len() >= 1 << 20 {
+                // Back to the caller, which checks the memory limit.
+                return Ok(());
+            }
+        }
+    }
+
+    fn text(self) -> String {
+        String::from_utf8(self.bytes)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+    }
+}
+
+/// A started host command, in its own process group, waited for in the
+/// calling thread: its output is read as it comes and counted against the
+/// memory limit; its timeout, the run's timeout or cancellation and an
+/// interrupt kill the whole group and end the call at once, whoever holds
+/// the pipes. Once the command has exited, what it left running in the
+/// background no longer holds the call up (after [`LINGER`]); it is
+/// killed with the rest of the run's host processes when the script ends.
+struct HostRun<'a> {
+    argv: &'a [String],
+    child: std::process::Child,
+    timeout: Duration,
+    limit: usize,
+}
+
+impl HostRun<'_> {
+    fn finish(mut self, run: &Run) -> ScriptResult<Map> {
+        let mut out = Capture::new(self.child.stdout.take());
+        let mut err = Capture::new(self.child.stderr.take());
         let deadline = Instant::now() + self.timeout;
-        let pgid = child.id() as i32;
-        let kill = |child: &mut std::process::Child| {
-            // SAFETY: signals our own child's process group.
-            unsafe { libc::kill(-pgid, libc::SIGKILL) };
-            let _ = child.wait();
-        };
-        let status = loop {
-            match child.try_wait() {
-                Ok(Some(s)) => break s,
-                Ok(None) => {}
-                Err(e) => {
-                    kill(&mut child);
-                    return Err(errors::host(format!(
-                        "run_host: waiting for {program}: {e}"
-                    )));
+        let mut exited: Option<(std::process::ExitStatus, Instant)> = None;
+        loop {
+            if let Some(r) = run.cancel().stop_reason() {
+                self.kill();
+                return Err(errors::terminated(r.kind(), r.message()));
+            }
+            if exited.is_none() {
+                match self.child.try_wait() {
+                    Ok(Some(s)) => exited = Some((s, Instant::now())),
+                    Ok(None) => {}
+                    Err(e) => {
+                        self.kill();
+                        return Err(errors::host(format!(
+                            "run_host: waiting for {}: {e}",
+                            self.argv[0]
+                        )));
+                    }
                 }
             }
-            if Instant::now() >= deadline {
-                kill(&mut child);
+            let now = Instant::now();
+            match exited {
+                Some(_) if out.pipe.is_none() && err.pipe.is_none() => break,
+                Some((_, at)) if now >= at + LINGER => break,
+                _ => {}
+            }
+            if exited.is_none() && now >= deadline {
+                self.kill();
                 return Err(errors::timeout(
                     &format!("the host command {:?} to exit", self.argv),
                     self.timeout,
                 ));
             }
-            if let Err(e) = run.sleep(POLL) {
-                kill(&mut child);
-                return Err(e);
+            wait_readable(
+                &[&out, &err],
+                POLL.min(deadline.saturating_duration_since(now)),
+            );
+            for c in [&mut out, &mut err] {
+                if let Err(e) = c.read_available() {
+                    self.kill();
+                    return Err(errors::host(format!(
+                        "run_host: reading the output of {}: {e}",
+                        self.argv[0]
+                    )));
+                }
             }
+            if let Some(msg) = memory::exceeded(self.limit) {
+                self.kill();
+                return Err(errors::host(format!(
+                    "run_host: {:?} was stopped after {} MiB of output: {msg}",
+                    self.argv,
+                    (out.bytes.len() + err.bytes.len()) >> 20
+                )));
+            }
+        }
+        let Some((status, _)) = exited else {
+            unreachable!("the loop ends only once the command exited")
         };
         let code = status
             .code()
@@ -199,10 +330,202 @@ impl HostCommand {
             .unwrap_or(-1);
         let mut m = Map::new();
         m.insert("status".into(), INT::from(code).into());
-        m.insert("stdout".into(), out.join().unwrap_or_default().into());
-        m.insert("stderr".into(), err.join().unwrap_or_default().into());
+        m.insert("stdout".into(), out.text().into());
+        m.insert("stderr".into(), err.text().into());
         Ok(m)
     }
+
+    /// SIGKILLs the command's process group and reaps the command. The
+    /// group is signalled before the reaping, while its id cannot have
+    /// been given to anyone else.
+    fn kill(&mut self) {
+        let pgid = self.child.id() as i32;
+        // SAFETY: signals our own, not yet reaped, child's process group.
+        unsafe { libc::kill(-pgid, libc::SIGKILL) };
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until one of the open pipes has something to read, or `d`.
+fn wait_readable(captures: &[&Capture], d: Duration) {
+    let mut fds: Vec<libc::pollfd> = captures
+        .iter()
+        .filter_map(|c| c.pipe.as_ref())
+        .map(|p| libc::pollfd {
+            fd: p.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    let ms = d.as_millis().clamp(1, 1000) as libc::c_int;
+    if fds.is_empty() {
+        std::thread::sleep(Duration::from_millis(ms as u64));
+        return;
+    }
+    // SAFETY: poll on descriptors that live as long as `captures`.
+    unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+}
+
+/// The processes a run's `run_host` calls started, found again by the
+/// mark in their environment ([`HOST_MARK_VAR`]) and by their process
+/// groups: a command's background children and the daemons it left (a
+/// QEMU started with `&` or `-daemonize`) are killed when the script ends,
+/// when it is cancelled, or when vmscript exits without waiting for it.
+#[derive(Debug)]
+pub struct HostProcesses {
+    mark: String,
+    /// The process group of every command started, for reaping the
+    /// orphans of each that died by themselves.
+    groups: std::sync::Mutex<Vec<i32>>,
+}
+
+impl Default for HostProcesses {
+    fn default() -> Self {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        HostProcesses {
+            mark: format!("{}-{n}", std::process::id()),
+            groups: Default::default(),
+        }
+    }
+}
+
+impl HostProcesses {
+    /// The value of [`HOST_MARK_VAR`] in the run's commands.
+    pub fn mark(&self) -> &str {
+        &self.mark
+    }
+
+    fn started(&self, pgid: i32) {
+        self.groups
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(pgid);
+    }
+
+    /// SIGKILLs every live process of the run's commands; with `reap`,
+    /// also collects those that became vmscript's children (orphans
+    /// adopted as subreaper), dead ones included. Nothing to do, and no
+    /// look at /proc, when the run never called `run_host`.
+    pub fn kill_all(&self, reap: bool) {
+        let groups = self
+            .groups
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if groups.is_empty() {
+            return;
+        }
+        let me = std::process::id() as i32;
+        let needle = format!("{HOST_MARK_VAR}={}", self.mark);
+        // A process may fork while it is being killed: look again until
+        // nothing marked is left (bounded, should one keep forking).
+        for _ in 0..50 {
+            let found = descendants(&needle, &groups, me);
+            if found.is_empty() {
+                return;
+            }
+            for p in &found {
+                if p.alive {
+                    // SAFETY: a plain kill of a process that carries our
+                    // run's mark (or is our own child), seen just now.
+                    unsafe { libc::kill(p.pid, libc::SIGKILL) };
+                }
+            }
+            if !reap {
+                return;
+            }
+            for p in found.iter().filter(|p| p.ppid == me) {
+                // SAFETY: reaps one process that is our child (adopted);
+                // no other code waits for it.
+                unsafe { libc::waitpid(p.pid, std::ptr::null_mut(), 0) };
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+/// A process of a run's commands.
+struct Found {
+    pid: i32,
+    ppid: i32,
+    alive: bool,
+}
+
+/// The live processes marked with `needle` in their environment, and our
+/// own adopted children (dead or alive) in one of `groups` that are not
+/// their group's leader (which its `run_host` call reaps itself).
+fn descendants(needle: &str, groups: &[i32], me: i32) -> Vec<Found> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // The fields after the command name, which may hold spaces.
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let (Some(state), Some(ppid), Some(pgrp)) = (
+            f.first(),
+            f.get(1).and_then(|v| v.parse::<i32>().ok()),
+            f.get(2).and_then(|v| v.parse::<i32>().ok()),
+        ) else {
+            continue;
+        };
+        let alive = !matches!(*state, "Z" | "X");
+        let adopted = ppid == me && pgrp != pid && groups.contains(&pgrp);
+        let marked = alive
+            && std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|&b| b == 0).any(|v| v == needle.as_bytes()));
+        if marked || adopted {
+            out.push(Found { pid, ppid, alive });
+        }
+    }
+    out
+}
+
+/// `read_file`: read in chunks, each checked against the memory limit
+/// and the run's cancellation, so that an endless file (`/dev/zero`) ends
+/// with an error naming it instead of taking the host's memory.
+fn read_file(run: &Run, path: &str) -> ScriptResult<String> {
+    let fail = |e: std::io::Error| errors::host(format!("read_file: {path}: {e}"));
+    let mut f = std::fs::File::open(path).map_err(fail)?;
+    let limit = memory::limit();
+    let mut bytes = Vec::new();
+    let mut chunk = vec![0u8; 1 << 20];
+    loop {
+        let n = match f.read(&mut chunk) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(fail(e)),
+        };
+        // Before the end too: cancelling kills the writer of a pipe.
+        if let Some(r) = run.cancel().stop_reason() {
+            return Err(errors::terminated(r.kind(), r.message()));
+        }
+        if n == 0 {
+            break;
+        }
+        bytes.extend_from_slice(&chunk[..n]);
+        if let Some(msg) = memory::exceeded(limit) {
+            return Err(errors::host(format!(
+                "read_file: {path}: stopped after {} MiB: {msg}",
+                bytes.len() >> 20
+            )));
+        }
+    }
+    Ok(String::from_utf8(bytes)
+        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
 }
 
 /// Calls `f` until it returns true, sleeping `interval` in between.
@@ -367,15 +690,12 @@ fn register_files(e: &mut Engine, run: &Arc<Run>) {
         "The test's own temp dir, removed when it ends.",
     )
     .register_into_engine(e, move || r.temp_dir().display().to_string());
+    let r = run.clone();
     func(
         "read_file(path: String) -> String",
         "A file's contents (lossy UTF-8).",
     )
-    .register_into_engine(e, |p: &str| {
-        std::fs::read(p)
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .map_err(|e| errors::host(format!("read_file: {p}: {e}")))
-    });
+    .register_into_engine(e, move |p: &str| read_file(&r, p));
     func(
         "write_file(path: String, text: String)",
         "Writes `text` to a file as UTF-8, replacing it (\"\\xff\" is ÿ, two bytes: write_blob writes raw bytes).",
@@ -469,7 +789,7 @@ fn register_processes(e: &mut Engine, run: &Arc<Run>) {
     let r = run.clone();
     func(
         "run_host(argv: Array) -> Map",
-        "Runs a host command (no shell); returns #{status, stdout, stderr}.",
+        "Runs a host command (no shell); returns #{status, stdout, stderr} once it exits. What it leaves running in the background is killed when the test ends.",
     )
     .register_into_engine(e, move |a: Array| {
         HostCommand::new(&r, a, &Map::new())?.run(&r)

@@ -92,6 +92,7 @@ pub fn engine(run: &Arc<Run>) -> Engine {
     let c = run.cancel().clone();
     let limit = memory::limit();
     engine.on_progress(move |_| {
+        errors::enter_run(&c);
         if let Some(msg) = memory::exceeded(limit) {
             return Some(Dynamic::from_map(errors::error_map(
                 "HostError",

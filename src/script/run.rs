@@ -5,7 +5,8 @@
 //! artifacts dir (logs, kept or not by the runner), the default QEMU
 //! binary, the `KEY=VALUE` params, the descriptors opened by `open_fd`, the
 //! captured `print`/`log` output, and a registry of every machine the
-//! script made. [`Run::finish`] shuts down each machine still running
+//! script made. [`Run::finish`] kills what `run_host` left running,
+//! shuts down each machine still running
 //! (a short graceful attempt, then SIGKILL; at once when the run was
 //! cancelled), closes the descriptors and removes the temp dir. The
 //! [`Cancel`] token lets the watchdog and the signal handler stop it.
@@ -559,6 +560,7 @@ impl Run {
     /// the temp dir is removed. Idempotent.
     pub fn finish(&self) -> RunReport {
         let mut report = RunReport::default();
+        self.cancel.host_processes().kill_all(true);
         let hard = self.cancel.is_cancelled();
         let machines = std::mem::take(&mut *lock(&self.machines));
         for m in machines {
