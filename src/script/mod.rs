@@ -178,6 +178,7 @@ pub fn run_file(config: RunConfig, cancel: Cancel) -> Outcome {
             Status::Failed(f)
         }
     };
+    let status = run::with_crashes(status, &report, &shown);
     outcome(with_lost_artifacts(status, &report, &shown), report)
 }
 
