@@ -138,3 +138,87 @@ fn qemu_killed_mid_launch_is_a_launch_failure() {
     };
     assert_eq!(exitcode, Some(137));
 }
+
+/// A QEMU that crashes while `shutdown()` waits for it (here: stopped,
+/// then sent the signal and continued, so the crash surely comes during
+/// the wait) makes the shutdown fail with the signal named.
+#[test]
+fn a_crash_during_shutdown_is_an_abnormal_shutdown_naming_the_signal() {
+    for (signal, name) in [
+        (libc::SIGSEGV, "SIGSEGV"),
+        (libc::SIGABRT, "SIGABRT"),
+        (libc::SIGKILL, "SIGKILL"),
+    ] {
+        let mut vm = launched(&[]);
+        let pid = vm.get_pid().unwrap();
+        // SAFETY: signalling the QEMU this test started.
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            // SAFETY: as above.
+            unsafe {
+                libc::kill(pid, signal);
+                libc::kill(pid, libc::SIGCONT);
+            }
+        });
+        let err = vm.shutdown(false, secs(20.0)).unwrap_err();
+        t.join().unwrap();
+        assert_eq!(err.kind(), "AbnormalShutdown", "{name}: {err}");
+        assert!(
+            err.to_string()
+                .contains(&format!("signal {signal} ({name})")),
+            "{err}"
+        );
+        assert_eq!(vm.crash().map(|c| c.contains(name)), Some(true));
+        assert_eq!(vm.exitcode(), Some(-signal));
+        assert!(!pid_exists(pid));
+    }
+}
+
+/// A QEMU that crashed before the shutdown is reported the same way; one
+/// killed by vmscript itself (its kill handle, `kill()`) is not a crash.
+#[test]
+fn a_crash_before_shutdown_is_reported_and_our_own_kill_is_not() {
+    let mut vm = launched(&[]);
+    let pid = vm.get_pid().unwrap();
+    // SAFETY: signalling the QEMU this test started.
+    unsafe { libc::kill(pid, libc::SIGSEGV) };
+    let err = vm.shutdown(false, secs(20.0)).unwrap_err();
+    assert!(err.to_string().contains("signal 11 (SIGSEGV)"), "{err}");
+
+    let mut vm = launched(&[]);
+    vm.kill_handle().kill();
+    vm.shutdown(false, secs(20.0)).unwrap();
+    assert_eq!(vm.exitcode(), Some(-libc::SIGKILL));
+    assert_eq!(vm.crash(), None);
+
+    let mut vm = launched(&[]);
+    vm.kill();
+    assert_eq!(vm.crash(), None);
+}
+
+/// A QEMU that crashed mid-test, found by the cleanup at the end of the
+/// script, fails the test with the machine and the signal named.
+#[test]
+fn a_crash_found_by_the_cleanup_fails_the_test() {
+    use common::world::{stdout, World};
+    let w = World::new();
+    let script = w.script(
+        "crash.rhai",
+        r#"
+let vm = machine();
+vm.add_args("-M", "none");
+vm.launch();
+run_host(["kill", "-SEGV", `${vm.get_pid()}`]);
+sleep(0.5);
+"#,
+    );
+    let o = w.run(&["run", script.to_str().unwrap()]);
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("AbnormalShutdown: vm0: QEMU was killed by signal 11 (SIGSEGV)"),
+        "{out}"
+    );
+    w.assert_clean();
+}

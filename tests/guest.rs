@@ -59,3 +59,37 @@ fn a_console_wait_fails_at_once_when_qemu_dies() {
     assert_eq!(err.kind(), "QEMUMachineError");
     assert!(err.to_string().contains("-9"), "{err}");
 }
+
+/// Bytes that are not UTF-8 become U+FFFD on the console, for waits as for
+/// `output()`; before, a regex wait could not match across such a byte and
+/// every later `guest::run` timed out.
+#[test]
+fn an_invalid_utf8_byte_on_the_console_breaks_no_later_wait() {
+    use common::world::{stderr, stdout, World};
+    let w = World::new();
+    let script = w.script(
+        "binary.rhai",
+        r#"
+import "guest" as guest;
+let vm = guest::boot();
+let r = guest::run(vm, "printf 'bin\\377\\n'", 30);
+assert_eq(r, #{ status: 0, output: "bin\uFFFD\n" });
+assert_eq(guest::run(vm, "echo after", 30), #{ status: 0, output: "after\n" });
+let con = vm.console_socket();
+con.send_line("printf 'x\\376\\375y\\n'");
+let caps = con.wait_for_regex("\nx([\\s\\S]*?)y", 30);
+assert_eq(caps[1], "\uFFFD\uFFFD");
+assert(vm.console_socket().output().contains("bin\uFFFD"), "output() shows what waits saw");
+assert_eq(guest::run(vm, "echo $((6*7))", 30), #{ status: 0, output: "42\n" });
+vm.shutdown();
+"#,
+    );
+    let o = w
+        .command(&["run", script.to_str().unwrap(), "--timeout", "200"])
+        .env("VMSCRIPT_GUEST", guest_dir())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("1 passed"), "{}", stdout(&o));
+    w.assert_clean();
+}

@@ -348,3 +348,43 @@ fn an_observer_sees_every_qmp_message() {
     );
     assert!(seen.iter().any(|m| m.contains("\"STOP\"")), "{seen:?}");
 }
+
+/// QEMU answers an argument nested deeper than its limit with about 1030
+/// error replies that carry no id. Matched by order, they answered the
+/// next commands; matched by id, the deep command fails with a desync and
+/// the next command gets its own reply.
+#[test]
+fn an_argument_nested_past_qemus_limit_is_a_desync_and_later_commands_get_their_own_replies() {
+    let mut vm = launched(&[]);
+    let mut deep = json!(1);
+    for _ in 0..1100 {
+        deep = json!([deep]);
+    }
+    let err = vm
+        .qmp(
+            "qom-get",
+            Some(&args(json!({"path": "/machine", "property": deep}))),
+            false,
+        )
+        .unwrap_err();
+    assert_eq!(err.kind(), "QMPError", "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("out of step") && text.contains("qom-get"),
+        "{text}"
+    );
+    assert!(text.contains("not answered"), "{text}");
+    for _ in 0..3 {
+        let status = vm.command("query-status", None, true).unwrap();
+        assert_eq!(status["status"], "running");
+    }
+    let name = vm
+        .command(
+            "qom-get",
+            Some(&args(json!({"path": "/machine", "property": "type"}))),
+            false,
+        )
+        .unwrap();
+    assert_eq!(name, "none-machine");
+    vm.shutdown(false, secs(30.0)).unwrap();
+}

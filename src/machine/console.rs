@@ -11,8 +11,18 @@
 //! that measured faster than reading eagerly, since every wake-up of ours
 //! costs QEMU's sending thread too.
 //!
+//! Console text is one model everywhere: the transcript is lossy UTF-8
+//! text, decoded once as the bytes arrive. A byte that is not part of a
+//! valid UTF-8 sequence becomes U+FFFD there, as
+//! [`String::from_utf8_lossy`] would make it of the whole stream; a
+//! character split across two reads is held back until its last byte
+//! comes (and becomes U+FFFD if the console ends first). Waits, reads,
+//! [`Console::output`] and the tails in errors all see that same text, so
+//! a regex like `[\s\S]*` matches whatever `output()` shows. Only the log
+//! files keep the raw bytes.
+//!
 //! Waits ([`Console::wait_for`], [`Console::wait_for_regex`],
-//! [`Console::expect`], [`Console::wait_for_either`]) match on the byte
+//! [`Console::expect`], [`Console::wait_for_either`]) match on the text
 //! stream, not on lines (busybox's prompt `/ # ` is followed by `ESC[6n`
 //! and no newline). They start at a cursor that marks what earlier reads
 //! and waits consumed, and move it past their match. They sleep on a
@@ -23,8 +33,8 @@
 //! Without the drain thread (`drain = false`) the waits read the socket
 //! themselves, so output only moves while someone waits or reads.
 //!
-//! Memory: the transcript kept in memory is capped at 64 MiB. Past that the
-//! oldest bytes are dropped, down to 48 MiB: consumed ones first, as they
+//! Memory: the transcript kept in memory is capped at 64 MiB (of decoded
+//! text). Past that the oldest characters are dropped, down to 48 MiB: consumed ones first, as they
 //! are the oldest, and unconsumed ones only when a single wait has let
 //! more than that pile up (it cannot match text that fell out). So
 //! [`Console::output`] returns the last 48-64 MiB; the log files keep
@@ -81,7 +91,7 @@ pub enum ConsoleError {
     Timeout {
         what: String,
         after: Duration,
-        /// The last 2 KiB of the transcript (lossy UTF-8).
+        /// The last 2 KiB of the transcript.
         tail: String,
     },
     /// The peer (QEMU) hung up, or the console was closed.
@@ -126,7 +136,7 @@ impl std::fmt::Debug for Console {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let st = self.inner.shared.lock();
         f.debug_struct("Console")
-            .field("received", &st.end())
+            .field("received", &st.received)
             .field("consumed", &st.cursor)
             .field("closed", &st.ended.is_some())
             .finish_non_exhaustive()
@@ -191,11 +201,17 @@ enum Ended {
 }
 
 struct State {
-    /// The transcript kept in memory: absolute offsets `base..end()`.
-    buf: Vec<u8>,
+    /// The transcript kept in memory, decoded: absolute offsets
+    /// `base..end()` (in bytes of the decoded text; every offset kept is
+    /// on a character boundary).
+    buf: String,
     base: usize,
-    /// Absolute offset of the first byte not yet consumed; `>= base`.
+    /// Absolute offset of the first character not yet consumed; `>= base`.
     cursor: usize,
+    /// The start of a character whose last bytes have not arrived yet.
+    partial: Vec<u8>,
+    /// Raw bytes received so far.
+    received: usize,
     cap: usize,
     ended: Option<Ended>,
     /// The first error writing a log file; the log stopped there.
@@ -214,27 +230,55 @@ impl State {
     }
 
     /// The retained transcript from absolute offset `at` (clamped to what
-    /// is kept) on.
-    fn from(&self, at: usize) -> &[u8] {
-        let i = at.saturating_sub(self.base).min(self.buf.len());
+    /// is kept, and moved back to the start of the character it falls in)
+    /// on.
+    fn from(&self, at: usize) -> &str {
+        let mut i = at.saturating_sub(self.base).min(self.buf.len());
+        while !self.buf.is_char_boundary(i) {
+            i -= 1;
+        }
         &self.buf[i..]
     }
 
+    /// Decodes a chunk of raw bytes onto the transcript.
     fn append(&mut self, bytes: &[u8]) {
-        self.buf.extend_from_slice(bytes);
+        self.received += bytes.len();
+        let joined;
+        let input = if self.partial.is_empty() {
+            bytes
+        } else {
+            let mut v = std::mem::take(&mut self.partial);
+            v.extend_from_slice(bytes);
+            joined = v;
+            &joined[..]
+        };
+        decode_lossy(input, &mut self.buf, &mut self.partial);
         if self.buf.len() > self.cap {
             // Down to 3/4 of the cap, so trimming happens once per quarter.
-            let drop = self.buf.len() - self.cap / 4 * 3;
+            let mut drop = self.buf.len() - self.cap / 4 * 3;
+            while !self.buf.is_char_boundary(drop) {
+                drop += 1;
+            }
             self.buf.drain(..drop);
             self.base += drop;
             self.cursor = self.cursor.max(self.base);
         }
     }
 
+    /// The input ended: a character still waiting for its last bytes never
+    /// gets them.
+    fn end_input(&mut self) {
+        if !self.partial.is_empty() {
+            self.partial.clear();
+            self.buf.push(char::REPLACEMENT_CHARACTER);
+        }
+    }
+
     /// Consumes output up to absolute offset `to` and returns it.
     fn take_to(&mut self, to: usize) -> String {
-        let n = to.saturating_sub(self.cursor);
-        let text = String::from_utf8_lossy(&self.from(self.cursor)[..n]).into_owned();
+        let from = self.from(self.cursor);
+        let n = to.saturating_sub(self.cursor).min(from.len());
+        let text = from[..n].to_string();
         self.cursor = self.cursor.max(to);
         text
     }
@@ -242,11 +286,10 @@ impl State {
     /// The last `max_bytes` of the transcript, not starting inside a character.
     fn tail(&self, max_bytes: usize) -> String {
         let mut start = self.buf.len().saturating_sub(max_bytes);
-        let limit = (start + 3).min(self.buf.len());
-        while start < limit && self.buf[start] & 0xC0 == 0x80 {
+        while !self.buf.is_char_boundary(start) {
             start += 1;
         }
-        String::from_utf8_lossy(&self.buf[start..]).into_owned()
+        self.buf[start..].to_string()
     }
 
     fn closed_error(&self, what: &str) -> ConsoleError {
@@ -263,26 +306,33 @@ impl State {
     }
 }
 
-/// The length of `bytes` without a trailing, still incomplete UTF-8
-/// character (its other bytes may be on their way).
-fn complete_utf8_len(bytes: &[u8]) -> usize {
-    for back in 1..=bytes.len().min(4) {
-        let byte = bytes[bytes.len() - back];
-        if byte & 0xC0 != 0x80 {
-            let need = match byte {
-                0xC2..=0xDF => 2,
-                0xE0..=0xEF => 3,
-                0xF0..=0xF4 => 4,
-                _ => 1,
-            };
-            return if need > back {
-                bytes.len() - back
-            } else {
-                bytes.len()
-            };
+/// Appends `bytes` to `out` as [`String::from_utf8_lossy`] would, except
+/// that a trailing sequence that is a valid but incomplete character is
+/// put in `partial` (its other bytes may be on their way).
+fn decode_lossy(mut bytes: &[u8], out: &mut String, partial: &mut Vec<u8>) {
+    loop {
+        match std::str::from_utf8(bytes) {
+            Ok(text) => {
+                out.push_str(text);
+                return;
+            }
+            Err(e) => {
+                let (valid, rest) = bytes.split_at(e.valid_up_to());
+                // Valid by construction, so this borrows and never replaces.
+                out.push_str(&String::from_utf8_lossy(valid));
+                match e.error_len() {
+                    Some(bad) => {
+                        out.push(char::REPLACEMENT_CHARACTER);
+                        bytes = &rest[bad..];
+                    }
+                    None => {
+                        partial.extend_from_slice(rest);
+                        return;
+                    }
+                }
+            }
         }
     }
-    bytes.len()
 }
 
 struct Shared {
@@ -315,7 +365,10 @@ impl Shared {
 
     /// Records why reading stopped (the first reason wins) and wakes the waiters.
     fn finish(&self, why: Ended) {
-        self.lock().ended.get_or_insert(why);
+        let mut st = self.lock();
+        st.end_input();
+        st.ended.get_or_insert(why);
+        drop(st);
         self.cond.notify_all();
     }
 }
@@ -397,7 +450,7 @@ enum Step<T> {
 /// Finds a plain text, searching each byte about once across repeated looks.
 struct Finder {
     text: String,
-    re: regex::bytes::Regex,
+    re: regex::Regex,
     /// Absolute offset up to which the transcript was searched in vain.
     searched: usize,
 }
@@ -405,11 +458,10 @@ struct Finder {
 impl Finder {
     fn new(text: &str) -> Result<Finder, ConsoleError> {
         // An escaped literal: the regex crate searches it with memchr/memmem.
-        let re =
-            regex::bytes::Regex::new(&regex::escape(text)).map_err(|e| ConsoleError::BadRegex {
-                pattern: text.to_string(),
-                message: e.to_string(),
-            })?;
+        let re = regex::Regex::new(&regex::escape(text)).map_err(|e| ConsoleError::BadRegex {
+            pattern: text.to_string(),
+            message: e.to_string(),
+        })?;
         Ok(Finder {
             text: text.to_string(),
             re,
@@ -426,7 +478,10 @@ impl Finder {
             .saturating_sub(overlap)
             .max(st.cursor)
             .max(st.base);
-        match self.re.find(st.from(start)) {
+        let hay = st.from(start);
+        // `from` may have moved back to a character's start.
+        let start = st.end() - hay.len();
+        match self.re.find(hay) {
             Some(m) => Some(start + m.end()),
             None => {
                 self.searched = st.end();
@@ -474,9 +529,11 @@ impl Console {
         stream.set_nonblocking(false)?;
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
-                buf: Vec::new(),
+                buf: String::new(),
                 base: 0,
                 cursor: 0,
+                partial: Vec::new(),
+                received: 0,
                 cap,
                 ended: None,
                 log_error: None,
@@ -532,18 +589,12 @@ impl Console {
         self.inner.send_bytes(line.as_bytes())
     }
 
-    /// The output since the last read or wait (lossy UTF-8), consumed. A
-    /// character whose last bytes have not arrived yet is left for the
-    /// next read.
+    /// The output since the last read or wait, consumed. A character
+    /// whose last bytes have not arrived yet is left for the next read.
     pub fn read(&self) -> String {
         self.inner.pump_now();
         let mut st = self.inner.shared.lock();
-        let pending = st.from(st.cursor);
-        let end = if st.ended.is_some() {
-            st.end()
-        } else {
-            st.cursor + complete_utf8_len(pending)
-        };
+        let end = st.end();
         st.take_to(end)
     }
 
@@ -560,9 +611,10 @@ impl Console {
         })
     }
 
-    /// Waits for a match of the regex `re` (on bytes) and returns its
-    /// captures, index 0 being the whole match (lossy UTF-8; `None` for a
-    /// group that did not take part). Consumes up to the end of the match.
+    /// Waits for a match of the regex `re` (on the decoded text, see the
+    /// module documentation) and returns its captures, index 0 being the
+    /// whole match (`None` for a group that did not take part). Consumes up
+    /// to the end of the match.
     ///
     /// A match that ends exactly where the output so far ends might grow
     /// (`val=(\d+)` on `val=4` while the `2` is on its way), so it is taken
@@ -573,7 +625,7 @@ impl Console {
         re: &str,
         timeout: Duration,
     ) -> Result<Vec<Option<String>>, ConsoleError> {
-        let regex = regex::bytes::Regex::new(re).map_err(|e| ConsoleError::BadRegex {
+        let regex = regex::Regex::new(re).map_err(|e| ConsoleError::BadRegex {
             pattern: re.to_string(),
             message: e.to_string(),
         })?;
@@ -611,7 +663,7 @@ impl Console {
             }
             let groups = caps
                 .iter()
-                .map(|g| g.map(|m| String::from_utf8_lossy(m.as_bytes()).into_owned()))
+                .map(|g| g.map(|m| m.as_str().to_string()))
                 .collect();
             st.cursor = match_end;
             Ok(Step::Done(groups))
@@ -669,14 +721,13 @@ impl Console {
         })
     }
 
-    /// The whole transcript kept in memory (lossy UTF-8); consumes nothing.
+    /// The whole transcript kept in memory; consumes nothing.
     pub fn output(&self) -> String {
         self.inner.pump_now();
-        let st = self.inner.shared.lock();
-        String::from_utf8_lossy(&st.buf).into_owned()
+        self.inner.shared.lock().buf.clone()
     }
 
-    /// The last `max_bytes` of the transcript (lossy UTF-8); consumes nothing.
+    /// The last `max_bytes` of the transcript; consumes nothing.
     pub fn tail(&self, max_bytes: usize) -> String {
         self.inner.pump_now();
         self.inner.shared.lock().tail(max_bytes)
@@ -976,7 +1027,7 @@ mod tests {
     /// Waits until `len` bytes have been received.
     fn wait_len(con: &Console, len: usize) {
         let deadline = Instant::now() + LONG;
-        while con.inner.shared.lock().end() < len {
+        while con.inner.shared.lock().received < len {
             assert!(Instant::now() < deadline, "only got {:?}", con.output());
             std::thread::sleep(Duration::from_millis(1));
         }
@@ -1437,15 +1488,83 @@ mod tests {
     }
 
     #[test]
-    fn complete_utf8_len_holds_back_partial_characters() {
-        assert_eq!(complete_utf8_len(b""), 0);
-        assert_eq!(complete_utf8_len(b"abc"), 3);
-        assert_eq!(complete_utf8_len("é".as_bytes()), 2);
-        assert_eq!(complete_utf8_len(b"a\xC3"), 1);
-        assert_eq!(complete_utf8_len(b"a\xE2\x82"), 1);
-        assert_eq!(complete_utf8_len("a€".as_bytes()), 4);
-        assert_eq!(complete_utf8_len(b"a\xF0\x9F\x98"), 1);
-        assert_eq!(complete_utf8_len(b"\xFF"), 1);
+    fn decoding_in_pieces_equals_decoding_the_whole_stream() {
+        let stream: &[u8] =
+            b"a\xC3\xA9b\xFF\xE2\x82\xACc\xE2\x82d\xF0\x9F\x98\x80\xC3\xF0\x9F\xED\xA0\x80e\xC3";
+        let whole = String::from_utf8_lossy(stream).into_owned();
+        // Every way of cutting the stream in two and in three.
+        for i in 0..=stream.len() {
+            for j in i..=stream.len() {
+                let mut st = State {
+                    buf: String::new(),
+                    base: 0,
+                    cursor: 0,
+                    partial: Vec::new(),
+                    received: 0,
+                    cap: TRANSCRIPT_CAP,
+                    ended: None,
+                    log_error: None,
+                    sleepers: 0,
+                    interrupts: 0,
+                };
+                st.append(&stream[..i]);
+                st.append(&stream[i..j]);
+                st.append(&stream[j..]);
+                st.end_input();
+                assert_eq!(st.buf, whole, "cut at {i} and {j}");
+                assert_eq!(st.received, stream.len());
+            }
+        }
+    }
+
+    #[test]
+    fn an_invalid_byte_does_not_stop_later_regex_waits() {
+        for drain in [true, false] {
+            let (con, mut peer) = console(drain);
+            let (first, second): (&[u8], &[u8]) = (
+                b"$ printf 'bin\\377'\r\nbin\xFF\r\nDONE-1\r\n",
+                b"more\xFE output\r\nDONE-2\r\n",
+            );
+            peer.write_all(first).unwrap();
+            let caps = con.wait_for_regex(r"([\s\S]*?)DONE-(\d+)", LONG).unwrap();
+            assert_eq!(caps[2].as_deref(), Some("1"), "drain {drain}");
+            assert!(caps[1].as_deref().unwrap().contains("bin\u{FFFD}\r\n"));
+            peer.write_all(second).unwrap();
+            let caps = con.wait_for_regex(r"([\s\S]*?)DONE-(\d+)", LONG).unwrap();
+            assert_eq!(caps[1].as_deref(), Some("\r\nmore\u{FFFD} output\r\n"));
+            assert_eq!(caps[2].as_deref(), Some("2"));
+            // What the waits saw is what output() and read() show.
+            assert!(con
+                .output()
+                .contains("bin\u{FFFD}\r\nDONE-1\r\nmore\u{FFFD} output"));
+            wait_len(&con, first.len() + second.len());
+            assert_eq!(con.read(), "\r\n");
+        }
+    }
+
+    #[test]
+    fn plain_waits_match_a_replacement_character_and_split_characters() {
+        let (con, mut peer) = console(true);
+        peer.write_all(b"x\xFFy \xE2\x82").unwrap();
+        assert_eq!(con.wait_for("x\u{FFFD}y", LONG).unwrap(), "x\u{FFFD}y");
+        wait_len(&con, 6);
+        // The half of a character is not text yet.
+        assert_eq!(con.read(), " ");
+        peer.write_all(b"\xAC!").unwrap();
+        assert_eq!(con.wait_for("\u{20AC}!", LONG).unwrap(), "\u{20AC}!");
+    }
+
+    #[test]
+    fn a_character_cut_off_by_the_end_becomes_a_replacement_character() {
+        let (con, mut peer) = console(true);
+        peer.write_all(b"last \xE2\x82").unwrap();
+        drop(peer);
+        let err = con.wait_for("never", LONG).unwrap_err();
+        assert!(
+            matches!(&err, ConsoleError::Closed { tail, .. } if tail == "last \u{FFFD}"),
+            "{err:?}"
+        );
+        assert_eq!(con.read(), "last \u{FFFD}");
     }
 
     #[test]

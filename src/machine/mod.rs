@@ -211,6 +211,9 @@ pub struct Machine {
     greeting: Value,
     quit_issued: bool,
     exitcode: Option<i32>,
+    /// How QEMU crashed, when the last shutdown found it killed by a
+    /// signal nobody here sent.
+    crash: Option<String>,
     log: Option<String>,
     /// Events left queued when the monitor closed.
     leftover_events: Vec<Value>,
@@ -281,6 +284,7 @@ impl Machine {
             greeting: Value::Null,
             quit_issued: false,
             exitcode: None,
+            crash: None,
             log: None,
             leftover_events: Vec::new(),
             transcript: None,
@@ -549,6 +553,7 @@ impl Machine {
             )));
         }
         self.exitcode = None;
+        self.crash = None;
         self.log = None;
         self.quit_issued = false;
         self.leftover_events.clear();
@@ -817,7 +822,10 @@ impl Machine {
 
     /// Shuts QEMU down: `quit` over QMP and up to `timeout` for it to exit,
     /// then SIGKILL (at once when `hard`). Cleanup always happens; a failed
-    /// graceful path is reported as [`Error::AbnormalShutdown`] afterwards.
+    /// graceful path is reported as [`Error::AbnormalShutdown`] afterwards,
+    /// and so is a QEMU found killed by a signal that vmscript did not send
+    /// (a crash: SIGSEGV, SIGABRT, a SIGKILL from elsewhere), before or
+    /// during the shutdown, with the signal named ([`Machine::crash`]).
     pub fn shutdown(&mut self, hard: bool, timeout: Duration) -> Result<()> {
         let Some(running) = self.running.as_ref() else {
             return Ok(());
@@ -825,7 +833,6 @@ impl Machine {
         let process = running.process.clone();
         let deadline = Instant::now() + timeout;
         let mut problem: Option<String> = None;
-        let mut terminated = false;
         if hard {
             process.kill();
         } else if process.exit_code().is_none() {
@@ -843,7 +850,6 @@ impl Machine {
                 // No monitor to ask: a polite signal instead, QEMU's own
                 // way to a clean exit.
                 process.signal(libc::SIGTERM);
-                terminated = true;
             }
             if process
                 .wait_timeout(deadline.saturating_duration_since(Instant::now()))
@@ -860,9 +866,12 @@ impl Machine {
         }
         self.cleanup();
         if let (Some(code), None) = (self.exitcode, &problem) {
-            let asked = self.quit_issued || (terminated && code == -libc::SIGTERM);
-            if code < 0 && !hard && !asked {
-                problem = Some(format!("QEMU received signal {}", -code));
+            // `quit` and a guest poweroff end in an exit code: a signal
+            // that vmscript did not send is a crash, even after `quit`.
+            if code < 0 && !hard && !process.was_sent(-code) {
+                let crash = format!("QEMU was killed by signal {}", signal_name(-code));
+                self.crash = Some(crash.clone());
+                problem = Some(crash);
             }
         }
         match problem {
@@ -914,6 +923,12 @@ impl Machine {
                 let _ = t.keep();
             }
         }
+    }
+
+    /// How QEMU crashed (`"QEMU was killed by signal 11 (SIGSEGV)"`), when
+    /// the last shutdown found it killed by a signal vmscript did not send.
+    pub fn crash(&self) -> Option<&str> {
+        self.crash.as_deref()
     }
 
     /// Hard shutdown: SIGKILL and cleanup.
@@ -1397,6 +1412,14 @@ pub fn which(program: &str) -> Option<PathBuf> {
             p.metadata()
                 .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
         })
+}
+
+/// A signal's number and name: `11 (SIGSEGV)`.
+fn signal_name(signal: i32) -> String {
+    match nix::sys::signal::Signal::try_from(signal) {
+        Ok(s) => format!("{signal} ({})", s.as_str()),
+        Err(_) => signal.to_string(),
+    }
 }
 
 /// The last `n` lines of `text`.

@@ -39,6 +39,9 @@ pub struct Process {
     pid: i32,
     pidfd: OwnedFd,
     status: Mutex<Option<i32>>,
+    /// The signals sent to the child (bit N: signal N), so that a death
+    /// by another signal is known for a crash.
+    sent: std::sync::atomic::AtomicU64,
     /// Why the log is missing or incomplete.
     log_error: Mutex<Option<String>>,
     exited: Condvar,
@@ -134,6 +137,9 @@ impl Process {
         // not reaped, so its pid and process group id are still its own.
         let st = self.status.lock().unwrap_or_else(|e| e.into_inner());
         if st.is_none() {
+            if (0..64).contains(&signal) {
+                self.sent.fetch_or(1u64 << signal, Ordering::SeqCst);
+            }
             // SAFETY: plain syscalls on ids we own; failures are harmless.
             unsafe {
                 libc::kill(-self.pid, signal);
@@ -146,6 +152,11 @@ impl Process {
                 );
             }
         }
+    }
+
+    /// Whether `signal` was sent to the child by [`Process::signal`].
+    pub fn was_sent(&self, signal: i32) -> bool {
+        (0..64).contains(&signal) && self.sent.load(Ordering::SeqCst) & (1u64 << signal) != 0
     }
 
     /// Why the log file is missing or incomplete (it could not be made or
@@ -239,6 +250,7 @@ fn spawn_here(
         pid,
         pidfd,
         status: Mutex::new(None),
+        sent: std::sync::atomic::AtomicU64::new(0),
         log_error: Mutex::new(None),
         exited: Condvar::new(),
     });

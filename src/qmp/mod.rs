@@ -12,10 +12,19 @@
 //! is ever dropped and nothing busy-polls. Between waits nobody reads:
 //! QEMU keeps its output until asked, as it does for any QMP client.
 //!
-//! Commands go out as compact JSON without an `id`: QEMU 7.2 reads its
-//! monitor input one byte per main-loop pass, so every byte costs about
-//! 2 µs. Replies are matched to commands by order, which holds because a
-//! command lock serializes them.
+//! Commands go out as compact JSON (QEMU 7.2 reads its monitor input one
+//! byte per main-loop pass, so every byte costs about 2 µs), each with a
+//! numeric `id` of its own, and a reply is given only to the command whose
+//! `id` it carries; the `id` is taken off again before the caller sees the
+//! reply. A reply without a known `id` answers nothing we are waiting for:
+//! QEMU sends such replies for input it could not parse (about 1030 of
+//! them for an argument nested deeper than its limit), and a broken peer
+//! may send one unasked. Such stray replies are a desync: the command in
+//! progress (or the next one, if none is) fails with [`Error::Desync`],
+//! after a check command (`query-version` with an `id` of its own) has
+//! come back, so that every stray reply sent before it has been read and
+//! the next command starts in step. Replies to commands that timed out or
+//! were interrupted are recognised by their `id` and dropped.
 //!
 //! Start reading at [`Client::new`] and [`Client::execute`].
 
@@ -122,6 +131,17 @@ pub enum Error {
     /// A line longer than the reader accepts.
     #[error("QMP message longer than {limit} bytes")]
     LineTooLong { limit: usize },
+    /// Replies that answer no command arrived (see the module
+    /// documentation); the connection is back in step.
+    #[error("QMP replies out of step while {what}: {count} {replies} matching no command we sent arrived, the first: {first}; {outcome}", replies = if *.count == 1 { "reply" } else { "replies" })]
+    Desync {
+        what: String,
+        count: usize,
+        /// The first stray reply, shortened.
+        first: String,
+        /// What became of the command's own reply.
+        outcome: String,
+    },
     /// More events queued than the documented cap.
     #[error("more than {limit} QMP events queued unread")]
     EventQueueFull { limit: usize },
@@ -160,9 +180,24 @@ pub type Result<T> = std::result::Result<T, Error>;
 /// A callback that sees every message sent and received, for transcripts.
 pub type Observer = Arc<dyn Fn(Direction, &[u8]) + Send + Sync>;
 
+/// How many stray replies are kept to describe a desync.
+const STRAYS_KEPT: usize = 1;
+
 #[derive(Default)]
 struct State {
-    replies: std::collections::VecDeque<Value>,
+    /// Replies to the commands in `expected`, by `id`.
+    replies: std::collections::HashMap<u64, Value>,
+    /// The ids of the commands sent whose replies are awaited.
+    expected: std::collections::HashSet<u64>,
+    /// The ids of the commands whose callers gave up waiting: their
+    /// replies are dropped when they come.
+    orphans: std::collections::HashSet<u64>,
+    /// Replies with no known id not yet reported ([`Error::Desync`]): how
+    /// many, and the first ones.
+    stray_count: usize,
+    strays: Vec<Value>,
+    /// The last id used.
+    last_id: u64,
     events: std::collections::VecDeque<Value>,
     greeting: Option<Value>,
     /// Why the connection ended, once it has.
@@ -171,8 +206,6 @@ struct State {
     reading: bool,
     /// Threads inside [`Shared::wait_for`].
     waiters: usize,
-    /// Replies still owed to callers that gave up waiting for them.
-    orphans: usize,
     /// Bumped by [`Interrupter::interrupt`]: a wait that sees it change ends.
     interrupts: u64,
 }
@@ -184,6 +217,36 @@ struct Shared {
     read: Mutex<reader::ReadSide>,
     /// An eventfd that wakes the thread waiting in `poll` (interrupts).
     wake: OwnedFd,
+}
+
+impl State {
+    /// Files a reply that answers no command we wait for.
+    fn stray(&mut self, reply: Value) {
+        self.stray_count += 1;
+        if self.strays.len() < STRAYS_KEPT {
+            self.strays.push(reply);
+        }
+    }
+
+    /// A fresh id, awaited from now on.
+    fn new_id(&mut self) -> u64 {
+        self.last_id += 1;
+        self.expected.insert(self.last_id);
+        self.last_id
+    }
+
+    /// Stops waiting for `id`: a reply that comes later is dropped.
+    fn give_up(&mut self, id: u64) {
+        if self.expected.remove(&id) && self.replies.remove(&id).is_none() {
+            self.orphans.insert(id);
+        }
+    }
+}
+
+/// What a command's wait for its reply found first.
+enum Heard {
+    Reply(Value),
+    Strays,
 }
 
 impl Shared {
@@ -307,8 +370,8 @@ impl Shared {
 pub struct Client {
     shared: Arc<Shared>,
     writer: Mutex<Stream>,
-    /// Held from sending a command until its reply is taken, so replies
-    /// match commands by order.
+    /// Held from sending a command until its reply is taken: one command
+    /// at a time, so a desync is blamed on the command it happened during.
     command_lock: Mutex<()>,
     observer: Option<Observer>,
     negotiated: bool,
@@ -455,7 +518,7 @@ impl Client {
         arguments: Option<&Map<String, Value>>,
         timeout: Duration,
     ) -> Result<Value> {
-        self.execute_raw(&command_bytes(command, arguments), command, timeout)
+        self.round_trip(command, timeout, |id| command_bytes(command, arguments, id))
     }
 
     /// Sends one command and returns its `return` value; an error reply is
@@ -476,30 +539,106 @@ impl Client {
             .unwrap_or(Value::Null))
     }
 
-    /// Sends already-encoded command bytes and waits for the reply.
+    /// Sends an already-encoded message and waits for the reply. A JSON
+    /// object gets this client's `id` (a caller's own `id` is put back
+    /// into the reply); anything else goes out as it is, and what QEMU
+    /// answers to it, without an id, is an [`Error::Desync`].
     pub fn execute_raw(&self, bytes: &[u8], what: &str, timeout: Duration) -> Result<Value> {
+        let message = serde_json::from_slice::<Value>(bytes).ok();
+        let Some(Value::Object(mut message)) = message else {
+            return self.round_trip(what, timeout, |_| bytes.to_vec());
+        };
+        let theirs = message.remove("id");
+        let mut reply = self.round_trip(what, timeout, |id| {
+            message.insert("id".into(), Value::from(id));
+            serde_json::to_vec(&message).unwrap_or_else(|_| bytes.to_vec())
+        })?;
+        if let (Some(id), Some(m)) = (theirs, reply.as_object_mut()) {
+            m.insert("id".into(), id);
+        }
+        Ok(reply)
+    }
+
+    /// Sends the message `encode` makes with a fresh id, and waits for the
+    /// reply with that id (returned without it).
+    fn round_trip(
+        &self,
+        what: &str,
+        timeout: Duration,
+        encode: impl FnOnce(u64) -> Vec<u8>,
+    ) -> Result<Value> {
         let deadline = Instant::now() + timeout;
         let _turn = self.command_lock.lock().unwrap_or_else(|e| e.into_inner());
-        self.send_bytes(bytes, what)?;
-        match self.shared.wait_for(deadline, |st| st.replies.pop_front()) {
-            Ok(Some(reply)) => Ok(reply),
+        let id = self.shared.lock().new_id();
+        if let Err(e) = self.send_bytes(&encode(id), what) {
+            self.shared.lock().give_up(id);
+            return Err(e);
+        }
+        let what = format!("waiting for the reply to {what}");
+        let heard = self.shared.wait_for(deadline, |st| {
+            if let Some(reply) = st.replies.remove(&id) {
+                Some(Heard::Reply(reply))
+            } else {
+                (st.stray_count > 0).then_some(Heard::Strays)
+            }
+        });
+        let own = match heard {
+            Ok(Some(Heard::Reply(reply))) if self.shared.lock().stray_count == 0 => {
+                self.shared.lock().expected.remove(&id);
+                return Ok(strip_id(reply));
+            }
+            Ok(Some(Heard::Reply(reply))) => Some(reply),
+            Ok(Some(Heard::Strays)) => None,
             Ok(None) => {
-                self.shared.lock().orphans += 1;
-                Err(Error::Timeout {
-                    what: format!("waiting for the reply to {what}"),
+                self.shared.lock().give_up(id);
+                return Err(Error::Timeout {
+                    what,
                     after: timeout,
-                })
+                });
             }
-            Err(Error::Interrupted { .. }) => {
-                self.shared.lock().orphans += 1;
-                Err(Error::Interrupted {
-                    what: format!("waiting for the reply to {what}"),
-                })
+            Err(e) => {
+                self.shared.lock().give_up(id);
+                return Err(match e {
+                    Error::Interrupted { .. } => Error::Interrupted { what },
+                    Error::Closed { .. } => Error::Closed { what },
+                    e => e,
+                });
             }
-            Err(Error::Closed { .. }) => Err(Error::Closed {
-                what: format!("waiting for the reply to {what}"),
-            }),
+        };
+        Err(self.resync(id, own, what, deadline))
+    }
+
+    /// After stray replies: sends a check command and waits (up to
+    /// `deadline`) for its reply, so that every stray reply sent before it
+    /// has been read, then describes the desync.
+    fn resync(&self, id: u64, mut own: Option<Value>, what: String, deadline: Instant) -> Error {
+        let check = self.shared.lock().new_id();
+        let checked = match self.send_bytes(&command_bytes("query-version", None, check), &what) {
             Err(e) => Err(e),
+            Ok(()) => self.shared.wait_for(deadline, |st| {
+                if own.is_none() {
+                    own = st.replies.remove(&id);
+                }
+                st.replies.remove(&check)
+            }),
+        };
+        let mut st = self.shared.lock();
+        st.give_up(id);
+        st.give_up(check);
+        let outcome = match (&own, &checked) {
+            (Some(_), Ok(Some(_))) => "the command's own reply came too, and was dropped",
+            (Some(_), _) => "the command's own reply came too, and was dropped; the peer did not answer a check command",
+            (None, Ok(Some(_))) => "the command itself was not answered (QEMU could not read it)",
+            (None, _) => "the command itself was not answered, nor a check command",
+        };
+        let first = st.strays.first().map(reader::excerpt).unwrap_or_default();
+        let count = std::mem::take(&mut st.stray_count);
+        st.strays.clear();
+        Error::Desync {
+            what,
+            count,
+            first,
+            outcome: outcome.to_string(),
         }
     }
 
@@ -692,6 +831,14 @@ impl Interrupter {
             shared.poke();
         }
     }
+}
+
+/// The reply as the caller sees it: without the `id` this client added.
+fn strip_id(mut reply: Value) -> Value {
+    if let Some(m) = reply.as_object_mut() {
+        m.remove("id");
+    }
+    reply
 }
 
 /// Builds [`Error::Response`] from an error reply.

@@ -165,10 +165,14 @@ fn file(shared: &Shared, messages: Vec<Value>, limits: Limits) -> Result<(), Err
             }
             st.events.push_back(msg);
         } else if msg.get("return").is_some() || msg.get("error").is_some() {
-            if st.orphans > 0 {
-                st.orphans -= 1;
-            } else {
-                st.replies.push_back(msg);
+            match msg.get("id").and_then(Value::as_u64) {
+                Some(id) if st.expected.contains(&id) => {
+                    st.replies.insert(id, msg);
+                }
+                Some(id) if st.orphans.remove(&id) => {}
+                // QEMU answers what it could not parse without an id; a
+                // peer may also send a reply nobody asked for.
+                _ => st.stray(msg),
             }
         } else if msg.get("QMP").is_some() && st.greeting.is_none() {
             st.greeting = Some(msg);
@@ -214,7 +218,7 @@ fn parse(line: &[u8], observer: Option<&Observer>) -> Result<Option<Value>, Erro
     Ok(Some(value))
 }
 
-fn excerpt(v: &Value) -> String {
+pub(super) fn excerpt(v: &Value) -> String {
     excerpt_bytes(v.to_string().as_bytes())
 }
 

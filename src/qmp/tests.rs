@@ -31,35 +31,43 @@ fn read_command(peer: &mut UnixStream) -> Value {
     }
 }
 
+/// Answers the command `cmd` with `body` plus its id, as QEMU does.
+fn answer(peer: &mut UnixStream, cmd: &Value, mut body: Value) {
+    body["id"] = cmd["id"].clone();
+    let mut line = serde_json::to_vec(&body).unwrap();
+    line.extend_from_slice(b"\r\n");
+    peer.write_all(&line).unwrap();
+}
+
 #[test]
 fn greeting_is_kept_and_negotiation_enables_oob() {
     let (mut client, mut peer) = pair();
     assert_eq!(client.greeting()["QMP"]["version"]["qemu"]["minor"], 2);
     let t = thread::spawn(move || {
         let cmd = read_command(&mut peer);
-        peer.write_all(b"{\"return\": {}}\r\n").unwrap();
+        answer(&mut peer, &cmd, serde_json::json!({"return": {}}));
         (cmd, peer)
     });
     client.negotiate(T).unwrap();
     let (cmd, _peer) = t.join().unwrap();
     assert_eq!(
         cmd,
-        serde_json::json!({"execute": "qmp_capabilities", "arguments": {"enable": ["oob"]}})
+        serde_json::json!({"execute": "qmp_capabilities", "arguments": {"enable": ["oob"]}, "id": 1})
     );
     assert!(client.is_negotiated());
 }
 
 #[test]
-fn commands_are_compact_without_id() {
+fn commands_are_compact_with_an_id() {
     assert_eq!(
-        command_bytes("query-status", None),
-        br#"{"execute":"query-status"}"#
+        command_bytes("query-status", None, 3),
+        br#"{"execute":"query-status","id":3}"#
     );
     let mut args = Map::new();
     args.insert("id".into(), Value::from("d1"));
     assert_eq!(
-        command_bytes("device_del", Some(&args)),
-        br#"{"execute":"device_del","arguments":{"id":"d1"}}"#
+        command_bytes("device_del", Some(&args), 12),
+        br#"{"execute":"device_del","arguments":{"id":"d1"},"id":12}"#
     );
 }
 
@@ -67,9 +75,10 @@ fn commands_are_compact_without_id() {
 fn events_before_a_reply_are_queued_in_order() {
     let (client, mut peer) = pair();
     let t = thread::spawn(move || {
-        read_command(&mut peer);
-        peer.write_all(b"{\"event\": \"STOP\"}\r\n{\"event\": \"A\"}\r\n{\"return\": {}}\r\n")
+        let cmd = read_command(&mut peer);
+        peer.write_all(b"{\"event\": \"STOP\"}\r\n{\"event\": \"A\"}\r\n")
             .unwrap();
+        answer(&mut peer, &cmd, serde_json::json!({"return": {}}));
         peer
     });
     let reply = client.execute("stop", None, T).unwrap();
@@ -94,11 +103,12 @@ fn events_before_a_reply_are_queued_in_order() {
 fn error_reply_is_typed_by_command() {
     let (client, mut peer) = pair();
     let t = thread::spawn(move || {
-        read_command(&mut peer);
-        peer.write_all(
-            b"{\"error\": {\"class\": \"CommandNotFound\", \"desc\": \"The command nope has not been found\"}}\r\n",
-        )
-        .unwrap();
+        let cmd = read_command(&mut peer);
+        answer(
+            &mut peer,
+            &cmd,
+            serde_json::json!({"error": {"class": "CommandNotFound", "desc": "The command nope has not been found"}}),
+        );
         peer
     });
     let err = client.command("nope", None, T).unwrap_err();
@@ -116,11 +126,10 @@ fn error_reply_is_typed_by_command() {
 fn hang_up_after_quit_is_closed_not_garbage() {
     let (client, mut peer) = pair();
     let t = thread::spawn(move || {
-        read_command(&mut peer);
-        peer.write_all(
-            b"{\"event\": \"SHUTDOWN\", \"data\": {\"guest\": false}}\r\n{\"return\": {}}\r\n",
-        )
-        .unwrap();
+        let cmd = read_command(&mut peer);
+        peer.write_all(b"{\"event\": \"SHUTDOWN\", \"data\": {\"guest\": false}}\r\n")
+            .unwrap();
+        answer(&mut peer, &cmd, serde_json::json!({"return": {}}));
         drop(peer);
     });
     client.execute("quit", None, T).unwrap();
@@ -165,12 +174,12 @@ fn reply_timeout_names_the_command_and_a_late_reply_is_discarded() {
         }
         e => panic!("unexpected {e:?}"),
     }
-    read_command(&mut peer);
+    let first = read_command(&mut peer);
     let t = thread::spawn(move || {
         // The late reply to the first command, then the second's.
-        read_command(&mut peer);
-        peer.write_all(b"{\"return\": 1}\r\n{\"return\": 2}\r\n")
-            .unwrap();
+        let second = read_command(&mut peer);
+        answer(&mut peer, &first, serde_json::json!({"return": 1}));
+        answer(&mut peer, &second, serde_json::json!({"return": 2}));
         peer
     });
     assert_eq!(client.execute("second", None, T).unwrap()["return"], 2);
@@ -317,9 +326,9 @@ fn one_waiter_reads_for_another() {
     // The event waiter is (most likely) the one reading when the reply comes.
     thread::sleep(Duration::from_millis(50));
     let p = thread::spawn(move || {
-        read_command(&mut peer);
-        peer.write_all(b"{\"event\": \"X\"}\r\n{\"return\": {}}\r\n")
-            .unwrap();
+        let cmd = read_command(&mut peer);
+        peer.write_all(b"{\"event\": \"X\"}\r\n").unwrap();
+        answer(&mut peer, &cmd, serde_json::json!({"return": {}}));
         peer
     });
     let reply = client.execute("query-status", None, T).unwrap();
@@ -339,10 +348,13 @@ fn a_waiter_that_leaves_hands_the_reading_over() {
     let short = thread::spawn(move || c.take_event(Duration::from_millis(200), |_| true));
     thread::sleep(Duration::from_millis(50));
     let p = thread::spawn(move || {
-        read_command(&mut peer);
+        let cmd = read_command(&mut peer);
         thread::sleep(Duration::from_millis(600));
-        peer.write_all(b"{\"return\": {\"late\": true}}\r\n")
-            .unwrap();
+        answer(
+            &mut peer,
+            &cmd,
+            serde_json::json!({"return": {"late": true}}),
+        );
         peer
     });
     let reply = client.execute("query-status", None, T).unwrap();
@@ -514,9 +526,9 @@ fn an_interrupted_command_discards_its_late_reply() {
         thread::sleep(Duration::from_millis(100));
         interrupter.interrupt();
         thread::sleep(Duration::from_millis(50));
-        peer.write_all(b"{\"return\": \"late\"}\r\n").unwrap();
+        answer(&mut peer, &first, serde_json::json!({"return": "late"}));
         let second = read_command(&mut peer);
-        peer.write_all(b"{\"return\": \"second\"}\r\n").unwrap();
+        answer(&mut peer, &second, serde_json::json!({"return": "second"}));
         (first, second, peer)
     });
     let err = client.execute("slow", None, T).unwrap_err();
@@ -529,4 +541,109 @@ fn an_interrupted_command_discards_its_late_reply() {
     let (first, second, _peer) = t.join().unwrap();
     assert_eq!(first["execute"], "slow");
     assert_eq!(second["execute"], "next");
+}
+
+/// QEMU's answers to input it could not parse carry no id: for an
+/// argument nested deeper than its limit, about 1030 of them. The command
+/// fails with a desync naming the first, and the next command gets its own
+/// reply, not one of the stale errors.
+#[test]
+fn error_replies_without_an_id_fail_their_command_and_the_next_one_gets_its_own() {
+    let (client, mut peer) = pair();
+    let t = thread::spawn(move || {
+        let deep = read_command(&mut peer);
+        let stale = "{\"error\": {\"class\": \"GenericError\", \"desc\": \"JSON parse error, nesting too deep\"}}\r\n";
+        peer.write_all(stale.repeat(1030).as_bytes()).unwrap();
+        // The check command comes after every stale error.
+        let check = read_command(&mut peer);
+        answer(
+            &mut peer,
+            &check,
+            serde_json::json!({"return": {"qemu": {}}}),
+        );
+        let next = read_command(&mut peer);
+        answer(
+            &mut peer,
+            &next,
+            serde_json::json!({"return": {"status": "running"}}),
+        );
+        (deep, check, next, peer)
+    });
+    let err = client.execute("deep", None, T).unwrap_err();
+    match &err {
+        Error::Desync {
+            what,
+            count,
+            first,
+            outcome,
+        } => {
+            assert!(what.contains("deep"), "{err}");
+            assert_eq!(*count, 1030);
+            assert!(first.contains("nesting too deep"), "{err}");
+            assert!(outcome.contains("not answered"), "{err}");
+        }
+        e => panic!("unexpected {e:?}"),
+    }
+    let reply = client.execute("query-status", None, T).unwrap();
+    assert_eq!(reply, serde_json::json!({"return": {"status": "running"}}));
+    let (deep, check, next, _peer) = t.join().unwrap();
+    assert_eq!(deep["execute"], "deep");
+    assert_eq!(check["execute"], "query-version");
+    assert_eq!(next["execute"], "query-status");
+    assert!(client.queued_events().is_empty());
+}
+
+/// A reply nobody asked for is reported, and does not shift the replies
+/// that follow: each command still gets the reply with its own id.
+#[test]
+fn an_unsolicited_reply_is_reported_and_shifts_nothing() {
+    let (client, mut peer) = pair();
+    let t = thread::spawn(move || {
+        let a = read_command(&mut peer);
+        peer.write_all(b"{\"return\": \"unasked\", \"id\": 999}\r\n")
+            .unwrap();
+        answer(&mut peer, &a, serde_json::json!({"return": "a"}));
+        let check = read_command(&mut peer);
+        answer(&mut peer, &check, serde_json::json!({"return": {}}));
+        let b = read_command(&mut peer);
+        answer(&mut peer, &b, serde_json::json!({"return": "b"}));
+        let c = read_command(&mut peer);
+        answer(&mut peer, &c, serde_json::json!({"return": "c"}));
+        peer
+    });
+    let err = client.execute("a", None, T).unwrap_err();
+    assert!(
+        matches!(&err, Error::Desync { count: 1, first, outcome, .. }
+            if first.contains("unasked") && outcome.contains("own reply came")),
+        "{err:?}"
+    );
+    assert_eq!(client.execute("b", None, T).unwrap()["return"], "b");
+    assert_eq!(client.execute("c", None, T).unwrap()["return"], "c");
+    let _peer = t.join().unwrap();
+}
+
+/// Replies are matched by id, so one in the wrong order would still reach
+/// its command; the caller never sees the id it did not set, and a raw
+/// message keeps its own.
+#[test]
+fn replies_carry_no_added_id_and_raw_messages_keep_theirs() {
+    let (client, mut peer) = pair();
+    let t = thread::spawn(move || {
+        let a = read_command(&mut peer);
+        answer(&mut peer, &a, serde_json::json!({"return": 1}));
+        let raw = read_command(&mut peer);
+        answer(&mut peer, &raw, serde_json::json!({"return": 2}));
+        (a, raw, peer)
+    });
+    assert_eq!(
+        client.execute("a", None, T).unwrap(),
+        serde_json::json!({"return": 1})
+    );
+    let reply = client
+        .execute_raw(br#"{"execute": "b", "id": "mine"}"#, "b", T)
+        .unwrap();
+    assert_eq!(reply, serde_json::json!({"return": 2, "id": "mine"}));
+    let (a, raw, _peer) = t.join().unwrap();
+    assert!(a["id"].is_u64(), "{a}");
+    assert!(raw["id"].is_u64() && raw["id"] != a["id"], "{raw}");
 }

@@ -9,9 +9,11 @@ pub enum Direction {
     Received,
 }
 
-/// The compact JSON of a command: `{"execute":"…","arguments":{…}}`, with
-/// no `id` and no trailing newline, since QEMU pays for every byte.
-pub fn command_bytes(command: &str, arguments: Option<&Map<String, Value>>) -> Vec<u8> {
+/// The compact JSON of a command: `{"execute":"…","arguments":{…},"id":N}`,
+/// with no trailing newline, since QEMU pays for every byte. QEMU copies
+/// the `id` into its reply, which is how the reply is matched to the
+/// command.
+pub fn command_bytes(command: &str, arguments: Option<&Map<String, Value>>, id: u64) -> Vec<u8> {
     let mut out = Vec::with_capacity(32 + command.len());
     out.extend_from_slice(b"{\"execute\":");
     // Writing JSON into a Vec cannot fail.
@@ -20,6 +22,8 @@ pub fn command_bytes(command: &str, arguments: Option<&Map<String, Value>>) -> V
         out.extend_from_slice(b",\"arguments\":");
         serde_json::to_writer(&mut out, args).expect("writing to a Vec");
     }
+    out.extend_from_slice(b",\"id\":");
+    out.extend_from_slice(id.to_string().as_bytes());
     out.push(b'}');
     out
 }

@@ -199,6 +199,7 @@ pub fn run_program(
             Status::Failed(f)
         }
     };
+    let status = run::with_crashes(status, &report, &shown);
     outcome(with_lost_artifacts(status, &report, &shown), report)
 }
 

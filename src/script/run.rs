@@ -146,6 +146,9 @@ pub struct RunReport {
     /// Cleanup problems (a machine that would not die, a temp dir that
     /// would not go).
     pub problems: Vec<String>,
+    /// Machines the cleanup found crashed (killed by a signal vmscript did
+    /// not send), one line each naming the machine and the signal.
+    pub crashes: Vec<String>,
     /// Artifacts that could not be written or were cut short (a full or
     /// read-only disk), one line each naming the file and the error.
     pub lost: Vec<String>,
@@ -577,7 +580,9 @@ impl Run {
             if hard {
                 m.kill();
             } else if let Err(e) = m.shutdown(false, FINAL_GRACE) {
-                if !matches!(e, machine::Error::AbnormalShutdown { .. }) {
+                if let Some(crash) = m.crash() {
+                    report.crashes.push(format!("{}: {crash}", m.name()));
+                } else if !matches!(e, machine::Error::AbnormalShutdown { .. }) {
                     report
                         .problems
                         .push(format!("shutting down {}: {e}", m.name()));
@@ -622,6 +627,27 @@ impl Run {
         }
         report.steps = steps.taken.clone();
         report
+    }
+}
+
+/// A test during which QEMU crashed does not pass: a pass becomes an
+/// `AbnormalShutdown` naming the machine and the signal; a failure gets it
+/// as context.
+pub(crate) fn with_crashes(
+    status: super::Status,
+    report: &RunReport,
+    shown: &str,
+) -> super::Status {
+    if report.crashes.is_empty() {
+        return status;
+    }
+    let crashes = report.crashes.join("; ");
+    match status {
+        super::Status::Failed(mut f) => {
+            f.context.push(format!("crashed: {crashes}"));
+            super::Status::Failed(f)
+        }
+        _ => super::Status::Failed(errors::Failure::plain(shown, "AbnormalShutdown", crashes)),
     }
 }
 
