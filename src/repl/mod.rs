@@ -17,6 +17,7 @@
 pub mod complete;
 pub mod input;
 pub mod qmp_shell;
+pub mod schema;
 pub mod session;
 pub mod show;
 
@@ -87,12 +88,14 @@ impl Completer for Helper {
     ) -> rustyline::Result<(usize, Vec<Pair>)> {
         let (start, what) = complete::context(&line[..pos]);
         if what == complete::Context::File {
-            return self.files.complete(line, pos, ctx);
+            let (start, files) = self.files.complete(line, pos, ctx)?;
+            return Ok((start, complete::bounded(files, complete::LIST_LIMIT)));
         }
         let Ok(session) = self.session.try_borrow() else {
             return Ok((pos, Vec::new()));
         };
-        Ok((start, complete::candidates(&what, &*session)))
+        let all = complete::candidates(&what, &*session);
+        Ok((start, complete::bounded(all, complete::LIST_LIMIT)))
     }
 }
 
@@ -138,6 +141,8 @@ pub fn run(opts: ReplOptions) -> Result<(), String> {
         .history_ignore_dups(true)
         .map_err(|e| e.to_string())?
         .completion_type(CompletionType::List)
+        // Lists are bounded (complete::bounded): never ask before one.
+        .completion_prompt_limit(usize::MAX)
         .build();
     let mut editor: Editor<Helper, FileHistory> =
         Editor::with_config(config).map_err(|e| format!("starting the line editor: {e}"))?;

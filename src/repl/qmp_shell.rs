@@ -7,13 +7,16 @@
 //! Command and argument names complete from `query-qmp-schema`; events
 //! are printed above the prompt as they arrive. Start at [`run`].
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Map, Value};
 
+use rustyline::completion::Pair;
+
+use super::complete::{bounded, LIST_LIMIT};
+use super::schema::Schema;
 use crate::qmp::{self, Address, Client};
 
 /// One parsed input line.
@@ -149,239 +152,50 @@ fn split_words(line: &str) -> Result<Vec<String>, String> {
     Ok(words)
 }
 
-/// Command names and their argument names, from `query-qmp-schema`, with
-/// the argument types, so that nested keys (`file.driver=`), the members
-/// of a union's chosen variant and enum values (`driver=qcow2`) complete.
-#[derive(Debug, Default, Clone)]
-pub struct Schema {
-    /// Each command's top-level argument names.
-    pub commands: BTreeMap<String, Vec<String>>,
-    pub events: Vec<String>,
-    /// Each command's argument type.
-    arg_types: BTreeMap<String, String>,
-    /// Every non-command entry by name.
-    types: BTreeMap<String, Value>,
-}
-
-impl Schema {
-    /// Reads the schema from a live monitor; falls back to
-    /// `query-commands` (names only) when the schema is unavailable.
-    pub fn load(client: &Client, timeout: Duration) -> Schema {
-        let mut schema = Schema::default();
-        if let Ok(Value::Array(entries)) = client.command("query-qmp-schema", None, timeout) {
-            schema = Schema::from_entries(&entries);
-        }
-        if schema.commands.is_empty() {
-            if let Ok(Value::Array(cmds)) = client.command("query-commands", None, timeout) {
-                for c in cmds {
-                    if let Some(n) = c.get("name").and_then(Value::as_str) {
-                        schema.commands.insert(n.to_string(), Vec::new());
-                    }
-                }
-            }
-        }
-        schema
-    }
-
-    /// Builds the index from `query-qmp-schema` entries.
-    pub fn from_entries(entries: &[Value]) -> Schema {
-        let mut schema = Schema::default();
-        for e in entries {
-            let Some(name) = e.get("name").and_then(Value::as_str) else {
-                continue;
-            };
-            match e.get("meta-type").and_then(Value::as_str) {
-                Some("command") => {
-                    if let Some(t) = e.get("arg-type").and_then(Value::as_str) {
-                        schema.arg_types.insert(name.to_string(), t.to_string());
-                    }
-                }
-                Some("event") => schema.events.push(name.to_string()),
-                _ => {
-                    schema.types.insert(name.to_string(), e.clone());
-                }
-            }
-        }
-        let empty = Map::new();
-        for (cmd, ty) in &schema.arg_types {
-            let args = schema
-                .members(ty, &empty)
-                .into_iter()
-                .map(|(n, _)| n)
-                .collect();
-            schema.commands.insert(cmd.clone(), args);
-        }
-        schema.events.sort();
-        schema
-    }
-
-    /// The members of object type `ty` as (name, type): its own, and those
-    /// of the variant that `given[tag]` chooses (of every variant while
-    /// none is chosen). An alternate offers the members of its object
-    /// branches.
-    fn members(&self, ty: &str, given: &Map<String, Value>) -> Vec<(String, String)> {
-        let Some(t) = self.types.get(ty) else {
-            return Vec::new();
-        };
-        let list = |v: Option<&Value>| v.and_then(Value::as_array).cloned().unwrap_or_default();
-        let text = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
-        let mut out: Vec<(String, String)> = Vec::new();
-        match t.get("meta-type").and_then(Value::as_str) {
-            Some("object") => {
-                for m in list(t.get("members")) {
-                    if let Some(n) = text(&m, "name") {
-                        out.push((n, text(&m, "type").unwrap_or_default()));
-                    }
-                }
-                let chosen = t
-                    .get("tag")
-                    .and_then(Value::as_str)
-                    .and_then(|tag| given.get(tag))
-                    .and_then(Value::as_str);
-                for v in list(t.get("variants")) {
-                    if chosen.is_some_and(|c| v.get("case").and_then(Value::as_str) != Some(c)) {
-                        continue;
-                    }
-                    if let Some(vt) = text(&v, "type") {
-                        out.extend(self.members(&vt, given));
-                    }
-                }
-            }
-            Some("alternate") => {
-                for m in list(t.get("members")) {
-                    if let Some(mt) = text(&m, "type") {
-                        out.extend(self.members(&mt, given));
-                    }
-                }
-            }
-            _ => {}
-        }
-        let mut seen = std::collections::BTreeSet::new();
-        out.retain(|(n, _)| seen.insert(n.clone()));
-        out
-    }
-
-    /// The values a key of type `ty` may take, when they are few: an enum's
-    /// values, `true`/`false`.
-    fn values(&self, ty: &str) -> Vec<String> {
-        let Some(t) = self.types.get(ty) else {
-            return Vec::new();
-        };
-        match t.get("meta-type").and_then(Value::as_str) {
-            Some("enum") => t
-                .get("values")
-                .and_then(Value::as_array)
-                .map(|vs| {
-                    vs.iter()
-                        .filter_map(|v| v.as_str().map(str::to_string))
-                        .collect()
-                })
-                .unwrap_or_default(),
-            Some("builtin") if ty == "bool" => vec!["true".into(), "false".into()],
-            Some("alternate") => t
-                .get("members")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .filter_map(|m| m.get("type").and_then(Value::as_str))
-                .flat_map(|mt| self.values(mt))
-                .collect(),
-            _ => Vec::new(),
-        }
-    }
-
-    /// The type at dotted `path` below object type `ty`, and what the line
-    /// already gives at that level.
-    fn resolve<'a>(
-        &self,
-        ty: &str,
-        path: &[&str],
-        given: &'a Map<String, Value>,
-    ) -> Option<(String, &'a Map<String, Value>)> {
-        static EMPTY: std::sync::LazyLock<Map<String, Value>> = std::sync::LazyLock::new(Map::new);
-        let Some((first, rest)) = path.split_first() else {
-            return Some((ty.to_string(), given));
-        };
-        let (_, member_ty) = self
-            .members(ty, given)
-            .into_iter()
-            .find(|(n, _)| n == first)?;
-        let inner = match given.get(*first) {
-            Some(Value::Object(m)) => m,
-            _ => &EMPTY,
-        };
-        self.resolve(&member_ty, rest, inner)
-    }
-
-    /// Completions for the word ending at the end of `line`: a command
-    /// name first, then `arg=` names of that command (nested ones after a
-    /// dot), or the values of an enum or bool argument after `=`.
-    pub fn complete(&self, line: &str) -> (usize, Vec<String>) {
-        let start = line.rfind(char::is_whitespace).map_or(0, |i| i + 1);
-        let word = &line[start..];
-        if start == 0 {
-            let c = self
-                .commands
-                .keys()
-                .filter(|c| c.starts_with(word))
-                .cloned()
-                .collect();
-            return (0, c);
-        }
-        let cmd = line.split_whitespace().next().unwrap_or_default();
-        let given = match parse_line(&line[..start]) {
-            Ok(Line::Command { args, .. }) => args,
-            _ => Map::new(),
-        };
-        let Some(arg_type) = self.arg_types.get(cmd) else {
-            return (start, self.complete_flat(cmd, word, &given));
-        };
-        if let Some((key, value)) = word.split_once('=') {
-            let path: Vec<&str> = key.split('.').collect();
-            let values = self
-                .resolve(arg_type, &path, &given)
-                .map(|(ty, _)| self.values(&ty))
-                .unwrap_or_default();
-            let c = values
-                .into_iter()
-                .filter(|v| v.starts_with(value))
-                .map(|v| format!("{key}={v}"))
-                .collect();
-            return (start, c);
-        }
-        let (parent, partial) = match word.rsplit_once('.') {
-            Some((p, rest)) => (Some(p), rest),
-            None => (None, word),
-        };
-        let path: Vec<&str> = parent.map(|p| p.split('.').collect()).unwrap_or_default();
-        let Some((ty, at)) = self.resolve(arg_type, &path, &given) else {
-            return (start, Vec::new());
-        };
-        let prefix = parent.map(|p| format!("{p}.")).unwrap_or_default();
-        let c = self
-            .members(&ty, at)
-            .into_iter()
-            .filter(|(n, _)| n.starts_with(partial) && !at.contains_key(n))
-            .map(|(n, _)| format!("{prefix}{n}="))
+/// Completions for the word ending at the end of `line`: a command name
+/// first, then `arg=` names of that command (nested ones after a dot, those
+/// of the union variant chosen), or the values of an enum or bool argument
+/// after `=`.
+pub fn complete_line(schema: &Schema, line: &str) -> (usize, Vec<String>) {
+    let start = line.rfind(char::is_whitespace).map_or(0, |i| i + 1);
+    let word = &line[start..];
+    if start == 0 {
+        let c = schema
+            .commands
+            .keys()
+            .filter(|c| c.starts_with(word))
+            .cloned()
             .collect();
-        (start, c)
+        return (0, c);
     }
-
-    /// Argument names without types (from `query-commands` or a test).
-    fn complete_flat(&self, cmd: &str, word: &str, given: &Map<String, Value>) -> Vec<String> {
-        if word.contains('=') {
-            return Vec::new();
-        }
-        self.commands
-            .get(cmd)
-            .map(|args| {
-                args.iter()
-                    .filter(|a| a.starts_with(word) && !given.contains_key(a.as_str()))
-                    .map(|a| format!("{a}="))
-                    .collect()
-            })
-            .unwrap_or_default()
+    let cmd = line.split_whitespace().next().unwrap_or_default();
+    let given = match parse_line(&line[..start]) {
+        Ok(Line::Command { args, .. }) => args,
+        _ => Map::new(),
+    };
+    if let Some((key, value)) = word.split_once('=') {
+        let path: Vec<&str> = key.split('.').collect();
+        let c = schema
+            .values(cmd, &path, &given)
+            .into_iter()
+            .filter(|v| v.starts_with(value))
+            .map(|v| format!("{key}={v}"))
+            .collect();
+        return (start, c);
     }
+    let (parent, partial) = match word.rsplit_once('.') {
+        Some((p, rest)) => (Some(p), rest),
+        None => (None, word),
+    };
+    let path: Vec<&str> = parent.map(|p| p.split('.').collect()).unwrap_or_default();
+    let prefix = parent.map(|p| format!("{p}.")).unwrap_or_default();
+    let c = schema
+        .keys(cmd, &path, &given)
+        .into_iter()
+        .filter(|n| n.starts_with(partial))
+        .map(|n| format!("{prefix}{n}="))
+        .collect();
+    (start, c)
 }
 
 /// HMP command names from `help`, and `info` topics from `help info`.
@@ -453,17 +267,25 @@ struct ShellHelper {
 }
 
 impl rustyline::completion::Completer for ShellHelper {
-    type Candidate = String;
+    type Candidate = Pair;
     fn complete(
         &self,
         line: &str,
         pos: usize,
         _ctx: &rustyline::Context<'_>,
-    ) -> rustyline::Result<(usize, Vec<String>)> {
-        Ok(match &self.hmp {
+    ) -> rustyline::Result<(usize, Vec<Pair>)> {
+        let (start, names) = match &self.hmp {
             Some(h) => h.complete(&line[..pos]),
-            None => self.schema.complete(&line[..pos]),
-        })
+            None => complete_line(&self.schema, &line[..pos]),
+        };
+        let pairs = names
+            .into_iter()
+            .map(|n| Pair {
+                display: n.clone(),
+                replacement: n,
+            })
+            .collect();
+        Ok((start, bounded(pairs, LIST_LIMIT)))
     }
 }
 impl rustyline::hint::Hinter for ShellHelper {
@@ -511,6 +333,7 @@ pub fn run(opts: &ShellOptions) -> Result<(), qmp::Error> {
     let config = rustyline::Config::builder()
         .auto_add_history(true)
         .completion_type(rustyline::CompletionType::List)
+        .completion_prompt_limit(usize::MAX)
         .build();
     let mut editor: rustyline::Editor<ShellHelper, rustyline::history::DefaultHistory> =
         rustyline::Editor::with_config(config).map_err(|e| qmp::Error::Io {
@@ -744,18 +567,18 @@ mod tests {
         let s = Schema::from_entries(&entries);
         assert_eq!(s.events, ["STOP"]);
         assert_eq!(
-            s.complete("blockdev-"),
+            complete_line(&s, "blockdev-"),
             (0, vec!["blockdev-add".into(), "blockdev-del".into()])
         );
         assert_eq!(
-            s.complete("blockdev-add no"),
+            complete_line(&s, "blockdev-add no"),
             (13, vec!["node-name=".into()])
         );
         assert_eq!(
-            s.complete("blockdev-add driver=x "),
+            complete_line(&s, "blockdev-add driver=x "),
             (22, vec!["node-name=".into()])
         );
-        assert_eq!(s.complete("query-status x=").1, Vec::<String>::new());
+        assert_eq!(complete_line(&s, "query-status x=").1, Vec::<String>::new());
     }
 
     fn block_schema() -> Schema {
@@ -779,16 +602,19 @@ mod tests {
     fn enum_and_bool_values_complete_after_the_equals_sign() {
         let s = block_schema();
         assert_eq!(
-            s.complete("blockdev-add driver="),
+            complete_line(&s, "blockdev-add driver="),
             (13, vec!["driver=file".into(), "driver=qcow2".into()])
         );
-        assert_eq!(s.complete("blockdev-add driver=q").1, ["driver=qcow2"]);
         assert_eq!(
-            s.complete("blockdev-add read-only=").1,
+            complete_line(&s, "blockdev-add driver=q").1,
+            ["driver=qcow2"]
+        );
+        assert_eq!(
+            complete_line(&s, "blockdev-add read-only=").1,
             ["read-only=true", "read-only=false"]
         );
         assert_eq!(
-            s.complete("blockdev-add node-name=").1,
+            complete_line(&s, "blockdev-add node-name=").1,
             Vec::<String>::new()
         );
     }
@@ -797,19 +623,18 @@ mod tests {
     fn the_chosen_variant_and_nested_keys_complete() {
         let s = block_schema();
         // Before a driver is chosen, every variant's members are offered.
-        assert!(s
-            .complete("blockdev-add ")
+        assert!(complete_line(&s, "blockdev-add ")
             .1
             .contains(&"filename=".to_string()));
-        let (_, c) = s.complete("blockdev-add driver=qcow2 ");
+        let (_, c) = complete_line(&s, "blockdev-add driver=qcow2 ");
         assert_eq!(c, ["node-name=", "read-only=", "file=", "lazy-refcounts="]);
-        let (start, c) = s.complete("blockdev-add driver=qcow2 file.");
+        let (start, c) = complete_line(&s, "blockdev-add driver=qcow2 file.");
         assert_eq!(start, 26);
         assert!(c.contains(&"file.driver=".to_string()), "{c:?}");
-        let (_, c) = s.complete("blockdev-add driver=qcow2 file.driver=file file.f");
+        let (_, c) = complete_line(&s, "blockdev-add driver=qcow2 file.driver=file file.f");
         assert_eq!(c, ["file.filename="]);
         assert_eq!(
-            s.complete("blockdev-add driver=qcow2 file.driver=").1,
+            complete_line(&s, "blockdev-add driver=qcow2 file.driver=").1,
             ["file.driver=file", "file.driver=qcow2"]
         );
     }
