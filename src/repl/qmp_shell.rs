@@ -302,12 +302,34 @@ pub struct ShellOptions {
     pub hmp: bool,
     pub history: Option<std::path::PathBuf>,
     pub timeout: Duration,
+    /// Where to write every message sent and every reply, one JSON per line.
+    pub log: Option<std::path::PathBuf>,
+    /// Send no `qmp_capabilities` and wait for no greeting (qemu-ga).
+    pub no_negotiation: bool,
 }
 
-/// Runs the shell until end of input. Errors are connection failures.
-pub fn run(opts: &ShellOptions) -> Result<(), qmp::Error> {
-    let mut client = Client::connect(&opts.address, opts.timeout)?;
-    client.negotiate(opts.timeout)?;
+/// How a shell session ended.
+#[derive(Debug)]
+pub enum Ended {
+    /// End of input, or the peer hung up after `quit`.
+    Normally,
+    /// The connection broke: the peer hung up or sent what is not QMP.
+    Lost(qmp::Error),
+}
+
+/// Runs the shell until end of input. Errors are setup failures.
+pub fn run(opts: &ShellOptions) -> Result<Ended, ShellError> {
+    let mut log = match &opts.log {
+        Some(path) => Some(SessionLog::create(path)?),
+        None => None,
+    };
+    let client = if opts.no_negotiation {
+        Client::without_greeting(Client::dial(&opts.address, opts.timeout)?)?
+    } else {
+        let mut c = Client::connect(&opts.address, opts.timeout)?;
+        c.negotiate(opts.timeout)?;
+        c
+    };
     let greeting = client.greeting();
     let version = greeting
         .pointer("/QMP/version/qemu")
@@ -324,11 +346,18 @@ pub fn run(opts: &ShellOptions) -> Result<(), qmp::Error> {
     let count = hmp
         .as_ref()
         .map_or(schema.commands.len(), |h| h.commands.len());
-    println!(
-        "Connected to QEMU {version} at {}. {count} {}commands; Tab completes, Ctrl-C interrupts, Ctrl-D leaves.",
-        opts.address,
-        if opts.hmp { "HMP " } else { "" },
-    );
+    if opts.no_negotiation {
+        println!(
+            "Connected to {} without negotiation. {count} commands known; Tab completes, Ctrl-C interrupts, Ctrl-D leaves.",
+            opts.address
+        );
+    } else {
+        println!(
+            "Connected to QEMU {version} at {}. {count} {}commands; Tab completes, Ctrl-C interrupts, Ctrl-D leaves.",
+            opts.address,
+            if opts.hmp { "HMP " } else { "" },
+        );
+    }
     let client = Arc::new(client);
     let config = rustyline::Config::builder()
         .auto_add_history(true)
@@ -348,33 +377,111 @@ pub fn run(opts: &ShellOptions) -> Result<(), qmp::Error> {
     let events = spawn_event_printer(&mut editor, client.clone(), stop.clone());
     let executing = Arc::new(AtomicBool::new(false));
     let signals = watch_interrupts(client.interrupter(), executing.clone())?;
-    let prompt = if opts.hmp { "(HMP) " } else { "(QEMU) " };
-    loop {
+    let mut transaction: Option<Vec<Value>> = None;
+    let mut quit_sent = false;
+    let ended = loop {
+        let prompt = match (opts.hmp, &transaction) {
+            (true, _) => "(HMP) ",
+            (false, Some(_)) => "TRANS> ",
+            (false, None) => "(QEMU) ",
+        };
         match editor.readline(prompt) {
             Ok(line) => {
                 if let Some(h) = &opts.history {
                     save_history(&mut editor, h);
                 }
-                executing.store(true, Ordering::SeqCst);
-                let result = execute_line(&client, &line, opts.hmp, opts.timeout);
-                executing.store(false, Ordering::SeqCst);
-                if let Err(e) = result {
-                    println!("error: {e}");
-                    if matches!(e, ShellError::Qmp(qmp::Error::Closed { .. })) {
-                        break;
+                let message = if opts.hmp {
+                    hmp_message(&line)
+                } else {
+                    step(&mut transaction, &line)
+                };
+                let message = match message {
+                    Ok(Some(m)) => m,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        println!("error: {e}");
+                        continue;
                     }
+                };
+                quit_sent |= message.get("execute").and_then(Value::as_str) == Some("quit");
+                executing.store(true, Ordering::SeqCst);
+                let result = send(&client, &message, opts.timeout, log.as_mut());
+                executing.store(false, Ordering::SeqCst);
+                match result {
+                    Ok(reply) => show_reply(&reply, opts.hmp),
+                    Err(e) => println!("error: {e}"),
+                }
+                if let Some(e) = client.ended() {
+                    break lost(e, quit_sent);
                 }
             }
             Err(rustyline::error::ReadlineError::Interrupted) => {
-                println!("(Ctrl-D leaves)");
+                if transaction.take().is_some() {
+                    println!("(transaction abandoned)");
+                } else {
+                    println!("(Ctrl-D leaves)");
+                }
             }
-            Err(_) => break,
+            Err(_) => {
+                break client
+                    .ended()
+                    .map_or(Ended::Normally, |e| lost(e, quit_sent))
+            }
         }
-    }
+    };
     stop.store(true, Ordering::Relaxed);
     signals.close();
     drop(events);
-    Ok(())
+    Ok(ended)
+}
+
+/// How a connection that ended ends the session: normally after `quit`.
+fn lost(e: qmp::Error, quit_sent: bool) -> Ended {
+    match e {
+        qmp::Error::Closed { .. } if quit_sent => Ended::Normally,
+        e => Ended::Lost(e),
+    }
+}
+
+/// `-l FILE`: every message sent and every reply, one JSON per line.
+struct SessionLog {
+    file: std::fs::File,
+    path: std::path::PathBuf,
+    /// Set once writing failed (said once, then the log stops).
+    failed: bool,
+}
+
+impl SessionLog {
+    fn create(path: &std::path::Path) -> Result<SessionLog, ShellError> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| ShellError::Log {
+                path: path.to_path_buf(),
+                source: e,
+            })?;
+        Ok(SessionLog {
+            file,
+            path: path.to_path_buf(),
+            failed: false,
+        })
+    }
+
+    fn write(&mut self, message: &Value) {
+        use std::io::Write;
+        if self.failed {
+            return;
+        }
+        let line = format!("{message}\n");
+        if let Err(e) = self.file.write_all(line.as_bytes()) {
+            self.failed = true;
+            eprintln!(
+                "vmscript: writing {}: {e}; the log stops",
+                self.path.display()
+            );
+        }
+    }
 }
 
 fn save_history(
@@ -421,40 +528,130 @@ pub enum ShellError {
     Parse(String),
     #[error("{0}")]
     Qmp(#[from] qmp::Error),
+    #[error("opening the log {path}: {source}")]
+    Log {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }
 
-/// Sends one line and prints the reply.
-fn execute_line(
-    client: &Client,
-    line: &str,
-    hmp: bool,
-    timeout: Duration,
-) -> Result<(), ShellError> {
-    if hmp {
-        if line.trim().is_empty() {
-            return Ok(());
-        }
-        let mut args = Map::new();
-        args.insert("command-line".into(), Value::from(line));
-        let out = client.command("human-monitor-command", Some(&args), timeout)?;
-        print!("{}", out.as_str().unwrap_or_default());
-        return Ok(());
+/// The message a line of the shell sends, if any, in qmp-shell's
+/// transaction syntax too: `transaction(` starts one, each following line
+/// is an action (`type key=value …`), and `)` (alone, or ending the last
+/// action) sends them as one `transaction` command.
+pub fn step(transaction: &mut Option<Vec<Value>>, line: &str) -> Result<Option<Value>, String> {
+    let starts = line.trim_start().starts_with("transaction(");
+    if transaction.is_none() && !starts {
+        return Ok(match parse_line(line)? {
+            Line::Empty => None,
+            Line::Command { name, args } => Some(execute_message(&name, args)),
+            Line::Raw(v) => Some(v),
+        });
     }
-    let reply = match parse_line(line).map_err(ShellError::Parse)? {
-        Line::Empty => return Ok(()),
-        Line::Command { name, args } => {
-            client.execute(&name, (!args.is_empty()).then_some(&args), timeout)?
+    let mut words = split_words(line.trim())?;
+    if starts && transaction.is_none() {
+        let first = words.remove(0);
+        if first != "transaction(" {
+            // `transaction(x=1`: the rest belongs to the first action.
+            words.insert(0, first["transaction(".len()..].to_string());
         }
-        Line::Raw(v) => {
-            let bytes = serde_json::to_vec(&v).expect("a Value always serializes");
-            client.execute_raw(&bytes, "the message", timeout)?
-        }
+        *transaction = Some(Vec::new());
+    }
+    let Some(actions) = transaction.as_mut() else {
+        unreachable!("a transaction was started above");
     };
+    if words.first().is_some_and(|w| w.starts_with('#')) || words.is_empty() {
+        return Ok(None);
+    }
+    if words[0] == ")" {
+        if words.len() > 1 {
+            return Err("unexpected input after the ) that ends the transaction".into());
+        }
+        let actions = transaction.take().unwrap_or_default();
+        let mut args = Map::new();
+        args.insert("actions".into(), Value::Array(actions));
+        return Ok(Some(execute_message("transaction", args)));
+    }
+    let finish = words.last().is_some_and(|w| w == ")");
+    if finish {
+        words.pop();
+    }
+    let (kind, rest) = words.split_first().expect("an action has a first word");
+    let mut data = Map::new();
+    for word in rest {
+        let (key, value) = word
+            .split_once('=')
+            .ok_or_else(|| format!("expected key=value, got {word:?}"))?;
+        insert_dotted(&mut data, key, parse_value(value))?;
+    }
+    let mut action = Map::new();
+    action.insert("type".into(), Value::from(kind.as_str()));
+    action.insert("data".into(), Value::Object(data));
+    actions.push(Value::Object(action));
+    if finish {
+        return step(transaction, ")");
+    }
+    Ok(None)
+}
+
+/// `{"execute": name, "arguments": args}`, without empty arguments.
+fn execute_message(name: &str, args: Map<String, Value>) -> Value {
+    let mut m = Map::new();
+    m.insert("execute".into(), Value::from(name));
+    if !args.is_empty() {
+        m.insert("arguments".into(), Value::Object(args));
+    }
+    Value::Object(m)
+}
+
+/// An HMP line as `human-monitor-command`.
+fn hmp_message(line: &str) -> Result<Option<Value>, String> {
+    if line.trim().is_empty() {
+        return Ok(None);
+    }
+    let mut args = Map::new();
+    args.insert("command-line".into(), Value::from(line));
+    Ok(Some(execute_message("human-monitor-command", args)))
+}
+
+/// Sends one message and returns its reply, both logged.
+fn send(
+    client: &Client,
+    message: &Value,
+    timeout: Duration,
+    mut log: Option<&mut SessionLog>,
+) -> Result<Value, ShellError> {
+    if let Some(l) = log.as_deref_mut() {
+        l.write(message);
+    }
+    let what = message
+        .get("execute")
+        .and_then(Value::as_str)
+        .unwrap_or("the message")
+        .to_string();
+    let bytes = serde_json::to_vec(message).expect("a Value always serializes");
+    let reply = client.execute_raw(&bytes, &what, timeout)?;
+    if let Some(l) = log {
+        l.write(&reply);
+    }
     if let Some(err) = reply.get("error") {
         return Err(qmp::response_error(&reply, err).into());
     }
-    println!("{}", pretty(&reply));
-    Ok(())
+    Ok(reply)
+}
+
+fn show_reply(reply: &Value, hmp: bool) {
+    if hmp {
+        print!(
+            "{}",
+            reply
+                .get("return")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+        );
+    } else {
+        println!("{}", pretty(reply));
+    }
 }
 
 /// An event on one line: `event STOP {"data"…}`.
@@ -637,6 +834,43 @@ mod tests {
             complete_line(&s, "blockdev-add driver=qcow2 file.driver=").1,
             ["file.driver=file", "file.driver=qcow2"]
         );
+    }
+
+    #[test]
+    fn transaction_blocks_send_one_command_with_every_action() {
+        let mut t = None;
+        assert_eq!(step(&mut t, "transaction(").unwrap(), None);
+        assert!(t.is_some());
+        assert_eq!(
+            step(&mut t, "block-dirty-bitmap-add node=d0 name=b1").unwrap(),
+            None
+        );
+        assert!(step(&mut t, "abort novalue")
+            .unwrap_err()
+            .contains("key=value"));
+        assert_eq!(step(&mut t, "abort").unwrap(), None);
+        let sent = step(&mut t, ")").unwrap().unwrap();
+        assert_eq!(
+            sent,
+            json!({"execute": "transaction", "arguments": {"actions": [
+                {"type": "block-dirty-bitmap-add", "data": {"node": "d0", "name": "b1"}},
+                {"type": "abort", "data": {}}
+            ]}})
+        );
+        assert!(t.is_none());
+        // The first action on the opening line, `)` ending the last one.
+        let sent = step(&mut t, "transaction( abort").unwrap();
+        assert_eq!(sent, None);
+        let sent = step(&mut t, "abort )").unwrap().unwrap();
+        assert_eq!(sent["arguments"]["actions"].as_array().unwrap().len(), 2);
+        assert!(t.is_none());
+        // Outside a transaction a line is a command as before.
+        assert_eq!(
+            step(&mut t, "query-status").unwrap(),
+            Some(json!({"execute": "query-status"}))
+        );
+        step(&mut t, "transaction(").unwrap();
+        assert!(step(&mut t, ") x").unwrap_err().contains("after the )"));
     }
 
     #[test]
