@@ -56,6 +56,12 @@ Lines: `command-name key=value …` (values are JSON where they parse, else
 strings; a.b=1 nests), or a raw JSON message. Tab completes command and
 argument names from query-qmp-schema. Events print as they arrive.
 -H sends lines as HMP commands; Tab completes them and `info` topics.
+`transaction(` starts a transaction: each following line is an action
+(`type key=value …`), `)` sends them as one `transaction` command.
+-l FILE appends every message and reply to FILE as JSON lines; -N skips
+capabilities negotiation (for qemu-ga, which sends no greeting).
+Exit status: 0 at end of input, 1 when the connection broke, 2 when it
+could not be made.
 History: $XDG_STATE_HOME/vmscript/qmp_history and hmp_history (else in
 ~/.local/state/vmscript/).";
 
@@ -122,6 +128,12 @@ enum Command {
         /// Connect and negotiate timeout, seconds.
         #[arg(long, default_value_t = 10.0)]
         timeout: f64,
+        /// Append every message sent and every reply to FILE, one JSON per line.
+        #[arg(short = 'l', long, value_name = "FILE")]
+        log: Option<PathBuf>,
+        /// Skip capabilities negotiation: no greeting, no qmp_capabilities (qemu-ga).
+        #[arg(short = 'N', long)]
+        no_negotiation: bool,
     },
 }
 
@@ -280,7 +292,9 @@ fn dispatch(cli: Cli) -> i32 {
             address,
             hmp,
             timeout,
-        } => qmp_shell(address, hmp, timeout),
+            log,
+            no_negotiation,
+        } => qmp_shell(address, hmp, timeout, log, no_negotiation),
     }
 }
 
@@ -397,7 +411,13 @@ fn doc(module: Option<&str>, format: DocFormat, lib: &[PathBuf]) -> i32 {
     }
 }
 
-fn qmp_shell(address: String, hmp: bool, timeout: f64) -> i32 {
+fn qmp_shell(
+    address: String,
+    hmp: bool,
+    timeout: f64,
+    log: Option<PathBuf>,
+    no_negotiation: bool,
+) -> i32 {
     let timeout = match secs(timeout, "--timeout") {
         Ok(t) => t,
         Err(e) => {
@@ -410,9 +430,15 @@ fn qmp_shell(address: String, hmp: bool, timeout: f64) -> i32 {
         hmp,
         history: repl::history_path(if hmp { "hmp_history" } else { "qmp_history" }),
         timeout,
+        log,
+        no_negotiation,
     };
     match repl::qmp_shell::run(&opts) {
-        Ok(()) => 0,
+        Ok(repl::qmp_shell::Ended::Normally) => 0,
+        Ok(repl::qmp_shell::Ended::Lost(e)) => {
+            eprintln!("vmscript: error: {address}: the connection is lost: {e}");
+            1
+        }
         Err(e) => {
             eprintln!("vmscript: error: {address}: {e}");
             2

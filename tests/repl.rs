@@ -449,3 +449,396 @@ fn qmp_shell_on_a_qemu_started_by_someone_else() {
     let history = std::fs::read_to_string(state.path().join("vmscript/hmp_history")).unwrap();
     assert!(history.contains("info status"), "{history}");
 }
+
+impl Terminal {
+    /// Sends `text` as keys in one write, as a terminal without bracketed
+    /// paste delivers a pasted line (`\r` is Enter).
+    fn burst(&self, text: &str) {
+        self.tmux(&["send-keys", "-l", "--", text]);
+    }
+
+    /// The line the cursor is on.
+    fn last_line(&self) -> String {
+        self.screen()
+            .trim_end()
+            .lines()
+            .last()
+            .unwrap_or("")
+            .to_string()
+    }
+}
+
+/// A REPL with a running `-M none` machine in `vm`.
+fn repl_with_machine(state: &Path) -> Terminal {
+    let t = repl(state);
+    t.run(
+        r#"let vm = machine(#{args: ["-accel", "tcg", "-M", "none", "-nodefaults"]})"#,
+        PROMPT,
+    );
+    t.run("vm.launch()", PROMPT);
+    t
+}
+
+/// Clears the line being edited (Ctrl-U) and waits for a bare prompt.
+fn clear_line(t: &Terminal) {
+    t.press("C-e");
+    t.press("C-u");
+    let start = Instant::now();
+    while t.last_line() != PROMPT.trim_end() {
+        assert!(
+            start.elapsed() < SHOW,
+            "the line never cleared:\n{}",
+            t.screen()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn repl_completes_modules_and_documents_them() {
+    let state = tempfile::tempdir().unwrap();
+    let t = repl(state.path());
+
+    // A bundled module's functions, not the globals that share a prefix.
+    t.type_text("guest::ru");
+    t.press("Tab");
+    t.wait_for("vmscript> guest::run");
+    t.press("Tab");
+    let list = t.wait_for("run_ok");
+    assert!(!list.contains("run_host"), "{list}");
+    clear_line(&t);
+
+    // An imported module under its alias.
+    // (A `;` ending a tmux argument would be taken by tmux.)
+    t.run(r#"import "guest" as g"#, PROMPT);
+    t.type_text("g::run_o");
+    t.press("Tab");
+    t.wait_for("vmscript> g::run_ok(");
+    clear_line(&t);
+
+    // :doc MODULE::f and :doc MODULE, as `vmscript doc MODULE` shows them.
+    let out = t.run(":doc guest::run_ok", PROMPT);
+    assert!(out.contains("\nguest::run_ok(vm, cmd)\n"), "{out}");
+    let out = t.run(":doc g", PROMPT);
+    assert!(out.contains("module guest (<stdlib>/guest.rhai)"), "{out}");
+    let doc = Command::new(vmscript())
+        .args(["doc", "guest"])
+        .output()
+        .unwrap();
+    let first_fn = String::from_utf8_lossy(&doc.stdout)
+        .lines()
+        .find(|l| l.starts_with("guest::"))
+        .unwrap()
+        .to_string();
+    assert!(out.contains(&first_fn), "{first_fn}\n{out}");
+
+    t.press("C-d");
+    t.wait_for(EXIT_OK);
+}
+
+#[test]
+fn repl_qmp_keys_follow_the_union_variant_and_lists_are_bounded() {
+    let state = tempfile::tempdir().unwrap();
+    let t = repl_with_machine(state.path());
+
+    // Enum values complete, quoted.
+    t.type_text(r#"vm.command("blockdev-add", #{ driver: "null-c"#);
+    t.press("Tab");
+    t.wait_for(r#"#{ driver: "null-co""#);
+    // The keys are the null-co variant's, not every driver's.
+    t.type_text(", ");
+    t.press("Tab");
+    t.press("Tab");
+    let list = t.wait_for("latency-ns");
+    let list = &list[list.find(r#"driver: "null-co", "#).unwrap()..];
+    assert!(list.contains("read-zeroes"), "{list}");
+    assert!(!list.contains("filename"), "{list}");
+    t.type_text("node_name: \"n0\", read_z");
+    t.press("Tab");
+    t.wait_for("read_zeroes: ");
+    let out = t.run("true })", PROMPT);
+    assert!(out.ends_with("{}"), "{out}");
+
+    // A long list shows its head and how many more, and asks nothing:
+    // the keys typed next go to the line.
+    t.type_text(r#"vm.qmp("#);
+    t.press("Tab");
+    t.press("Tab");
+    let list = t.wait_for(" more (type more to narrow)");
+    assert!(!list.contains("Display all"), "{list}");
+    t.type_text("query-statu");
+    t.press("Tab");
+    t.wait_for(r#"vmscript> vm.qmp("query-status""#);
+    let out = t.run(")", PROMPT);
+    assert!(out.contains("\"status\": \"running\""), "{out}");
+
+    t.press("C-d");
+    t.wait_for(EXIT_OK);
+}
+
+#[test]
+fn repl_runs_a_line_that_arrives_in_one_burst() {
+    let state = tempfile::tempdir().unwrap();
+    let t = repl(state.path());
+    t.run("let a = 1", PROMPT);
+    // Keys and Enter in one write, as a paste without bracketed paste: the
+    // whole line runs without another key.
+    let before = t.screen().trim_end().len();
+    t.burst("a + 41\r");
+    let out = t.wait_for_after(before, &format!("\n{PROMPT}"));
+    assert!(out.contains("a + 41\n42"), "{out}");
+    // Two lines at once run one after the other.
+    let before = t.screen().trim_end().len();
+    t.burst("let b = a * 2\rb + 100\r");
+    let out = t.wait_for_after(before, "\n102");
+    assert!(out.contains("b + 100"), "{out}");
+    t.press("C-d");
+    t.wait_for(EXIT_OK);
+}
+
+#[test]
+fn repl_tab_on_a_stopped_qemu_does_not_freeze_the_prompt() {
+    let state = tempfile::tempdir().unwrap();
+    let t = repl_with_machine(state.path());
+    let pid: i32 = t
+        .run("vm.get_pid()", PROMPT)
+        .lines()
+        .nth(1)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // SAFETY: signals to the QEMU this test started.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    t.type_text(r#"vm.qmp("query-st"#);
+    let pressed = Instant::now();
+    t.press("Tab");
+    clear_line(&t);
+    let out = t.run("1 + 1", PROMPT);
+    assert!(out.ends_with("\n2"), "{out}");
+    let took = pressed.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "the prompt was held {took:?}"
+    );
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    // Once QEMU answers, Tab completes from its schema.
+    let start = Instant::now();
+    loop {
+        t.type_text(r#"vm.qmp("query-statu"#);
+        t.press("Tab");
+        std::thread::sleep(Duration::from_millis(500));
+        if t.last_line().ends_with(r#"vm.qmp("query-status""#) {
+            break;
+        }
+        assert!(start.elapsed() < SHOW, "never completed:\n{}", t.screen());
+        clear_line(&t);
+    }
+    let out = t.run(")", PROMPT);
+    assert!(out.contains("\"status\": \"running\""), "{out}");
+    t.line(":quit");
+    t.wait_for(EXIT_OK);
+    wait_gone(pid);
+}
+
+#[test]
+fn repl_says_a_machine_is_booting_while_boot_waits() {
+    let state = tempfile::tempdir().unwrap();
+    let guest = common::guest_dir();
+    let t = Terminal::start(
+        &[vmscript(), "repl", "--qemu", QEMU],
+        &[("XDG_STATE_HOME", state.path()), ("VMSCRIPT_GUEST", &guest)],
+    );
+    t.wait_for(PROMPT);
+    let before = t.screen().trim_end().len();
+    t.line("let vm = guest::boot()");
+    let booting = t.wait_for_after(before, "[vm0] booting…");
+    assert!(!booting.contains(&format!("\n{PROMPT}")), "{booting}");
+    t.wait_for_after(before, &format!("\n{PROMPT}"));
+    let out = t.run(r#"guest::run_ok(vm, "echo up")"#, PROMPT);
+    assert!(out.ends_with("\nup"), "{out}");
+    t.line(":quit");
+    t.wait_for(EXIT_OK);
+}
+
+#[test]
+fn qmp_shell_transactions_and_the_session_log() {
+    let qemu = Qemu::start();
+    let state = tempfile::tempdir().unwrap();
+    let log = state.path().join("session.jsonl");
+    let prompt = "(QEMU) ";
+    let t = Terminal::start(
+        &[
+            vmscript(),
+            "qmp",
+            "-l",
+            log.to_str().unwrap(),
+            qemu.socket.to_str().unwrap(),
+        ],
+        &[("XDG_STATE_HOME", state.path())],
+    );
+    t.wait_for(prompt);
+    t.run("blockdev-add driver=null-co node-name=n0", prompt);
+    t.run("transaction(", "TRANS> ");
+    t.run("block-dirty-bitmap-add node=n0 name=b0", "TRANS> ");
+    t.run("block-dirty-bitmap-add node=n0 name=b1", "TRANS> ");
+    let out = t.run(")", prompt);
+    assert!(out.ends_with("{\n  \"return\": {}\n}"), "{out}");
+    // Both bitmaps exist: removing them works, a third is unknown.
+    t.run("block-dirty-bitmap-remove node=n0 name=b1", prompt);
+    let out = t.run("block-dirty-bitmap-remove node=n0 name=b2", prompt);
+    assert!(out.contains("error: GenericError"), "{out}");
+    t.press("C-d");
+    t.wait_for(EXIT_OK);
+
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let transaction = lines
+        .iter()
+        .position(|m| m["execute"] == "transaction")
+        .expect("the transaction is logged");
+    assert_eq!(
+        lines[transaction]["arguments"]["actions"][1],
+        serde_json::json!({"type": "block-dirty-bitmap-add", "data": {"node": "n0", "name": "b1"}})
+    );
+    assert_eq!(lines[transaction + 1], serde_json::json!({"return": {}}));
+    assert!(lines.last().unwrap()["error"]["class"] == "GenericError");
+}
+
+/// A QMP peer on a unix socket for protocol edge cases: sends `greeting`
+/// (if any), then answers each message with what `answer` gives (or an
+/// empty return). Its thread returns the messages it got.
+struct FakePeer {
+    socket: PathBuf,
+    seen: Option<std::thread::JoinHandle<Vec<serde_json::Value>>>,
+    _dir: tempfile::TempDir,
+}
+
+const GREETING: &str = r#"{"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}, "package": ""}, "capabilities": []}}"#;
+
+impl FakePeer {
+    fn start(
+        greeting: Option<&'static str>,
+        answer: impl Fn(&serde_json::Value) -> Option<String> + Send + 'static,
+    ) -> FakePeer {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("peer.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        let seen = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            if let Some(g) = greeting {
+                write!(stream, "{g}\r\n").unwrap();
+            }
+            // Messages are JSON objects, with or without a newline after.
+            let messages = serde_json::Deserializer::from_reader(stream.try_clone().unwrap())
+                .into_iter::<serde_json::Value>();
+            let mut seen = Vec::new();
+            for msg in messages {
+                let Ok(msg) = msg else { break };
+                let reply = answer(&msg).unwrap_or_else(|| r#"{"return": {}}"#.into());
+                seen.push(msg);
+                if write!(stream, "{reply}\r\n").is_err() {
+                    break;
+                }
+            }
+            seen
+        });
+        FakePeer {
+            socket,
+            seen: Some(seen),
+            _dir: dir,
+        }
+    }
+
+    /// Runs `vmscript qmp ARGS… SOCKET` with `input` on its stdin.
+    fn shell(&self, args: &[&str], input: &str) -> std::process::Output {
+        use std::io::Write;
+        let mut child = Command::new(vmscript())
+            .arg("qmp")
+            .args(args)
+            .arg(&self.socket)
+            .env("XDG_STATE_HOME", self._dir.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    fn seen(mut self) -> Vec<serde_json::Value> {
+        self.seen.take().unwrap().join().unwrap()
+    }
+}
+
+fn executed(msg: &serde_json::Value) -> &str {
+    msg["execute"].as_str().unwrap_or("")
+}
+
+#[test]
+fn qmp_shell_survives_a_schema_whose_types_contain_themselves() {
+    let peer = FakePeer::start(Some(GREETING), |m| {
+        (executed(m) == "query-qmp-schema").then(|| {
+            serde_json::json!({"return": [
+                {"name": "loop-add", "meta-type": "command", "arg-type": "A"},
+                {"name": "A", "meta-type": "object", "tag": "kind",
+                 "members": [{"name": "kind", "type": "str"}, {"name": "next", "type": "B"}],
+                 "variants": [{"case": "x", "type": "A"}, {"case": "y", "type": "B"}]},
+                {"name": "B", "meta-type": "alternate", "members": [{"type": "B"}, {"type": "A"}]}
+            ]})
+            .to_string()
+        })
+    });
+    let out = peer.shell(&[], "loop-add kind=x\n");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(stdout.contains("Connected to QEMU 7.2.0"), "{stdout}");
+    assert!(peer.seen().iter().any(|m| executed(m) == "loop-add"));
+}
+
+#[test]
+fn qmp_shell_without_negotiation_talks_to_a_peer_without_greeting() {
+    // As qemu-ga: no greeting, no qmp_capabilities.
+    let peer = FakePeer::start(None, |m| match executed(m) {
+        "guest-ping" => None,
+        "guest-info" => Some(r#"{"return": {"version": "7.2.0"}}"#.into()),
+        other => Some(format!(
+            r#"{{"error": {{"class": "CommandNotFound", "desc": "The command {other} has not been found"}}}}"#
+        )),
+    });
+    let out = peer.shell(&["-N"], "guest-ping\nguest-info\n");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(stdout.contains("\"version\": \"7.2.0\""), "{stdout}");
+    let seen = peer.seen();
+    assert!(
+        !seen.iter().any(|m| executed(m) == "qmp_capabilities"),
+        "{seen:?}"
+    );
+    assert!(seen.iter().any(|m| executed(m) == "guest-ping"));
+}
+
+#[test]
+fn qmp_shell_reports_a_broken_connection_and_exits_non_zero() {
+    let peer = FakePeer::start(Some(GREETING), |m| {
+        (executed(m) == "query-status").then(|| r#"{"neither": "reply nor event"}"#.into())
+    });
+    let out = peer.shell(&[], "query-status\nquery-status\n");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(stderr.contains("the connection is lost"), "{stderr}");
+    assert!(
+        stderr.contains("not a reply, event or greeting"),
+        "{stderr}"
+    );
+}

@@ -398,6 +398,22 @@ impl Client {
         limits: Limits,
         observer: Option<Observer>,
     ) -> Result<Client> {
+        Self::open(stream, timeout, limits, observer, true)
+    }
+
+    /// Takes over a connected stream of a peer that sends no greeting
+    /// (qemu-ga); commands can be sent at once.
+    pub fn without_greeting(stream: Stream) -> Result<Client> {
+        Self::open(stream, Duration::ZERO, Limits::default(), None, false)
+    }
+
+    fn open(
+        stream: Stream,
+        timeout: Duration,
+        limits: Limits,
+        observer: Option<Observer>,
+        greeting: bool,
+    ) -> Result<Client> {
         let read_side = stream
             .try_clone()
             .map_err(|e| Error::io("cloning the socket", e))?;
@@ -424,6 +440,9 @@ impl Client {
             observer,
             negotiated: false,
         };
+        if !greeting {
+            return Ok(client);
+        }
         let deadline = Instant::now() + timeout;
         match client
             .shared
@@ -444,6 +463,11 @@ impl Client {
 
     /// Connects to a QMP server (QEMU started with `-qmp …,server=on`).
     pub fn connect(address: &Address, timeout: Duration) -> Result<Client> {
+        Client::new(Self::dial(address, timeout)?, timeout)
+    }
+
+    /// Opens a connection to `address`, without reading from it.
+    pub fn dial(address: &Address, timeout: Duration) -> Result<Stream> {
         let stream = match address {
             Address::Unix(path) => Stream::Unix(
                 UnixStream::connect(path)
@@ -475,7 +499,7 @@ impl Client {
                 Stream::Tcp(s)
             }
         };
-        Client::new(stream, timeout)
+        Ok(stream)
     }
 
     /// The server's greeting, `{"QMP": {"version": …, "capabilities": […]}}`.

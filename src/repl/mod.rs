@@ -17,6 +17,7 @@
 pub mod complete;
 pub mod input;
 pub mod qmp_shell;
+pub mod schema;
 pub mod session;
 pub mod show;
 
@@ -87,12 +88,14 @@ impl Completer for Helper {
     ) -> rustyline::Result<(usize, Vec<Pair>)> {
         let (start, what) = complete::context(&line[..pos]);
         if what == complete::Context::File {
-            return self.files.complete(line, pos, ctx);
+            let (start, files) = self.files.complete(line, pos, ctx)?;
+            return Ok((start, complete::bounded(files, complete::LIST_LIMIT)));
         }
         let Ok(session) = self.session.try_borrow() else {
             return Ok((pos, Vec::new()));
         };
-        Ok((start, complete::candidates(&what, &*session)))
+        let all = complete::candidates(&what, &*session);
+        Ok((start, complete::bounded(all, complete::LIST_LIMIT)))
     }
 }
 
@@ -138,6 +141,8 @@ pub fn run(opts: ReplOptions) -> Result<(), String> {
         .history_ignore_dups(true)
         .map_err(|e| e.to_string())?
         .completion_type(CompletionType::List)
+        // Lists are bounded (complete::bounded): never ask before one.
+        .completion_prompt_limit(usize::MAX)
         .build();
     let mut editor: Editor<Helper, FileHistory> =
         Editor::with_config(config).map_err(|e| format!("starting the line editor: {e}"))?;
@@ -152,8 +157,13 @@ pub fn run(opts: ReplOptions) -> Result<(), String> {
     }
 
     let events_on = Arc::new(AtomicBool::new(true));
-    let events = start_event_printer(&mut editor, &session.borrow(), events_on.clone());
     let evaluating = Arc::new(AtomicBool::new(false));
+    let events = start_event_printer(
+        &mut editor,
+        &session.borrow(),
+        events_on.clone(),
+        evaluating.clone(),
+    );
     let signals = watch_signals(cancel.clone(), evaluating.clone(), cleanup)
         .map_err(|e| format!("installing the signal handler: {e}"))?;
 
@@ -313,20 +323,28 @@ fn help() -> String {
     out
 }
 
+/// How long an input may wait on a machine it started before the REPL
+/// says that it is booting.
+const BOOTING_AFTER: Duration = Duration::from_secs(1);
+
 /// What the event printer thread is handed.
 enum Printed {
     /// An event, as a line.
     Line(String),
+    /// Machine `name` has started (its QMP greeting came).
+    Started(String),
     /// Answer once everything sent before is printed.
     Flush(mpsc::SyncSender<()>),
 }
 
-/// Shows each machine's QMP events above the prompt while `on`; returns
-/// the printer thread's queue.
+/// Shows each machine's QMP events above the prompt while `on`, and that
+/// a machine is booting when the input that started it keeps waiting
+/// (`guest::boot()`); returns the printer thread's queue.
 fn start_event_printer(
     editor: &mut Editor<Helper, FileHistory>,
     session: &Session,
     on: Arc<AtomicBool>,
+    evaluating: Arc<AtomicBool>,
 ) -> mpsc::Sender<Printed> {
     let (tx, rx) = mpsc::channel::<Printed>();
     let queue = tx.clone();
@@ -335,12 +353,19 @@ fn start_event_printer(
         let on = on.clone();
         let name = name.to_string();
         Arc::new(move |dir: qmp::Direction, bytes: &[u8]| {
-            if dir != qmp::Direction::Received || !on.load(Ordering::Relaxed) {
+            if dir != qmp::Direction::Received {
                 return;
             }
             let Ok(msg) = serde_json::from_slice::<serde_json::Value>(bytes) else {
                 return;
             };
+            if msg.get("QMP").is_some() {
+                let _ = tx.send(Printed::Started(name.clone()));
+                return;
+            }
+            if !on.load(Ordering::Relaxed) {
+                return;
+            }
             if let Some(line) = show::event(&name, &msg) {
                 let _ = tx.send(Printed::Line(line));
             }
@@ -352,16 +377,43 @@ fn start_event_printer(
     let _ = std::thread::Builder::new()
         .name("repl-events".into())
         .spawn(move || {
-            for msg in rx {
-                match (msg, printer.as_mut()) {
-                    (Printed::Line(line), Some(p)) => {
-                        let _ = p.print(format!("{line}\n"));
+            let mut print = |line: String| match printer.as_mut() {
+                Some(p) => {
+                    let _ = p.print(format!("{line}\n"));
+                }
+                None => println!("{line}"),
+            };
+            // Machines started by the input running, and since when.
+            let mut starting: Vec<(String, std::time::Instant)> = Vec::new();
+            loop {
+                let msg = match rx.recv_timeout(Duration::from_millis(100)) {
+                    Ok(m) => Some(m),
+                    Err(mpsc::RecvTimeoutError::Timeout) => None,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                };
+                match msg {
+                    Some(Printed::Line(line)) => print(line),
+                    Some(Printed::Started(name)) => {
+                        starting.push((name, std::time::Instant::now()));
                     }
-                    (Printed::Line(line), None) => println!("{line}"),
-                    (Printed::Flush(done), _) => {
+                    Some(Printed::Flush(done)) => {
                         let _ = done.send(());
                     }
+                    None => {}
                 }
+                if !evaluating.load(Ordering::SeqCst) {
+                    starting.clear();
+                    continue;
+                }
+                starting.retain(|(name, since)| {
+                    if since.elapsed() < BOOTING_AFTER {
+                        return true;
+                    }
+                    print(format!(
+                        "[{name}] booting… (the input waits on it; Ctrl-C stops waiting)"
+                    ));
+                    false
+                });
             }
         });
     queue

@@ -7,13 +7,16 @@
 //! Command and argument names complete from `query-qmp-schema`; events
 //! are printed above the prompt as they arrive. Start at [`run`].
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Map, Value};
 
+use rustyline::completion::Pair;
+
+use super::complete::{bounded, LIST_LIMIT};
+use super::schema::Schema;
 use crate::qmp::{self, Address, Client};
 
 /// One parsed input line.
@@ -149,239 +152,50 @@ fn split_words(line: &str) -> Result<Vec<String>, String> {
     Ok(words)
 }
 
-/// Command names and their argument names, from `query-qmp-schema`, with
-/// the argument types, so that nested keys (`file.driver=`), the members
-/// of a union's chosen variant and enum values (`driver=qcow2`) complete.
-#[derive(Debug, Default, Clone)]
-pub struct Schema {
-    /// Each command's top-level argument names.
-    pub commands: BTreeMap<String, Vec<String>>,
-    pub events: Vec<String>,
-    /// Each command's argument type.
-    arg_types: BTreeMap<String, String>,
-    /// Every non-command entry by name.
-    types: BTreeMap<String, Value>,
-}
-
-impl Schema {
-    /// Reads the schema from a live monitor; falls back to
-    /// `query-commands` (names only) when the schema is unavailable.
-    pub fn load(client: &Client, timeout: Duration) -> Schema {
-        let mut schema = Schema::default();
-        if let Ok(Value::Array(entries)) = client.command("query-qmp-schema", None, timeout) {
-            schema = Schema::from_entries(&entries);
-        }
-        if schema.commands.is_empty() {
-            if let Ok(Value::Array(cmds)) = client.command("query-commands", None, timeout) {
-                for c in cmds {
-                    if let Some(n) = c.get("name").and_then(Value::as_str) {
-                        schema.commands.insert(n.to_string(), Vec::new());
-                    }
-                }
-            }
-        }
-        schema
-    }
-
-    /// Builds the index from `query-qmp-schema` entries.
-    pub fn from_entries(entries: &[Value]) -> Schema {
-        let mut schema = Schema::default();
-        for e in entries {
-            let Some(name) = e.get("name").and_then(Value::as_str) else {
-                continue;
-            };
-            match e.get("meta-type").and_then(Value::as_str) {
-                Some("command") => {
-                    if let Some(t) = e.get("arg-type").and_then(Value::as_str) {
-                        schema.arg_types.insert(name.to_string(), t.to_string());
-                    }
-                }
-                Some("event") => schema.events.push(name.to_string()),
-                _ => {
-                    schema.types.insert(name.to_string(), e.clone());
-                }
-            }
-        }
-        let empty = Map::new();
-        for (cmd, ty) in &schema.arg_types {
-            let args = schema
-                .members(ty, &empty)
-                .into_iter()
-                .map(|(n, _)| n)
-                .collect();
-            schema.commands.insert(cmd.clone(), args);
-        }
-        schema.events.sort();
-        schema
-    }
-
-    /// The members of object type `ty` as (name, type): its own, and those
-    /// of the variant that `given[tag]` chooses (of every variant while
-    /// none is chosen). An alternate offers the members of its object
-    /// branches.
-    fn members(&self, ty: &str, given: &Map<String, Value>) -> Vec<(String, String)> {
-        let Some(t) = self.types.get(ty) else {
-            return Vec::new();
-        };
-        let list = |v: Option<&Value>| v.and_then(Value::as_array).cloned().unwrap_or_default();
-        let text = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
-        let mut out: Vec<(String, String)> = Vec::new();
-        match t.get("meta-type").and_then(Value::as_str) {
-            Some("object") => {
-                for m in list(t.get("members")) {
-                    if let Some(n) = text(&m, "name") {
-                        out.push((n, text(&m, "type").unwrap_or_default()));
-                    }
-                }
-                let chosen = t
-                    .get("tag")
-                    .and_then(Value::as_str)
-                    .and_then(|tag| given.get(tag))
-                    .and_then(Value::as_str);
-                for v in list(t.get("variants")) {
-                    if chosen.is_some_and(|c| v.get("case").and_then(Value::as_str) != Some(c)) {
-                        continue;
-                    }
-                    if let Some(vt) = text(&v, "type") {
-                        out.extend(self.members(&vt, given));
-                    }
-                }
-            }
-            Some("alternate") => {
-                for m in list(t.get("members")) {
-                    if let Some(mt) = text(&m, "type") {
-                        out.extend(self.members(&mt, given));
-                    }
-                }
-            }
-            _ => {}
-        }
-        let mut seen = std::collections::BTreeSet::new();
-        out.retain(|(n, _)| seen.insert(n.clone()));
-        out
-    }
-
-    /// The values a key of type `ty` may take, when they are few: an enum's
-    /// values, `true`/`false`.
-    fn values(&self, ty: &str) -> Vec<String> {
-        let Some(t) = self.types.get(ty) else {
-            return Vec::new();
-        };
-        match t.get("meta-type").and_then(Value::as_str) {
-            Some("enum") => t
-                .get("values")
-                .and_then(Value::as_array)
-                .map(|vs| {
-                    vs.iter()
-                        .filter_map(|v| v.as_str().map(str::to_string))
-                        .collect()
-                })
-                .unwrap_or_default(),
-            Some("builtin") if ty == "bool" => vec!["true".into(), "false".into()],
-            Some("alternate") => t
-                .get("members")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .filter_map(|m| m.get("type").and_then(Value::as_str))
-                .flat_map(|mt| self.values(mt))
-                .collect(),
-            _ => Vec::new(),
-        }
-    }
-
-    /// The type at dotted `path` below object type `ty`, and what the line
-    /// already gives at that level.
-    fn resolve<'a>(
-        &self,
-        ty: &str,
-        path: &[&str],
-        given: &'a Map<String, Value>,
-    ) -> Option<(String, &'a Map<String, Value>)> {
-        static EMPTY: std::sync::LazyLock<Map<String, Value>> = std::sync::LazyLock::new(Map::new);
-        let Some((first, rest)) = path.split_first() else {
-            return Some((ty.to_string(), given));
-        };
-        let (_, member_ty) = self
-            .members(ty, given)
-            .into_iter()
-            .find(|(n, _)| n == first)?;
-        let inner = match given.get(*first) {
-            Some(Value::Object(m)) => m,
-            _ => &EMPTY,
-        };
-        self.resolve(&member_ty, rest, inner)
-    }
-
-    /// Completions for the word ending at the end of `line`: a command
-    /// name first, then `arg=` names of that command (nested ones after a
-    /// dot), or the values of an enum or bool argument after `=`.
-    pub fn complete(&self, line: &str) -> (usize, Vec<String>) {
-        let start = line.rfind(char::is_whitespace).map_or(0, |i| i + 1);
-        let word = &line[start..];
-        if start == 0 {
-            let c = self
-                .commands
-                .keys()
-                .filter(|c| c.starts_with(word))
-                .cloned()
-                .collect();
-            return (0, c);
-        }
-        let cmd = line.split_whitespace().next().unwrap_or_default();
-        let given = match parse_line(&line[..start]) {
-            Ok(Line::Command { args, .. }) => args,
-            _ => Map::new(),
-        };
-        let Some(arg_type) = self.arg_types.get(cmd) else {
-            return (start, self.complete_flat(cmd, word, &given));
-        };
-        if let Some((key, value)) = word.split_once('=') {
-            let path: Vec<&str> = key.split('.').collect();
-            let values = self
-                .resolve(arg_type, &path, &given)
-                .map(|(ty, _)| self.values(&ty))
-                .unwrap_or_default();
-            let c = values
-                .into_iter()
-                .filter(|v| v.starts_with(value))
-                .map(|v| format!("{key}={v}"))
-                .collect();
-            return (start, c);
-        }
-        let (parent, partial) = match word.rsplit_once('.') {
-            Some((p, rest)) => (Some(p), rest),
-            None => (None, word),
-        };
-        let path: Vec<&str> = parent.map(|p| p.split('.').collect()).unwrap_or_default();
-        let Some((ty, at)) = self.resolve(arg_type, &path, &given) else {
-            return (start, Vec::new());
-        };
-        let prefix = parent.map(|p| format!("{p}.")).unwrap_or_default();
-        let c = self
-            .members(&ty, at)
-            .into_iter()
-            .filter(|(n, _)| n.starts_with(partial) && !at.contains_key(n))
-            .map(|(n, _)| format!("{prefix}{n}="))
+/// Completions for the word ending at the end of `line`: a command name
+/// first, then `arg=` names of that command (nested ones after a dot, those
+/// of the union variant chosen), or the values of an enum or bool argument
+/// after `=`.
+pub fn complete_line(schema: &Schema, line: &str) -> (usize, Vec<String>) {
+    let start = line.rfind(char::is_whitespace).map_or(0, |i| i + 1);
+    let word = &line[start..];
+    if start == 0 {
+        let c = schema
+            .commands
+            .keys()
+            .filter(|c| c.starts_with(word))
+            .cloned()
             .collect();
-        (start, c)
+        return (0, c);
     }
-
-    /// Argument names without types (from `query-commands` or a test).
-    fn complete_flat(&self, cmd: &str, word: &str, given: &Map<String, Value>) -> Vec<String> {
-        if word.contains('=') {
-            return Vec::new();
-        }
-        self.commands
-            .get(cmd)
-            .map(|args| {
-                args.iter()
-                    .filter(|a| a.starts_with(word) && !given.contains_key(a.as_str()))
-                    .map(|a| format!("{a}="))
-                    .collect()
-            })
-            .unwrap_or_default()
+    let cmd = line.split_whitespace().next().unwrap_or_default();
+    let given = match parse_line(&line[..start]) {
+        Ok(Line::Command { args, .. }) => args,
+        _ => Map::new(),
+    };
+    if let Some((key, value)) = word.split_once('=') {
+        let path: Vec<&str> = key.split('.').collect();
+        let c = schema
+            .values(cmd, &path, &given)
+            .into_iter()
+            .filter(|v| v.starts_with(value))
+            .map(|v| format!("{key}={v}"))
+            .collect();
+        return (start, c);
     }
+    let (parent, partial) = match word.rsplit_once('.') {
+        Some((p, rest)) => (Some(p), rest),
+        None => (None, word),
+    };
+    let path: Vec<&str> = parent.map(|p| p.split('.').collect()).unwrap_or_default();
+    let prefix = parent.map(|p| format!("{p}.")).unwrap_or_default();
+    let c = schema
+        .keys(cmd, &path, &given)
+        .into_iter()
+        .filter(|n| n.starts_with(partial))
+        .map(|n| format!("{prefix}{n}="))
+        .collect();
+    (start, c)
 }
 
 /// HMP command names from `help`, and `info` topics from `help info`.
@@ -453,17 +267,25 @@ struct ShellHelper {
 }
 
 impl rustyline::completion::Completer for ShellHelper {
-    type Candidate = String;
+    type Candidate = Pair;
     fn complete(
         &self,
         line: &str,
         pos: usize,
         _ctx: &rustyline::Context<'_>,
-    ) -> rustyline::Result<(usize, Vec<String>)> {
-        Ok(match &self.hmp {
+    ) -> rustyline::Result<(usize, Vec<Pair>)> {
+        let (start, names) = match &self.hmp {
             Some(h) => h.complete(&line[..pos]),
-            None => self.schema.complete(&line[..pos]),
-        })
+            None => complete_line(&self.schema, &line[..pos]),
+        };
+        let pairs = names
+            .into_iter()
+            .map(|n| Pair {
+                display: n.clone(),
+                replacement: n,
+            })
+            .collect();
+        Ok((start, bounded(pairs, LIST_LIMIT)))
     }
 }
 impl rustyline::hint::Hinter for ShellHelper {
@@ -480,12 +302,34 @@ pub struct ShellOptions {
     pub hmp: bool,
     pub history: Option<std::path::PathBuf>,
     pub timeout: Duration,
+    /// Where to write every message sent and every reply, one JSON per line.
+    pub log: Option<std::path::PathBuf>,
+    /// Send no `qmp_capabilities` and wait for no greeting (qemu-ga).
+    pub no_negotiation: bool,
 }
 
-/// Runs the shell until end of input. Errors are connection failures.
-pub fn run(opts: &ShellOptions) -> Result<(), qmp::Error> {
-    let mut client = Client::connect(&opts.address, opts.timeout)?;
-    client.negotiate(opts.timeout)?;
+/// How a shell session ended.
+#[derive(Debug)]
+pub enum Ended {
+    /// End of input, or the peer hung up after `quit`.
+    Normally,
+    /// The connection broke: the peer hung up or sent what is not QMP.
+    Lost(qmp::Error),
+}
+
+/// Runs the shell until end of input. Errors are setup failures.
+pub fn run(opts: &ShellOptions) -> Result<Ended, ShellError> {
+    let mut log = match &opts.log {
+        Some(path) => Some(SessionLog::create(path)?),
+        None => None,
+    };
+    let client = if opts.no_negotiation {
+        Client::without_greeting(Client::dial(&opts.address, opts.timeout)?)?
+    } else {
+        let mut c = Client::connect(&opts.address, opts.timeout)?;
+        c.negotiate(opts.timeout)?;
+        c
+    };
     let greeting = client.greeting();
     let version = greeting
         .pointer("/QMP/version/qemu")
@@ -502,15 +346,23 @@ pub fn run(opts: &ShellOptions) -> Result<(), qmp::Error> {
     let count = hmp
         .as_ref()
         .map_or(schema.commands.len(), |h| h.commands.len());
-    println!(
-        "Connected to QEMU {version} at {}. {count} {}commands; Tab completes, Ctrl-C interrupts, Ctrl-D leaves.",
-        opts.address,
-        if opts.hmp { "HMP " } else { "" },
-    );
+    if opts.no_negotiation {
+        println!(
+            "Connected to {} without negotiation. {count} commands known; Tab completes, Ctrl-C interrupts, Ctrl-D leaves.",
+            opts.address
+        );
+    } else {
+        println!(
+            "Connected to QEMU {version} at {}. {count} {}commands; Tab completes, Ctrl-C interrupts, Ctrl-D leaves.",
+            opts.address,
+            if opts.hmp { "HMP " } else { "" },
+        );
+    }
     let client = Arc::new(client);
     let config = rustyline::Config::builder()
         .auto_add_history(true)
         .completion_type(rustyline::CompletionType::List)
+        .completion_prompt_limit(usize::MAX)
         .build();
     let mut editor: rustyline::Editor<ShellHelper, rustyline::history::DefaultHistory> =
         rustyline::Editor::with_config(config).map_err(|e| qmp::Error::Io {
@@ -525,33 +377,111 @@ pub fn run(opts: &ShellOptions) -> Result<(), qmp::Error> {
     let events = spawn_event_printer(&mut editor, client.clone(), stop.clone());
     let executing = Arc::new(AtomicBool::new(false));
     let signals = watch_interrupts(client.interrupter(), executing.clone())?;
-    let prompt = if opts.hmp { "(HMP) " } else { "(QEMU) " };
-    loop {
+    let mut transaction: Option<Vec<Value>> = None;
+    let mut quit_sent = false;
+    let ended = loop {
+        let prompt = match (opts.hmp, &transaction) {
+            (true, _) => "(HMP) ",
+            (false, Some(_)) => "TRANS> ",
+            (false, None) => "(QEMU) ",
+        };
         match editor.readline(prompt) {
             Ok(line) => {
                 if let Some(h) = &opts.history {
                     save_history(&mut editor, h);
                 }
-                executing.store(true, Ordering::SeqCst);
-                let result = execute_line(&client, &line, opts.hmp, opts.timeout);
-                executing.store(false, Ordering::SeqCst);
-                if let Err(e) = result {
-                    println!("error: {e}");
-                    if matches!(e, ShellError::Qmp(qmp::Error::Closed { .. })) {
-                        break;
+                let message = if opts.hmp {
+                    hmp_message(&line)
+                } else {
+                    step(&mut transaction, &line)
+                };
+                let message = match message {
+                    Ok(Some(m)) => m,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        println!("error: {e}");
+                        continue;
                     }
+                };
+                quit_sent |= message.get("execute").and_then(Value::as_str) == Some("quit");
+                executing.store(true, Ordering::SeqCst);
+                let result = send(&client, &message, opts.timeout, log.as_mut());
+                executing.store(false, Ordering::SeqCst);
+                match result {
+                    Ok(reply) => show_reply(&reply, opts.hmp),
+                    Err(e) => println!("error: {e}"),
+                }
+                if let Some(e) = client.ended() {
+                    break lost(e, quit_sent);
                 }
             }
             Err(rustyline::error::ReadlineError::Interrupted) => {
-                println!("(Ctrl-D leaves)");
+                if transaction.take().is_some() {
+                    println!("(transaction abandoned)");
+                } else {
+                    println!("(Ctrl-D leaves)");
+                }
             }
-            Err(_) => break,
+            Err(_) => {
+                break client
+                    .ended()
+                    .map_or(Ended::Normally, |e| lost(e, quit_sent))
+            }
         }
-    }
+    };
     stop.store(true, Ordering::Relaxed);
     signals.close();
     drop(events);
-    Ok(())
+    Ok(ended)
+}
+
+/// How a connection that ended ends the session: normally after `quit`.
+fn lost(e: qmp::Error, quit_sent: bool) -> Ended {
+    match e {
+        qmp::Error::Closed { .. } if quit_sent => Ended::Normally,
+        e => Ended::Lost(e),
+    }
+}
+
+/// `-l FILE`: every message sent and every reply, one JSON per line.
+struct SessionLog {
+    file: std::fs::File,
+    path: std::path::PathBuf,
+    /// Set once writing failed (said once, then the log stops).
+    failed: bool,
+}
+
+impl SessionLog {
+    fn create(path: &std::path::Path) -> Result<SessionLog, ShellError> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| ShellError::Log {
+                path: path.to_path_buf(),
+                source: e,
+            })?;
+        Ok(SessionLog {
+            file,
+            path: path.to_path_buf(),
+            failed: false,
+        })
+    }
+
+    fn write(&mut self, message: &Value) {
+        use std::io::Write;
+        if self.failed {
+            return;
+        }
+        let line = format!("{message}\n");
+        if let Err(e) = self.file.write_all(line.as_bytes()) {
+            self.failed = true;
+            eprintln!(
+                "vmscript: writing {}: {e}; the log stops",
+                self.path.display()
+            );
+        }
+    }
 }
 
 fn save_history(
@@ -598,40 +528,130 @@ pub enum ShellError {
     Parse(String),
     #[error("{0}")]
     Qmp(#[from] qmp::Error),
+    #[error("opening the log {path}: {source}")]
+    Log {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }
 
-/// Sends one line and prints the reply.
-fn execute_line(
-    client: &Client,
-    line: &str,
-    hmp: bool,
-    timeout: Duration,
-) -> Result<(), ShellError> {
-    if hmp {
-        if line.trim().is_empty() {
-            return Ok(());
-        }
-        let mut args = Map::new();
-        args.insert("command-line".into(), Value::from(line));
-        let out = client.command("human-monitor-command", Some(&args), timeout)?;
-        print!("{}", out.as_str().unwrap_or_default());
-        return Ok(());
+/// The message a line of the shell sends, if any, in qmp-shell's
+/// transaction syntax too: `transaction(` starts one, each following line
+/// is an action (`type key=value …`), and `)` (alone, or ending the last
+/// action) sends them as one `transaction` command.
+pub fn step(transaction: &mut Option<Vec<Value>>, line: &str) -> Result<Option<Value>, String> {
+    let starts = line.trim_start().starts_with("transaction(");
+    if transaction.is_none() && !starts {
+        return Ok(match parse_line(line)? {
+            Line::Empty => None,
+            Line::Command { name, args } => Some(execute_message(&name, args)),
+            Line::Raw(v) => Some(v),
+        });
     }
-    let reply = match parse_line(line).map_err(ShellError::Parse)? {
-        Line::Empty => return Ok(()),
-        Line::Command { name, args } => {
-            client.execute(&name, (!args.is_empty()).then_some(&args), timeout)?
+    let mut words = split_words(line.trim())?;
+    if starts && transaction.is_none() {
+        let first = words.remove(0);
+        if first != "transaction(" {
+            // `transaction(x=1`: the rest belongs to the first action.
+            words.insert(0, first["transaction(".len()..].to_string());
         }
-        Line::Raw(v) => {
-            let bytes = serde_json::to_vec(&v).expect("a Value always serializes");
-            client.execute_raw(&bytes, "the message", timeout)?
-        }
+        *transaction = Some(Vec::new());
+    }
+    let Some(actions) = transaction.as_mut() else {
+        unreachable!("a transaction was started above");
     };
+    if words.first().is_some_and(|w| w.starts_with('#')) || words.is_empty() {
+        return Ok(None);
+    }
+    if words[0] == ")" {
+        if words.len() > 1 {
+            return Err("unexpected input after the ) that ends the transaction".into());
+        }
+        let actions = transaction.take().unwrap_or_default();
+        let mut args = Map::new();
+        args.insert("actions".into(), Value::Array(actions));
+        return Ok(Some(execute_message("transaction", args)));
+    }
+    let finish = words.last().is_some_and(|w| w == ")");
+    if finish {
+        words.pop();
+    }
+    let (kind, rest) = words.split_first().expect("an action has a first word");
+    let mut data = Map::new();
+    for word in rest {
+        let (key, value) = word
+            .split_once('=')
+            .ok_or_else(|| format!("expected key=value, got {word:?}"))?;
+        insert_dotted(&mut data, key, parse_value(value))?;
+    }
+    let mut action = Map::new();
+    action.insert("type".into(), Value::from(kind.as_str()));
+    action.insert("data".into(), Value::Object(data));
+    actions.push(Value::Object(action));
+    if finish {
+        return step(transaction, ")");
+    }
+    Ok(None)
+}
+
+/// `{"execute": name, "arguments": args}`, without empty arguments.
+fn execute_message(name: &str, args: Map<String, Value>) -> Value {
+    let mut m = Map::new();
+    m.insert("execute".into(), Value::from(name));
+    if !args.is_empty() {
+        m.insert("arguments".into(), Value::Object(args));
+    }
+    Value::Object(m)
+}
+
+/// An HMP line as `human-monitor-command`.
+fn hmp_message(line: &str) -> Result<Option<Value>, String> {
+    if line.trim().is_empty() {
+        return Ok(None);
+    }
+    let mut args = Map::new();
+    args.insert("command-line".into(), Value::from(line));
+    Ok(Some(execute_message("human-monitor-command", args)))
+}
+
+/// Sends one message and returns its reply, both logged.
+fn send(
+    client: &Client,
+    message: &Value,
+    timeout: Duration,
+    mut log: Option<&mut SessionLog>,
+) -> Result<Value, ShellError> {
+    if let Some(l) = log.as_deref_mut() {
+        l.write(message);
+    }
+    let what = message
+        .get("execute")
+        .and_then(Value::as_str)
+        .unwrap_or("the message")
+        .to_string();
+    let bytes = serde_json::to_vec(message).expect("a Value always serializes");
+    let reply = client.execute_raw(&bytes, &what, timeout)?;
+    if let Some(l) = log {
+        l.write(&reply);
+    }
     if let Some(err) = reply.get("error") {
         return Err(qmp::response_error(&reply, err).into());
     }
-    println!("{}", pretty(&reply));
-    Ok(())
+    Ok(reply)
+}
+
+fn show_reply(reply: &Value, hmp: bool) {
+    if hmp {
+        print!(
+            "{}",
+            reply
+                .get("return")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+        );
+    } else {
+        println!("{}", pretty(reply));
+    }
 }
 
 /// An event on one line: `event STOP {"data"…}`.
@@ -744,18 +764,18 @@ mod tests {
         let s = Schema::from_entries(&entries);
         assert_eq!(s.events, ["STOP"]);
         assert_eq!(
-            s.complete("blockdev-"),
+            complete_line(&s, "blockdev-"),
             (0, vec!["blockdev-add".into(), "blockdev-del".into()])
         );
         assert_eq!(
-            s.complete("blockdev-add no"),
+            complete_line(&s, "blockdev-add no"),
             (13, vec!["node-name=".into()])
         );
         assert_eq!(
-            s.complete("blockdev-add driver=x "),
+            complete_line(&s, "blockdev-add driver=x "),
             (22, vec!["node-name=".into()])
         );
-        assert_eq!(s.complete("query-status x=").1, Vec::<String>::new());
+        assert_eq!(complete_line(&s, "query-status x=").1, Vec::<String>::new());
     }
 
     fn block_schema() -> Schema {
@@ -779,16 +799,19 @@ mod tests {
     fn enum_and_bool_values_complete_after_the_equals_sign() {
         let s = block_schema();
         assert_eq!(
-            s.complete("blockdev-add driver="),
+            complete_line(&s, "blockdev-add driver="),
             (13, vec!["driver=file".into(), "driver=qcow2".into()])
         );
-        assert_eq!(s.complete("blockdev-add driver=q").1, ["driver=qcow2"]);
         assert_eq!(
-            s.complete("blockdev-add read-only=").1,
+            complete_line(&s, "blockdev-add driver=q").1,
+            ["driver=qcow2"]
+        );
+        assert_eq!(
+            complete_line(&s, "blockdev-add read-only=").1,
             ["read-only=true", "read-only=false"]
         );
         assert_eq!(
-            s.complete("blockdev-add node-name=").1,
+            complete_line(&s, "blockdev-add node-name=").1,
             Vec::<String>::new()
         );
     }
@@ -797,21 +820,57 @@ mod tests {
     fn the_chosen_variant_and_nested_keys_complete() {
         let s = block_schema();
         // Before a driver is chosen, every variant's members are offered.
-        assert!(s
-            .complete("blockdev-add ")
+        assert!(complete_line(&s, "blockdev-add ")
             .1
             .contains(&"filename=".to_string()));
-        let (_, c) = s.complete("blockdev-add driver=qcow2 ");
+        let (_, c) = complete_line(&s, "blockdev-add driver=qcow2 ");
         assert_eq!(c, ["node-name=", "read-only=", "file=", "lazy-refcounts="]);
-        let (start, c) = s.complete("blockdev-add driver=qcow2 file.");
+        let (start, c) = complete_line(&s, "blockdev-add driver=qcow2 file.");
         assert_eq!(start, 26);
         assert!(c.contains(&"file.driver=".to_string()), "{c:?}");
-        let (_, c) = s.complete("blockdev-add driver=qcow2 file.driver=file file.f");
+        let (_, c) = complete_line(&s, "blockdev-add driver=qcow2 file.driver=file file.f");
         assert_eq!(c, ["file.filename="]);
         assert_eq!(
-            s.complete("blockdev-add driver=qcow2 file.driver=").1,
+            complete_line(&s, "blockdev-add driver=qcow2 file.driver=").1,
             ["file.driver=file", "file.driver=qcow2"]
         );
+    }
+
+    #[test]
+    fn transaction_blocks_send_one_command_with_every_action() {
+        let mut t = None;
+        assert_eq!(step(&mut t, "transaction(").unwrap(), None);
+        assert!(t.is_some());
+        assert_eq!(
+            step(&mut t, "block-dirty-bitmap-add node=d0 name=b1").unwrap(),
+            None
+        );
+        assert!(step(&mut t, "abort novalue")
+            .unwrap_err()
+            .contains("key=value"));
+        assert_eq!(step(&mut t, "abort").unwrap(), None);
+        let sent = step(&mut t, ")").unwrap().unwrap();
+        assert_eq!(
+            sent,
+            json!({"execute": "transaction", "arguments": {"actions": [
+                {"type": "block-dirty-bitmap-add", "data": {"node": "d0", "name": "b1"}},
+                {"type": "abort", "data": {}}
+            ]}})
+        );
+        assert!(t.is_none());
+        // The first action on the opening line, `)` ending the last one.
+        let sent = step(&mut t, "transaction( abort").unwrap();
+        assert_eq!(sent, None);
+        let sent = step(&mut t, "abort )").unwrap().unwrap();
+        assert_eq!(sent["arguments"]["actions"].as_array().unwrap().len(), 2);
+        assert!(t.is_none());
+        // Outside a transaction a line is a command as before.
+        assert_eq!(
+            step(&mut t, "query-status").unwrap(),
+            Some(json!({"execute": "query-status"}))
+        );
+        step(&mut t, "transaction(").unwrap();
+        assert!(step(&mut t, ") x").unwrap_err().contains("after the )"));
     }
 
     #[test]

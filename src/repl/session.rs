@@ -11,20 +11,23 @@
 //! functions of an input that failed are dropped with it.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
 use std::sync::Arc;
 use std::sync::LazyLock;
 use std::time::Duration;
+use std::time::Instant;
 
 use regex::Regex;
 use rhai::{Dynamic, Engine, OptimizationLevel, Position, Scope, AST};
 use serde_json::Value;
 
 use super::complete::{self, Function, Sources};
-use super::qmp_shell::Schema;
-use crate::machine::Machine;
+use super::schema::Schema;
+use crate::machine::{InterruptHandle, Machine};
 use crate::script::machine_api::MachineRef;
 use crate::script::run::SharedMachine;
 use crate::script::{self, docs, Cancel, Failure, QemuBinary, Run, RunConfig, RunReport};
@@ -68,8 +71,15 @@ pub struct Session {
     builtins: Vec<Function>,
     reference: Vec<docs::Entry>,
     std_signatures: Vec<String>,
-    /// QMP schemas by machine name and pid.
-    schemas: RefCell<HashMap<(String, i32), Rc<Schema>>>,
+    /// QMP schemas by machine name and pid, fetched in the background.
+    schemas: RefCell<HashMap<(String, i32), SchemaSlot>>,
+    /// The modules scripts may name: each alias with its import path and
+    /// its public functions. The stdlib's are there from the start.
+    modules: BTreeMap<String, ModuleInfo>,
+    /// The aliases an input imported (the others are the stdlib's, which
+    /// a saved script must import itself).
+    imported: BTreeSet<String>,
+    lib_dirs: Vec<PathBuf>,
     /// Keeps the default artifacts dir until the session ends.
     _artifacts: Option<crate::script::temp::OwnedTempDir>,
 }
@@ -82,6 +92,27 @@ impl std::fmt::Debug for Session {
             .finish_non_exhaustive()
     }
 }
+
+/// A module a script may name.
+#[derive(Debug, Clone)]
+struct ModuleInfo {
+    /// What `import` was given: `guest`, `lib/helpers`.
+    path: String,
+    functions: Vec<String>,
+}
+
+/// A QMP schema being fetched, or fetched.
+enum SchemaSlot {
+    Pending(mpsc::Receiver<Schema>),
+    Ready(Rc<Schema>),
+}
+
+/// How long Tab waits for a schema being fetched before it offers nothing
+/// (the next Tab looks again).
+const SCHEMA_WAIT: Duration = Duration::from_millis(300);
+
+/// How long fetching a schema may keep the machine's monitor busy.
+const SCHEMA_DEADLINE: Duration = Duration::from_secs(3);
 
 static IMPORT: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r#"(?m)^\s*import\s+"([^"]+)"\s+as\s+(\w+)\s*;?"#).expect("a valid regex")
@@ -107,7 +138,7 @@ impl Session {
             qemu: QemuBinary::resolve(opts.qemu),
             params: Default::default(),
             capture: false,
-            lib_dirs: opts.lib_dirs,
+            lib_dirs: opts.lib_dirs.clone(),
         };
         let run = Arc::new(Run::new(config, Cancel::new())?);
         let mut engine = script::engine(&run);
@@ -119,7 +150,7 @@ impl Session {
             .filter_map(|s| complete::parse_signature(s))
             .collect();
         let reference = docs::reference(&engine);
-        Ok(Session {
+        let mut session = Session {
             engine,
             scope: Scope::new(),
             functions: AST::empty(),
@@ -129,8 +160,17 @@ impl Session {
             reference,
             std_signatures,
             schemas: RefCell::default(),
+            modules: BTreeMap::new(),
+            imported: BTreeSet::new(),
+            lib_dirs: opts.lib_dirs.clone(),
             _artifacts: keep,
-        })
+        };
+        // The bundled modules are there without an import, under their
+        // own names, as `vmscript doc` lists them.
+        for name in script::stdlib::names() {
+            session.register_module(name, name);
+        }
+        Ok(session)
     }
 
     /// The session's run: its machines, its cancellation token.
@@ -185,14 +225,37 @@ impl Session {
     /// `name::f()` works in later inputs too.
     fn keep_imports(&mut self, input: &str) {
         for c in IMPORT.captures_iter(input) {
-            let resolved =
-                self.engine
-                    .module_resolver()
-                    .resolve(&self.engine, None, &c[1], Position::NONE);
-            if let Ok(module) = resolved {
-                self.engine.register_static_module(&c[2], module);
+            if self.register_module(&c[2], &c[1]) {
+                self.imported.insert(c[2].to_string());
             }
         }
+    }
+
+    /// Makes module `path` available as `alias::`; whether it loaded.
+    fn register_module(&mut self, alias: &str, path: &str) -> bool {
+        let resolved =
+            self.engine
+                .module_resolver()
+                .resolve(&self.engine, None, path, Position::NONE);
+        let Ok(module) = resolved else {
+            return false;
+        };
+        let mut functions: Vec<String> = module
+            .gen_fn_signatures_with_mapper(|s| s.into())
+            .filter_map(|s| s.split_once('(').map(|(n, _)| n.to_string()))
+            .filter(|n| !n.starts_with("anon$"))
+            .collect();
+        functions.sort();
+        functions.dedup();
+        self.modules.insert(
+            alias.to_string(),
+            ModuleInfo {
+                path: path.to_string(),
+                functions,
+            },
+        );
+        self.engine.register_static_module(alias, module);
+        true
     }
 
     /// Writes the inputs that ran without error to `path` as a script;
@@ -201,6 +264,14 @@ impl Session {
         let mut text = String::from(
             "// Saved from `vmscript repl`: the input that ran without error, in order.\n\n",
         );
+        // A bundled module used without an import (the REPL has them all).
+        for (alias, m) in &self.modules {
+            let used = Regex::new(&format!(r"\b{}::", regex::escape(alias)))
+                .is_ok_and(|re| self.inputs.iter().any(|i| re.is_match(i)));
+            if used && !self.imported.contains(alias) {
+                text.push_str(&format!("import \"{}\" as {alias};\n", m.path));
+            }
+        }
         for input in &self.inputs {
             text.push_str(&self.terminated(input));
             text.push('\n');
@@ -225,6 +296,9 @@ impl Session {
     /// The signatures and documentation of `name` (`Machine.name` for a
     /// property), from the engine's metadata and the session's functions.
     pub fn doc(&self, name: &str) -> Option<String> {
+        if name.contains("::") || self.modules.contains_key(name) {
+            return self.module_doc(name);
+        }
         let mut out = String::new();
         if let Some(e) = self.reference.iter().find(|e| e.name == name) {
             for s in &e.signatures {
@@ -254,7 +328,42 @@ impl Session {
             out.push_str(s);
             out.push('\n');
         }
-        (!out.is_empty()).then_some(out)
+        if out.is_empty() {
+            // A module of the project that no input imported yet.
+            return self.module_doc(name);
+        }
+        Some(out)
+    }
+
+    /// `:doc MODULE` and `:doc MODULE::f`, as `vmscript doc MODULE` shows
+    /// them. A module is an alias of the session, else found as `import`
+    /// finds it.
+    fn module_doc(&self, name: &str) -> Option<String> {
+        let (module, function) = match name.split_once("::") {
+            Some((m, f)) => (m, Some(f)),
+            None => (name, None),
+        };
+        let path = self
+            .modules
+            .get(module)
+            .map_or(module.to_string(), |m| m.path.clone());
+        let doc = script::module_docs(&path, &self.lib_dirs).ok()?;
+        let Some(f) = function else {
+            return Some(script::docs::render_module(&doc));
+        };
+        let wanted = format!("{path}::{f}");
+        let entry = doc.functions.iter().find(|e| e.name == wanted)?;
+        let mut out = String::new();
+        for s in &entry.signatures {
+            out.push_str(s);
+            out.push('\n');
+        }
+        for d in &entry.docs {
+            out.push_str("    ");
+            out.push_str(d);
+            out.push('\n');
+        }
+        Some(out)
     }
 
     /// The session's machines, oldest first.
@@ -360,39 +469,117 @@ impl Sources for Session {
             .unwrap_or_default()
     }
 
+    /// Never waits on QEMU for long: the schema is fetched on a thread of
+    /// its own, which a stopped QEMU cannot hold past [`SCHEMA_DEADLINE`];
+    /// until it is in, Tab offers nothing.
     fn schema(&self, receiver: Option<&str>) -> Option<Rc<Schema>> {
         let machine = self.machine_for(receiver)?;
-        let mut m = machine.try_lock().ok()?;
-        let key = (m.name().to_string(), m.get_pid()?);
-        if let Some(s) = self.schemas.borrow().get(&key) {
-            return Some(s.clone());
-        }
-        let mut schema = match m.command("query-qmp-schema", None, true) {
-            Ok(Value::Array(entries)) => Schema::from_entries(&entries),
-            _ => Schema::default(),
+        let (key, interrupt) = {
+            let m = machine.try_lock().ok()?;
+            ((m.name().to_string(), m.get_pid()?), m.interrupt_handle())
         };
-        if schema.commands.is_empty() {
-            if let Ok(Value::Array(cmds)) = m.command("query-commands", None, true) {
-                for c in cmds {
-                    if let Some(n) = c.get("name").and_then(Value::as_str) {
-                        schema.commands.insert(n.to_string(), Vec::new());
-                    }
+        let mut schemas = self.schemas.borrow_mut();
+        let slot = schemas
+            .entry(key.clone())
+            .or_insert_with(|| SchemaSlot::Pending(fetch_schema(machine, interrupt)));
+        if let SchemaSlot::Pending(rx) = slot {
+            match rx.recv_timeout(SCHEMA_WAIT) {
+                // Nothing came (a QEMU that did not answer in time): ask
+                // again at the next Tab.
+                Ok(s) if s.commands.is_empty() => {
+                    schemas.remove(&key);
+                    return None;
+                }
+                Ok(s) => *slot = SchemaSlot::Ready(Rc::new(s)),
+                Err(mpsc::RecvTimeoutError::Timeout) => return None,
+                // The fetch found no machine to ask: ask again next time.
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    schemas.remove(&key);
+                    return None;
                 }
             }
         }
-        if schema.events.is_empty() {
-            if let Ok(Value::Array(evs)) = m.command("query-events", None, true) {
-                schema.events = evs
-                    .iter()
-                    .filter_map(|e| e.get("name").and_then(Value::as_str).map(str::to_string))
-                    .collect();
-                schema.events.sort();
-            }
+        match slot {
+            SchemaSlot::Ready(s) => Some(s.clone()),
+            SchemaSlot::Pending(_) => None,
         }
-        let schema = Rc::new(schema);
-        self.schemas.borrow_mut().insert(key, schema.clone());
-        Some(schema)
     }
+
+    fn modules(&self) -> Vec<String> {
+        self.modules.keys().cloned().collect()
+    }
+
+    fn module_functions(&self, name: &str) -> Vec<String> {
+        self.modules
+            .get(name)
+            .map(|m| m.functions.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// Asks `machine` for its QMP schema on a thread of its own. A QEMU that
+/// does not answer (stopped with SIGSTOP, say) is given up on after
+/// [`SCHEMA_DEADLINE`]: the wait is interrupted, which frees the machine
+/// for the next input; its schema then stays empty for the session.
+fn fetch_schema(machine: SharedMachine, interrupt: InterruptHandle) -> mpsc::Receiver<Schema> {
+    let (tx, rx) = mpsc::channel();
+    let done = Arc::new(AtomicBool::new(false));
+    let gave_up = Arc::new(AtomicBool::new(false));
+    let (finished, giving_up) = (done.clone(), gave_up.clone());
+    let _ = std::thread::Builder::new()
+        .name("repl-schema-deadline".into())
+        .spawn(move || {
+            let start = Instant::now();
+            while start.elapsed() < SCHEMA_DEADLINE {
+                if finished.load(Ordering::SeqCst) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if !finished.load(Ordering::SeqCst) {
+                giving_up.store(true, Ordering::SeqCst);
+                interrupt.interrupt();
+            }
+        });
+    let _ = std::thread::Builder::new()
+        .name("repl-schema".into())
+        .spawn(move || {
+            let schema = {
+                let mut m = script::run::lock(&machine);
+                schema_of(&mut m, &gave_up)
+            };
+            done.store(true, Ordering::SeqCst);
+            let _ = tx.send(schema);
+        });
+    rx
+}
+
+/// The schema of a running machine, from `query-qmp-schema`, else from
+/// `query-commands` and `query-events` (names only); what it has when
+/// `gave_up` is set.
+fn schema_of(m: &mut Machine, gave_up: &AtomicBool) -> Schema {
+    let mut schema = match m.command("query-qmp-schema", None, true) {
+        Ok(Value::Array(entries)) => Schema::from_entries(&entries),
+        _ => Schema::default(),
+    };
+    if gave_up.load(Ordering::SeqCst) {
+        return Schema::default();
+    }
+    if schema.commands.is_empty() {
+        if let Ok(Value::Array(cmds)) = m.command("query-commands", None, true) {
+            schema.add_command_names(&cmds);
+        }
+    }
+    if schema.events.is_empty() && !gave_up.load(Ordering::SeqCst) {
+        if let Ok(Value::Array(evs)) = m.command("query-events", None, true) {
+            schema.events = evs
+                .iter()
+                .filter_map(|e| e.get("name").and_then(Value::as_str).map(str::to_string))
+                .collect();
+            schema.events.sort();
+        }
+    }
+    schema
 }
 
 #[cfg(test)]
@@ -476,6 +663,45 @@ mod tests {
         assert_eq!(s.doc("twice").unwrap(), "/// Doubles.\nfn twice(x)\n");
         assert!(s.doc("len").unwrap().contains("len(string: string)"));
         assert_eq!(s.doc("no_such_function"), None);
+    }
+
+    #[test]
+    fn doc_shows_modules_and_their_functions_as_vmscript_doc_does() {
+        let s = session();
+        let whole = s.doc("guest").unwrap();
+        assert_eq!(
+            whole,
+            script::docs::render_module(&script::module_docs("guest", &[]).unwrap())
+        );
+        let f = s.doc("guest::run_ok").unwrap();
+        assert!(f.starts_with("guest::run_ok(vm, cmd)\n"), "{f}");
+        assert!(!f.contains("guest::run("), "{f}");
+        assert_eq!(s.doc("guest::no_such"), None);
+    }
+
+    #[test]
+    fn bundled_modules_are_there_without_import_and_saved_with_one() {
+        let mut s = session();
+        assert!(s.modules().contains(&"guest".to_string()));
+        let f = s.module_functions("guest");
+        assert!(f.contains(&"run".to_string()) && f.contains(&"run_ok".to_string()));
+        assert!(!f.iter().any(|n| n.starts_with("anon$")));
+        assert_eq!(
+            show(&mut s, "retry::fn_name_does_not_exist()")
+                .split(':')
+                .next(),
+            Some("ScriptError")
+        );
+        show(&mut s, "let g = guest::create(#{ kernel: \"/k\" })");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.rhai");
+        s.save(&path).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.contains("import \"guest\" as guest;\nlet g = guest::create"),
+            "{text}"
+        );
+        assert!(!text.contains("import \"retry\""), "{text}");
     }
 
     #[test]
