@@ -91,6 +91,9 @@ enum Command {
         /// Script files or folders.
         #[arg(required = true)]
         paths: Vec<PathBuf>,
+        /// Also look for modules in DIR (as `run --lib`).
+        #[arg(long = "lib", value_name = "DIR")]
+        lib: Vec<PathBuf>,
     },
     /// Print every script function and bundled module with signatures and documentation.
     Doc {
@@ -277,7 +280,7 @@ fn dispatch(cli: Cli) -> i32 {
     match cli.command {
         Command::Run(args) => run(args),
         Command::List { select, format } => list(select, format),
-        Command::Check { paths } => check(&paths),
+        Command::Check { paths, lib } => check(&paths, &lib),
         Command::Doc {
             module,
             format,
@@ -362,7 +365,7 @@ fn run(args: RunArgs) -> i32 {
     }
 }
 
-fn check(paths: &[PathBuf]) -> i32 {
+fn check(paths: &[PathBuf], lib: &[PathBuf]) -> i32 {
     let tests = match runner::discover::discover(paths) {
         Ok(t) => t,
         Err(e) => {
@@ -370,14 +373,24 @@ fn check(paths: &[PathBuf]) -> i32 {
             return 2;
         }
     };
+    let api = match script::api_functions() {
+        Ok(api) => api,
+        Err(e) => {
+            eprintln!("vmscript: error: listing the script API: {e}");
+            return 2;
+        }
+    };
     let mut failed = 0;
     for t in &tests {
-        if let Err(f) = script::check_file(&t.path) {
-            if let Err(code) = print_out(&format!("{f}\n")) {
-                return code;
-            }
-            failed += 1;
+        let text = match script::check_file(&t.path, &api, lib) {
+            Ok(findings) if findings.is_empty() => continue,
+            Ok(findings) => findings.join("\n"),
+            Err(f) => f.to_string(),
+        };
+        if let Err(code) = print_out(&format!("{text}\n")) {
+            return code;
         }
+        failed += 1;
     }
     if let Err(code) = print_out(&format!(
         "{} ok, {failed} with errors\n",

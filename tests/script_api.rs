@@ -643,3 +643,47 @@ catch (e) { assert_eq(e.kind, "HostError"); assert_match(e.message, "read_blob: 
 "#,
     );
 }
+
+#[test]
+fn check_finds_what_would_fail_only_when_reached() {
+    let w = World::new();
+    w.script(
+        "lib/helpers.rhai",
+        "/// Boots nothing.\nfn start(vm) { vm.launch(); }\n",
+    );
+    w.script(
+        "t.rhai",
+        r#"import "helpers" as h;
+import "missing_module" as m;
+let vm = machine(#{ args: ["-M", "none"], nmae: "x" });
+h::strat(vm);
+vm.lanch();
+"#,
+    );
+    w.script(
+        "fine.rhai",
+        "import \"helpers\" as h;\nlet vm = machine();\nh::start(vm);\n",
+    );
+    let o = w.run(&["check", "t.rhai", "fine.rhai", "--lib", "lib"]);
+    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains("t.rhai:2:1: import \"missing_module\": "),
+        "{out}"
+    );
+    assert!(
+        out.contains("t.rhai:3:43: machine: unknown option `nmae` (did you mean `name`?)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("t.rhai:4:4: h::strat is not a function of the module imported as h; did you mean `start`?"),
+        "{out}"
+    );
+    assert!(
+        out.contains("t.rhai:5:4: no method `lanch` exists"),
+        "{out}"
+    );
+    assert!(out.contains("did you mean `launch`?"), "{out}");
+    assert!(!out.contains("fine.rhai"), "{out}");
+    assert!(out.ends_with("1 ok, 1 with errors\n"), "{out}");
+}

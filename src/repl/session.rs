@@ -643,7 +643,11 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("oops") && !text.contains("throw"));
-        script::check_file(&path).unwrap();
+        let api = script::api_functions().unwrap();
+        assert_eq!(
+            script::check_file(&path, &api, &[]).unwrap(),
+            Vec::<String>::new()
+        );
     }
 
     #[test]

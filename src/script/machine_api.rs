@@ -29,7 +29,7 @@ use super::run::{lock, Run, SharedMachine};
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(30);
 
 /// The keys of `machine(binary, options)`.
-const MACHINE_OPTIONS: &[&str] = &[
+pub(crate) const MACHINE_OPTIONS: &[&str] = &[
     "args",
     "wrapper",
     "name",

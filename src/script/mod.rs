@@ -20,6 +20,7 @@ pub mod convert;
 pub mod docs;
 pub mod errors;
 pub mod host;
+pub mod lint;
 pub mod machine_api;
 pub mod memory;
 pub mod modules;
@@ -128,9 +129,32 @@ pub fn compile(engine: &Engine, path: &Path) -> Result<AST, Box<Failure>> {
     Ok(ast)
 }
 
-/// Compiles `path` without running it (`vmscript check`).
-pub fn check_file(path: &Path) -> Result<(), Box<Failure>> {
-    compile(&base_engine(), path).map(|_| ())
+/// Compiles `path` without running it (`vmscript check`), then looks for
+/// calls, imports and option keys that would fail when reached
+/// ([`lint`]); `api` is [`api_functions`]. Returns the findings as
+/// `FILE:LINE:COL: message` lines.
+pub fn check_file(
+    path: &Path,
+    api: &lint::Arities,
+    lib_dirs: &[PathBuf],
+) -> Result<Vec<String>, Box<Failure>> {
+    // Unoptimised, so literal maps keep their keys' positions instead of
+    // being folded into constants.
+    let mut engine = base_engine();
+    engine.set_optimization_level(rhai::OptimizationLevel::None);
+    let ast = compile(&engine, path)?;
+    let search = modules::SearchPath::from_env(lib_dirs);
+    let shown = path.display();
+    Ok(lint::lint(&ast, path, api, &search)
+        .into_iter()
+        .map(|f| format!("{shown}:{}:{}: {}", f.line, f.column, f.message))
+        .collect())
+}
+
+/// Every function a script can call, with the argument counts of its
+/// overloads: the whole API and Rhai's standard library.
+pub fn api_functions() -> std::io::Result<lint::Arities> {
+    with_api_engine(lint::known_functions)
 }
 
 /// Runs one script to its end and releases everything it made.
@@ -230,10 +254,16 @@ fn first_line(text: &str) -> &str {
 
 /// The reference of every registered function, from the engine's metadata.
 pub fn reference() -> std::io::Result<Vec<docs::Entry>> {
+    with_api_engine(docs::reference)
+}
+
+/// Calls `f` with an engine holding the whole API, on a run that makes
+/// nothing (for `doc` and `check`).
+fn with_api_engine<T>(f: impl FnOnce(&Engine) -> T) -> std::io::Result<T> {
     let artifacts = tempfile::tempdir()?;
     let run = Arc::new(Run::new(
         RunConfig {
-            script: "doc".into(),
+            script: "api".into(),
             artifacts: artifacts.path().to_path_buf(),
             timeout: Duration::from_secs(1),
             qemu: QemuBinary::resolve(None),
@@ -243,8 +273,7 @@ pub fn reference() -> std::io::Result<Vec<docs::Entry>> {
         },
         Cancel::new(),
     )?);
-    let engine = engine(&run);
-    Ok(docs::reference(&engine))
+    Ok(f(&engine(&run)))
 }
 
 /// The documentation of every stdlib module.
