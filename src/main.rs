@@ -35,6 +35,8 @@ Environment:
   VMSCRIPT_PATH    colon-separated folders for `import` (after --lib)
   VMSCRIPT_GUEST   the test guest; when unset, <project>/.cache/guest if
                    vmscript runs from <project>/target/<profile>/ and it exists
+  NO_COLOR=1 or CLICOLOR=0   no colours in the report (default: on a terminal)
+  CLICOLOR_FORCE=1           colours even when stdout is not a terminal
 
 Exit status: 0 nothing failed, 1 a test failed, 2 usage or setup error,
 128+N stopped by signal N.";
