@@ -37,6 +37,8 @@ Environment:
   VMSCRIPT_PATH    colon-separated folders for `import` (after --lib)
   VMSCRIPT_GUEST   the test guest; when unset, <project>/.cache/guest if
                    vmscript runs from <project>/target/<profile>/ and it exists
+  NO_COLOR=1 or CLICOLOR=0   no colours in the report (default: on a terminal)
+  CLICOLOR_FORCE=1           colours even when stdout is not a terminal
 
 Settings: vmscript.toml in the folder run (or the nearest parent) sets
 [run] defaults and [[tests]] overrides; command-line options win.
