@@ -60,11 +60,8 @@ impl Terminal {
     }
 
     /// Types `text` (no Enter) by pasting it, then waits until it shows.
-    ///
-    /// A paste, because rustyline 14 with an external printer leaves keys
-    /// that arrive in one burst unprocessed until the next key comes (its
-    /// `select` ignores what its own buffer holds); a bracketed paste is
-    /// read whole. A person typing sends one key at a time.
+    /// A bracketed paste, so that a newline in `text` is part of the line;
+    /// [`Terminal::burst`] sends keys as typed.
     fn type_text(&self, text: &str) {
         if text.is_empty() {
             return;
@@ -599,17 +596,17 @@ fn repl_runs_a_line_that_arrives_in_one_burst() {
 #[test]
 fn repl_tab_on_a_stopped_qemu_does_not_freeze_the_prompt() {
     let state = tempfile::tempdir().unwrap();
-    let t = repl_with_machine(state.path());
-    let pid: i32 = t
-        .run("vm.get_pid()", PROMPT)
-        .lines()
-        .nth(1)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    // SAFETY: signals to the QEMU this test started.
-    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let t = repl(state.path());
+    t.run(
+        r#"let vm = machine(#{args: ["-accel", "tcg", "-M", "none", "-nodefaults"]})"#,
+        PROMPT,
+    );
+    // Stopped before the REPL could ask it for its schema.
+    let out = t.run(
+        r#"vm.launch(); let pid = vm.get_pid(); run_host(["kill", "-STOP", `${pid}`]); pid"#,
+        PROMPT,
+    );
+    let pid: i32 = out.lines().last().unwrap().trim().parse().unwrap();
     t.type_text(r#"vm.qmp("query-st"#);
     let pressed = Instant::now();
     t.press("Tab");

@@ -264,6 +264,7 @@ impl Loop<'_> {
         self.evaluating.store(true, Ordering::SeqCst);
         let result = f(&mut self.session.borrow_mut());
         self.evaluating.store(false, Ordering::SeqCst);
+        self.session.borrow().prefetch_schemas();
         self.cancel.clear_interrupt();
         // The events that came before the result are shown before it.
         let (done, flushed) = mpsc::sync_channel(1);
