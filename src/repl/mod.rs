@@ -4,7 +4,8 @@
 //!
 //! This module is the REPL's terminal side: the line editor (history,
 //! multi-line input, Tab completion through [`complete`]), Ctrl-C, the
-//! `:commands`, and QMP events printed above the prompt. What an input
+//! `:commands`, QMP events printed above the prompt, and a line saying a
+//! machine is booting while an input waits on it. What an input
 //! does is [`session::Session`]'s business; how results look is
 //! [`show`]'s. Start at [`run`].
 //!
@@ -288,7 +289,7 @@ impl Loop<'_> {
             Command::Vms => println!("{}", session::vms_table(&self.session.borrow().vms())),
             Command::Doc(name) => match self.session.borrow().doc(&name) {
                 Some(d) => print!("{d}"),
-                None => println!("no function {name} (Tab after :doc lists them)"),
+                None => println!("no function or module {name} (Tab after :doc lists them)"),
             },
             Command::Load(path) => self.eval(|s| s.load(&path)),
             Command::Save(path) => match self.session.borrow().save(&path) {
@@ -316,10 +317,12 @@ fn help() -> String {
         out.push_str(&format!("  {c:16} {what}\n"));
     }
     out.push_str(
-        "\nKeys: Tab completes functions, methods, variables, QMP commands in qmp(\"…\")\n\
-         and command(\"…\") and events in event_wait(\"…\"); Ctrl-R searches the history;\n\
+        "\nKeys: Tab completes functions, methods, variables, module functions (guest::),\n\
+         QMP commands in qmp(\"…\") and command(\"…\") with their argument keys and\n\
+         values, and events in event_wait(\"…\"); Ctrl-R searches the history;\n\
          Ctrl-C interrupts a running wait (the machines keep running); Ctrl-D leaves.\n\
-         Every machine is shut down when the session ends. `vmscript doc` lists the API.",
+         Every machine is shut down when the session ends. The bundled modules\n\
+         (guest, retry, …) need no import. `vmscript doc` lists the API.",
     );
     out
 }

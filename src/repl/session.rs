@@ -6,8 +6,10 @@
 //! State carries over between inputs as in Rhai's own REPL example: one
 //! [`Scope`] for the variables and one [`AST`] holding every function
 //! defined so far, merged with each new input before it runs. Modules
-//! imported with `import "path" as name;` stay available under `name`.
-//! The inputs that ran without error are kept for [`Session::save`]; the
+//! imported with `import "path" as name;` stay available under `name`;
+//! the bundled ones are there from the start under their own names. The
+//! QMP schema of each running machine is fetched on a thread of its own
+//! (completion never waits on QEMU for long). The inputs that ran without error are kept for [`Session::save`]; the
 //! functions of an input that failed are dropped with it.
 
 use std::cell::RefCell;
