@@ -574,7 +574,7 @@ fn repl_qmp_keys_follow_the_union_variant_and_lists_are_bounded() {
 }
 
 #[test]
-fn repl_runs_a_line_that_arrives_in_one_burst() {
+fn repl_runs_pasted_lines_at_once() {
     let state = tempfile::tempdir().unwrap();
     let t = repl(state.path());
     t.run("let a = 1", PROMPT);
@@ -589,6 +589,20 @@ fn repl_runs_a_line_that_arrives_in_one_burst() {
     t.burst("let b = a * 2\rb + 100\r");
     let out = t.wait_for_after(before, "\n102");
     assert!(out.contains("b + 100"), "{out}");
+    // A paste from the terminal (tmux pastes bracketed when the program
+    // asks for it): a line with its newline runs at once; a block spread
+    // over lines runs when it is whole.
+    let before = t.screen().trim_end().len();
+    t.tmux(&[
+        "set-buffer",
+        "-b",
+        "pasted",
+        "--",
+        "fn three() {\n  3\n}\nthree() + b\n",
+    ]);
+    t.tmux(&["paste-buffer", "-p", "-d", "-b", "pasted"]);
+    let out = t.wait_for_after(before, "\n5\n");
+    assert!(out.contains("three() + b"), "{out}");
     t.press("C-d");
     t.wait_for(EXIT_OK);
 }
@@ -675,6 +689,12 @@ fn qmp_shell_transactions_and_the_session_log() {
         &[("XDG_STATE_HOME", state.path())],
     );
     t.wait_for(prompt);
+    // Every command name: the head of the list and how many more, no
+    // question that would take the next keys.
+    t.press("Tab");
+    t.press("Tab");
+    let list = t.wait_for(" more (type more to narrow)");
+    assert!(!list.contains("Display all"), "{list}");
     t.run("blockdev-add driver=null-co node-name=n0", prompt);
     t.run("transaction(", "TRANS> ");
     t.run("block-dirty-bitmap-add node=n0 name=b0", "TRANS> ");

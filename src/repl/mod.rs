@@ -144,6 +144,10 @@ pub fn run(opts: ReplOptions) -> Result<(), String> {
         .completion_type(CompletionType::List)
         // Lists are bounded (complete::bounded): never ask before one.
         .completion_prompt_limit(usize::MAX)
+        // A paste arrives as typed keys, so a pasted line runs at its
+        // newline, and pasted lines run one by one (an open block goes on
+        // to the next), as at a shell; bracketed, it would wait for Enter.
+        .bracketed_paste(false)
         .build();
     let mut editor: Editor<Helper, FileHistory> =
         Editor::with_config(config).map_err(|e| format!("starting the line editor: {e}"))?;
