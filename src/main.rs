@@ -47,10 +47,12 @@ Exit status: 0 nothing failed, 1 a test failed, 2 usage or setup error,
 4 no test selected (see --no-tests), 128+N stopped by signal N.";
 
 const REPL_HELP: &str = "\
-In the REPL: :help, :doc NAME, :load FILE, :save FILE, :vms, :events on|off, :quit.
-Tab completes functions, methods, variables, QMP command names in vm.qmp(\"…\")
-and event names in vm.event_wait(\"…\"). Ctrl-C interrupts a wait; Ctrl-D leaves
-and shuts down every machine started in the session.
+In the REPL: :help, :doc NAME (also MODULE and MODULE::f), :load FILE, :save FILE,
+:vms, :events on|off, :quit. Tab completes functions, methods, variables, module
+functions (guest::run), QMP command names and argument keys in
+vm.command(\"…\", #{…}) and event names in vm.event_wait(\"…\"). The bundled
+modules need no import. Ctrl-C interrupts a wait; Ctrl-D leaves and shuts down
+every machine started in the session.
 History: $XDG_STATE_HOME/vmscript/repl_history (else ~/.local/state/vmscript/).";
 
 const QMP_HELP: &str = "\

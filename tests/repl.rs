@@ -60,11 +60,8 @@ impl Terminal {
     }
 
     /// Types `text` (no Enter) by pasting it, then waits until it shows.
-    ///
-    /// A paste, because rustyline 14 with an external printer leaves keys
-    /// that arrive in one burst unprocessed until the next key comes (its
-    /// `select` ignores what its own buffer holds); a bracketed paste is
-    /// read whole. A person typing sends one key at a time.
+    /// A bracketed paste, so that a newline in `text` is part of the line;
+    /// [`Terminal::burst`] sends keys as typed.
     fn type_text(&self, text: &str) {
         if text.is_empty() {
             return;
@@ -577,7 +574,7 @@ fn repl_qmp_keys_follow_the_union_variant_and_lists_are_bounded() {
 }
 
 #[test]
-fn repl_runs_a_line_that_arrives_in_one_burst() {
+fn repl_runs_pasted_lines_at_once() {
     let state = tempfile::tempdir().unwrap();
     let t = repl(state.path());
     t.run("let a = 1", PROMPT);
@@ -592,6 +589,20 @@ fn repl_runs_a_line_that_arrives_in_one_burst() {
     t.burst("let b = a * 2\rb + 100\r");
     let out = t.wait_for_after(before, "\n102");
     assert!(out.contains("b + 100"), "{out}");
+    // A paste from the terminal (tmux pastes bracketed when the program
+    // asks for it): a line with its newline runs at once; a block spread
+    // over lines runs when it is whole.
+    let before = t.screen().trim_end().len();
+    t.tmux(&[
+        "set-buffer",
+        "-b",
+        "pasted",
+        "--",
+        "fn three() {\n  3\n}\nthree() + b\n",
+    ]);
+    t.tmux(&["paste-buffer", "-p", "-d", "-b", "pasted"]);
+    let out = t.wait_for_after(before, "\n5\n");
+    assert!(out.contains("three() + b"), "{out}");
     t.press("C-d");
     t.wait_for(EXIT_OK);
 }
@@ -599,17 +610,17 @@ fn repl_runs_a_line_that_arrives_in_one_burst() {
 #[test]
 fn repl_tab_on_a_stopped_qemu_does_not_freeze_the_prompt() {
     let state = tempfile::tempdir().unwrap();
-    let t = repl_with_machine(state.path());
-    let pid: i32 = t
-        .run("vm.get_pid()", PROMPT)
-        .lines()
-        .nth(1)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    // SAFETY: signals to the QEMU this test started.
-    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let t = repl(state.path());
+    t.run(
+        r#"let vm = machine(#{args: ["-accel", "tcg", "-M", "none", "-nodefaults"]})"#,
+        PROMPT,
+    );
+    // Stopped before the REPL could ask it for its schema.
+    let out = t.run(
+        r#"vm.launch(); let pid = vm.get_pid(); run_host(["kill", "-STOP", `${pid}`]); pid"#,
+        PROMPT,
+    );
+    let pid: i32 = out.lines().last().unwrap().trim().parse().unwrap();
     t.type_text(r#"vm.qmp("query-st"#);
     let pressed = Instant::now();
     t.press("Tab");
@@ -678,6 +689,12 @@ fn qmp_shell_transactions_and_the_session_log() {
         &[("XDG_STATE_HOME", state.path())],
     );
     t.wait_for(prompt);
+    // Every command name: the head of the list and how many more, no
+    // question that would take the next keys.
+    t.press("Tab");
+    t.press("Tab");
+    let list = t.wait_for(" more (type more to narrow)");
+    assert!(!list.contains("Display all"), "{list}");
     t.run("blockdev-add driver=null-co node-name=n0", prompt);
     t.run("transaction(", "TRANS> ");
     t.run("block-dirty-bitmap-add node=n0 name=b0", "TRANS> ");

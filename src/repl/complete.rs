@@ -2,11 +2,14 @@
 //! ([`context`]) and what may go there ([`candidates`]).
 //!
 //! The contexts: a QMP command name as the first argument of `qmp(` or
-//! `command(`, an argument key in the map that follows it, an event name
-//! in `event_wait(` or `events_wait(`, a method, property or map key after
-//! `value.`, a plain word (variables, functions, keywords), and the REPL's
-//! own `:commands`. The answers come from a [`Sources`]: the session in
-//! the REPL, a fixed list in the tests.
+//! `command(`, an argument key or enum value in the map that follows it
+//! (read by [`scan_map`] so that nested maps and a union's tag count), an
+//! event name in `event_wait(` or `events_wait(`, a module's function after
+//! `module::`, a method, property or map key after `value.`, a plain word
+//! (variables, functions, modules, keywords), and the REPL's own
+//! `:commands`. The answers come from a [`Sources`]: the session in the
+//! REPL, a fixed list in the tests. [`bounded`] keeps a list short enough
+//! that showing it never asks anything.
 
 use std::rc::Rc;
 use std::sync::LazyLock;

@@ -24,7 +24,7 @@ pub const COMMANDS: &[(&str, &str)] = &[
     (":help", "this help"),
     (
         ":doc NAME",
-        "the signatures and documentation of a function (or Machine.property)",
+        "the documentation of a function, Machine.property, MODULE or MODULE::function",
     ),
     (
         ":load FILE",

@@ -4,7 +4,8 @@
 //!
 //! This module is the REPL's terminal side: the line editor (history,
 //! multi-line input, Tab completion through [`complete`]), Ctrl-C, the
-//! `:commands`, and QMP events printed above the prompt. What an input
+//! `:commands`, QMP events printed above the prompt, and a line saying a
+//! machine is booting while an input waits on it. What an input
 //! does is [`session::Session`]'s business; how results look is
 //! [`show`]'s. Start at [`run`].
 //!
@@ -143,6 +144,10 @@ pub fn run(opts: ReplOptions) -> Result<(), String> {
         .completion_type(CompletionType::List)
         // Lists are bounded (complete::bounded): never ask before one.
         .completion_prompt_limit(usize::MAX)
+        // A paste arrives as typed keys, so a pasted line runs at its
+        // newline, and pasted lines run one by one (an open block goes on
+        // to the next), as at a shell; bracketed, it would wait for Enter.
+        .bracketed_paste(false)
         .build();
     let mut editor: Editor<Helper, FileHistory> =
         Editor::with_config(config).map_err(|e| format!("starting the line editor: {e}"))?;
@@ -264,6 +269,7 @@ impl Loop<'_> {
         self.evaluating.store(true, Ordering::SeqCst);
         let result = f(&mut self.session.borrow_mut());
         self.evaluating.store(false, Ordering::SeqCst);
+        self.session.borrow().prefetch_schemas();
         self.cancel.clear_interrupt();
         // The events that came before the result are shown before it.
         let (done, flushed) = mpsc::sync_channel(1);
@@ -287,7 +293,7 @@ impl Loop<'_> {
             Command::Vms => println!("{}", session::vms_table(&self.session.borrow().vms())),
             Command::Doc(name) => match self.session.borrow().doc(&name) {
                 Some(d) => print!("{d}"),
-                None => println!("no function {name} (Tab after :doc lists them)"),
+                None => println!("no function or module {name} (Tab after :doc lists them)"),
             },
             Command::Load(path) => self.eval(|s| s.load(&path)),
             Command::Save(path) => match self.session.borrow().save(&path) {
@@ -315,10 +321,12 @@ fn help() -> String {
         out.push_str(&format!("  {c:16} {what}\n"));
     }
     out.push_str(
-        "\nKeys: Tab completes functions, methods, variables, QMP commands in qmp(\"…\")\n\
-         and command(\"…\") and events in event_wait(\"…\"); Ctrl-R searches the history;\n\
+        "\nKeys: Tab completes functions, methods, variables, module functions (guest::),\n\
+         QMP commands in qmp(\"…\") and command(\"…\") with their argument keys and\n\
+         values, and events in event_wait(\"…\"); Ctrl-R searches the history;\n\
          Ctrl-C interrupts a running wait (the machines keep running); Ctrl-D leaves.\n\
-         Every machine is shut down when the session ends. `vmscript doc` lists the API.",
+         Every machine is shut down when the session ends. The bundled modules\n\
+         (guest, retry, …) need no import. `vmscript doc` lists the API.",
     );
     out
 }

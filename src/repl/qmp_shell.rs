@@ -363,6 +363,8 @@ pub fn run(opts: &ShellOptions) -> Result<Ended, ShellError> {
         .auto_add_history(true)
         .completion_type(rustyline::CompletionType::List)
         .completion_prompt_limit(usize::MAX)
+        // Pasted commands run one per line, as typed.
+        .bracketed_paste(false)
         .build();
     let mut editor: rustyline::Editor<ShellHelper, rustyline::history::DefaultHistory> =
         rustyline::Editor::with_config(config).map_err(|e| qmp::Error::Io {

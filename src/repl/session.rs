@@ -6,8 +6,10 @@
 //! State carries over between inputs as in Rhai's own REPL example: one
 //! [`Scope`] for the variables and one [`AST`] holding every function
 //! defined so far, merged with each new input before it runs. Modules
-//! imported with `import "path" as name;` stay available under `name`.
-//! The inputs that ran without error are kept for [`Session::save`]; the
+//! imported with `import "path" as name;` stay available under `name`;
+//! the bundled ones are there from the start under their own names. The
+//! QMP schema of each running machine is fetched on a thread of its own
+//! (completion never waits on QEMU for long). The inputs that ran without error are kept for [`Session::save`]; the
 //! functions of an input that failed are dropped with it.
 
 use std::cell::RefCell;
@@ -71,8 +73,9 @@ pub struct Session {
     builtins: Vec<Function>,
     reference: Vec<docs::Entry>,
     std_signatures: Vec<String>,
-    /// QMP schemas by machine name and pid, fetched in the background.
-    schemas: RefCell<HashMap<(String, i32), SchemaSlot>>,
+    /// QMP schemas by machine (its address) with the pid they are of,
+    /// fetched in the background.
+    schemas: RefCell<HashMap<usize, (i32, SchemaSlot)>>,
     /// The modules scripts may name: each alias with its import path and
     /// its public functions. The stdlib's are there from the start.
     modules: BTreeMap<String, ModuleInfo>,
@@ -109,7 +112,7 @@ enum SchemaSlot {
 
 /// How long Tab waits for a schema being fetched before it offers nothing
 /// (the next Tab looks again).
-const SCHEMA_WAIT: Duration = Duration::from_millis(300);
+const SCHEMA_WAIT: Duration = Duration::from_secs(1);
 
 /// How long fetching a schema may keep the machine's monitor busy.
 const SCHEMA_DEADLINE: Duration = Duration::from_secs(3);
@@ -366,6 +369,33 @@ impl Session {
         Some(out)
     }
 
+    /// Starts fetching the QMP schema of every running machine that has
+    /// none yet, so that it is there by the time Tab asks.
+    pub fn prefetch_schemas(&self) {
+        for m in self.run.machines() {
+            let _ = self.start_schema(&m);
+        }
+    }
+
+    /// Starts fetching the schema of `machine` unless it is in or coming;
+    /// returns its key, `None` when the machine is not running (or busy
+    /// with no schema asked for yet).
+    fn start_schema(&self, machine: &SharedMachine) -> Option<usize> {
+        let key = Arc::as_ptr(machine) as usize;
+        let mut schemas = self.schemas.borrow_mut();
+        // Busy: fetching its schema, say; what was asked for stands.
+        let Ok(m) = machine.try_lock() else {
+            return schemas.contains_key(&key).then_some(key);
+        };
+        let pid = m.get_pid().filter(|_| m.is_running())?;
+        if schemas.get(&key).is_some_and(|(p, _)| *p == pid) {
+            return Some(key);
+        }
+        let slot = SchemaSlot::Pending(fetch_schema(machine.clone(), m.interrupt_handle()));
+        schemas.insert(key, (pid, slot));
+        Some(key)
+    }
+
     /// The session's machines, oldest first.
     pub fn vms(&self) -> Vec<VmInfo> {
         self.run
@@ -474,14 +504,9 @@ impl Sources for Session {
     /// until it is in, Tab offers nothing.
     fn schema(&self, receiver: Option<&str>) -> Option<Rc<Schema>> {
         let machine = self.machine_for(receiver)?;
-        let (key, interrupt) = {
-            let m = machine.try_lock().ok()?;
-            ((m.name().to_string(), m.get_pid()?), m.interrupt_handle())
-        };
+        let key = self.start_schema(&machine)?;
         let mut schemas = self.schemas.borrow_mut();
-        let slot = schemas
-            .entry(key.clone())
-            .or_insert_with(|| SchemaSlot::Pending(fetch_schema(machine, interrupt)));
+        let (_, slot) = schemas.get_mut(&key)?;
         if let SchemaSlot::Pending(rx) = slot {
             match rx.recv_timeout(SCHEMA_WAIT) {
                 // Nothing came (a QEMU that did not answer in time): ask
