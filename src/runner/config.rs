@@ -238,7 +238,7 @@ fn parse_error(path: &Path, text: &str, e: &toml::de::Error) -> SetupError {
         Some((what, valid)) => format!("{what}; valid keys here are {valid}"),
         None => match message.split_once(", expected ") {
             Some((what, valid)) if what.starts_with("unknown field") => {
-                format!("{what}; the valid key here is {valid}")
+                format!("{what}; valid keys here are {valid}")
             }
             _ => message,
         },
@@ -299,7 +299,7 @@ mod tests {
         assert!(e.contains("filter, timeout, retries, weight, tags"), "{e}");
         let e = parse("[runn]\n").unwrap_err().0;
         assert!(
-            e.contains("unknown field runn") && e.contains("run, tests"),
+            e.contains("unknown field runn; valid keys here are run or tests"),
             "{e}"
         );
         assert!(parse("[run]\ntimeout = -1\n").is_err());
