@@ -195,6 +195,9 @@ struct RunArgs {
     /// Start no more tests after the first failure (running ones finish).
     #[arg(long)]
     fail_fast: bool,
+    /// Announce a test still running after SECS as SLOW, with what it is doing [default: vmscript.toml's, else 60].
+    #[arg(long, value_name = "SECS")]
+    slow_timeout: Option<f64>,
     /// Output format on stdout (a live progress line is drawn on a terminal with the human format).
     #[arg(long, value_enum, default_value_t = Format::Human)]
     format: Format,
@@ -280,6 +283,10 @@ fn run(args: RunArgs) -> i32 {
             capture: !args.no_capture,
             lib_dirs: args.lib,
             fail_fast: args.fail_fast,
+            slow_timeout: args
+                .slow_timeout
+                .map(|t| secs(t, "--slow-timeout"))
+                .transpose()?,
             format: args.format,
             junit: args.junit,
             params: runner::parse_params(&args.params).map_err(|e| e.0)?,

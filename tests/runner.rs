@@ -1250,3 +1250,32 @@ fn the_timeout_multiplier_scales_the_test_timeout_and_the_scripts_waits() {
     let o = w.run(&["run", "--timeout-multiplier", "0", "m"]);
     assert_eq!(o.status.code(), Some(2));
 }
+
+#[test]
+fn a_slow_test_is_announced_with_what_it_is_doing() {
+    let w = World::new();
+    w.script(
+        "slow.rhai",
+        "let vm = machine();\nvm.add_args(\"-M\", \"none\");\nvm.launch();\nstep(\"boot\", || vm.event_wait(\"NEVER\", 3));\n",
+    );
+    w.script("quick.rhai", "let x = 1;\n");
+    let o = w.run(&["run", "--slow-timeout", "1", "--timeout", "30", "."]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(
+        err.contains("vmscript: SLOW slow.rhai has run 1s (timeout 30s), in step boot, waiting for event NEVER\n"),
+        "{err}"
+    );
+    assert!(!err.contains("SLOW quick.rhai"), "{err}");
+    // From vmscript.toml, scaled by the multiplier: not slow yet at 1 s.
+    w.script("vmscript.toml", "[run]\nslow-timeout = 1\n");
+    w.script("nap.rhai", "sleep(2);\n");
+    let o = w.run(&["run", "--timeout-multiplier", "5", "nap.rhai"]);
+    assert!(!stderr(&o).contains("SLOW"), "{}", stderr(&o));
+    let o = w.run(&["run", "nap.rhai"]);
+    assert!(
+        stderr(&o).contains("SLOW nap.rhai has run 1s"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -76,6 +76,9 @@ pub struct Options {
     pub exclude_tags: Vec<String>,
     /// What an empty selection does.
     pub no_tests: NoTests,
+    /// A test running longer is announced `SLOW` (`--slow-timeout`, else
+    /// `vmscript.toml`'s, else 60 s; times the timeout multiplier).
+    pub slow_timeout: Option<Duration>,
     pub partition: Option<Partition>,
     pub format: Format,
     pub junit: Option<PathBuf>,
@@ -217,6 +220,11 @@ pub fn configure(options: &Options) -> Result<(Options, Config), SetupError> {
         )));
     }
     o.timeout_multiplier = Some(m);
+    let slow = o
+        .slow_timeout
+        .or(config.run.slow_timeout.map(Duration::from_secs_f64))
+        .unwrap_or(config::DEFAULT_SLOW_TIMEOUT);
+    o.slow_timeout = Some(slow.mul_f64(m));
     Ok((o, config))
 }
 

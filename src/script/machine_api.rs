@@ -283,7 +283,7 @@ pub fn register(engine: &mut Engine, run: &Arc<Run>) {
     register_properties(engine);
     register_lifecycle(engine, run);
     register_qmp(engine);
-    register_events(engine);
+    register_events(engine, run);
     console_api::register(engine, run);
 }
 
@@ -694,7 +694,7 @@ fn register_qmp(e: &mut Engine) {
     .register_into_engine(e, |vm: &mut MachineRef, c: &str| vm.with(|m| m.hmp(c)));
 }
 
-fn register_events(e: &mut Engine) {
+fn register_events(e: &mut Engine, run: &Arc<Run>) {
     let one = |vm: &MachineRef, w: EventWait| vm.with(|m| m.get_qmp_event(w)).map(json_or_unit);
     let all = |vm: &MachineRef, w: EventWait| {
         vm.with(|m| m.get_qmp_events(w))
@@ -733,24 +733,29 @@ fn register_events(e: &mut Engine) {
             })
         },
     );
-    let wait = |vm: &MachineRef, name: &str, t: Duration, filter: Option<Value>| {
+    let r = run.clone();
+    let wait = move |vm: &MachineRef, name: &str, t: Duration, filter: Option<Value>| {
+        let _doing = r.cancel().doing(format!("waiting for event {name}"));
         vm.with(|m| m.event_wait(name, t, filter.as_ref()))
             .map(json_or_unit)
     };
+    let w = wait.clone();
     func(
         "event_wait(vm: Machine, name: String) -> Map",
         "Waits up to 60s for event `name`; Timeout otherwise.",
     )
     .register_into_engine(e, move |vm: &mut MachineRef, n: &str| {
-        wait(vm, n, args::scaled(DEFAULT_WAIT), None)
+        w(vm, n, args::scaled(DEFAULT_WAIT), None)
     });
+    let w = wait.clone();
     func(
         "event_wait(vm: Machine, name: String, timeout: secs) -> Map",
         "Waits up to `timeout` for event `name`; timeout 0 returns () when none is queued.",
     )
     .register_into_engine(e, move |vm: &mut MachineRef, n: &str, t: Dynamic| {
-        wait(vm, n, args::secs(&t, "timeout")?, None)
+        w(vm, n, args::secs(&t, "timeout")?, None)
     });
+    let w = wait.clone();
     func(
         "event_wait(vm: Machine, name: String, timeout: secs, match: Map) -> Map",
         "Waits for event `name` matching `match` (see event_match); others stay queued in order.",
@@ -763,7 +768,7 @@ fn register_events(e: &mut Engine) {
             } else {
                 Some(json(&f, "match")?)
             };
-            wait(vm, n, args::secs(&t, "timeout")?, filter)
+            w(vm, n, args::secs(&t, "timeout")?, filter)
         },
     );
     let many = |vm: &MachineRef, pairs: &Array, t: Duration| {
