@@ -146,7 +146,7 @@ struct SelectArgs {
     /// Run no test with tag T (repeatable).
     #[arg(long, value_name = "T")]
     exclude_tag: Vec<String>,
-    /// Run only share K of N of the selected tests: count:K/N (every Nth) or hash:K/N (by name), for splitting a suite across CI machines.
+    /// Run only share K of N of the selected tests: count:K/N (every Nth), hash:K/N (by name) or duration:K/N (balanced by earlier runs' durations), for splitting a suite across CI machines.
     #[arg(long, value_name = "SPEC")]
     partition: Option<Partition>,
     /// When no test is selected: fail (exit 4), warn (exit 0) or pass quietly.
@@ -161,6 +161,9 @@ struct SelectArgs {
     /// Run a failed or timed-out test up to N more times; one that passes then is reported as flaky [default: vmscript.toml's, else 0].
     #[arg(long, value_name = "N")]
     retries: Option<u32>,
+    /// Run only the tests that failed when they last ran (kept in .vmscript/ in the suite's folder).
+    #[arg(long)]
+    rerun_failed: bool,
 }
 
 /// How `vmscript doc` prints.
@@ -256,6 +259,7 @@ fn selection(s: SelectArgs) -> Result<runner::Options, String> {
         timeout_multiplier: s.timeout_multiplier,
         timeout: s.timeout.map(|t| secs(t, "--timeout")).transpose()?,
         retries: s.retries,
+        rerun_failed: s.rerun_failed,
         ..runner::Options::default()
     })
 }

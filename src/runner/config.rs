@@ -100,6 +100,8 @@ struct File {
 pub struct Config {
     /// The file it was read from.
     pub path: Option<PathBuf>,
+    /// The suite's folder: the file's, else the folder run.
+    pub root: PathBuf,
     pub run: RunSection,
     pub tests: Vec<Override>,
 }
@@ -125,7 +127,10 @@ impl Config {
                 return Config::load(&file);
             }
         }
-        Ok(Config::default())
+        Ok(Config {
+            root: start,
+            ..Config::default()
+        })
     }
 
     /// Reads `path`.
@@ -173,6 +178,7 @@ impl Config {
         }
         Ok(Config {
             path: Some(path.to_path_buf()),
+            root: dir.to_path_buf(),
             run,
             tests: file.tests,
         })
