@@ -95,15 +95,22 @@ impl Partition {
     /// Keeps the tests of this partition (`duration` as if no test had
     /// run before).
     pub fn select(&self, tests: Vec<Test>) -> Vec<Test> {
-        let keep: Box<dyn Fn(usize, &Test) -> bool> = match *self {
-            Partition::Count { k, n } => Box::new(move |i, _| (i as u64) % n == k - 1),
-            Partition::Hash { k, n } => Box::new(move |_, t| fnv1a(t.name.as_bytes()) % n == k - 1),
+        let (k, n, by_hash) = match *self {
+            Partition::Count { k, n } => (k, n, false),
+            Partition::Hash { k, n } => (k, n, true),
             Partition::Duration { .. } => return self.select_by(tests, |_| None),
         };
         tests
             .into_iter()
             .enumerate()
-            .filter(|(i, t)| keep(*i, t))
+            .filter(|(i, t)| {
+                let slot = if by_hash {
+                    fnv1a(t.name.as_bytes())
+                } else {
+                    *i as u64
+                };
+                slot % n == k - 1
+            })
             .map(|(_, t)| t)
             .collect()
     }
