@@ -166,7 +166,7 @@ struct SelectArgs {
     /// Run no test with tag T (repeatable).
     #[arg(long, value_name = "T")]
     exclude_tag: Vec<String>,
-    /// Run only share K of N of the selected tests: count:K/N (every Nth) or hash:K/N (by name), for splitting a suite across CI machines.
+    /// Run only share K of N of the selected tests: count:K/N (every Nth), hash:K/N (by name) or duration:K/N (balanced by earlier runs' durations), for splitting a suite across CI machines.
     #[arg(long, value_name = "SPEC")]
     partition: Option<Partition>,
     /// When no test is selected: fail (exit 4), warn (exit 0) or pass quietly.
@@ -181,6 +181,9 @@ struct SelectArgs {
     /// Run a failed or timed-out test up to N more times; one that passes then is reported as flaky [default: vmscript.toml's, else 0].
     #[arg(long, value_name = "N")]
     retries: Option<u32>,
+    /// Run only the tests that failed when they last ran (kept in .vmscript/ in the suite's folder).
+    #[arg(long)]
+    rerun_failed: bool,
 }
 
 /// How `vmscript doc` prints.
@@ -215,6 +218,9 @@ struct RunArgs {
     /// Start no more tests after the first failure (running ones finish).
     #[arg(long)]
     fail_fast: bool,
+    /// Announce a test still running after SECS as SLOW, with what it is doing [default: vmscript.toml's, else 60].
+    #[arg(long, value_name = "SECS")]
+    slow_timeout: Option<f64>,
     /// Output format on stdout (a live progress line is drawn on a terminal with the human format).
     #[arg(long, value_enum, default_value_t = Format::Human)]
     format: Format,
@@ -326,6 +332,7 @@ fn selection(s: SelectArgs) -> Result<runner::Options, String> {
         timeout_multiplier: s.timeout_multiplier,
         timeout: s.timeout.map(|t| secs(t, "--timeout")).transpose()?,
         retries: s.retries,
+        rerun_failed: s.rerun_failed,
         ..runner::Options::default()
     })
 }
@@ -353,6 +360,10 @@ fn run(args: RunArgs) -> i32 {
             capture: !args.no_capture,
             lib_dirs: args.lib,
             fail_fast: args.fail_fast,
+            slow_timeout: args
+                .slow_timeout
+                .map(|t| secs(t, "--slow-timeout"))
+                .transpose()?,
             format: args.format,
             junit: args.junit,
             params: runner::parse_params(&args.params).map_err(|e| e.0)?,

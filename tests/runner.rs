@@ -1259,3 +1259,126 @@ fn the_timeout_multiplier_scales_the_test_timeout_and_the_scripts_waits() {
     let o = w.run(&["run", "--timeout-multiplier", "0", "m"]);
     assert_eq!(o.status.code(), Some(2));
 }
+
+#[test]
+fn a_slow_test_is_announced_with_what_it_is_doing() {
+    let w = World::new();
+    w.script(
+        "slow.rhai",
+        "let vm = machine();\nvm.add_args(\"-M\", \"none\");\nvm.launch();\nstep(\"boot\", || vm.event_wait(\"NEVER\", 3));\n",
+    );
+    w.script("quick.rhai", "let x = 1;\n");
+    let o = w.run(&["run", "--slow-timeout", "1", "--timeout", "30", "."]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(
+        err.contains("vmscript: SLOW slow.rhai has run 1s (timeout 30s), in step boot, waiting for event NEVER\n"),
+        "{err}"
+    );
+    assert!(!err.contains("SLOW quick.rhai"), "{err}");
+    // From vmscript.toml, scaled by the multiplier: not slow yet at 1 s.
+    w.script("vmscript.toml", "[run]\nslow-timeout = 1\n");
+    w.script("nap.rhai", "sleep(2);\n");
+    let o = w.run(&["run", "--timeout-multiplier", "5", "nap.rhai"]);
+    assert!(!stderr(&o).contains("SLOW"), "{}", stderr(&o));
+    let o = w.run(&["run", "nap.rhai"]);
+    assert!(
+        stderr(&o).contains("SLOW nap.rhai has run 1s"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn rerun_failed_runs_what_failed_when_it_last_ran() {
+    let w = World::new();
+    w.script("r/a.rhai", "let x = 1;\n");
+    w.script(
+        "r/b.rhai",
+        &format!(
+            "assert(file_exists(\"{}/fixed\"), \"not fixed\");\n",
+            w.path().display()
+        ),
+    );
+    w.script(
+        "r/c.rhai",
+        "fn test_one() { fail(\"broken\"); }\nfn test_two() {}\n",
+    );
+    let names = |args: &[&str]| -> Vec<String> {
+        let mut a = vec!["run", "--format", "json", "--no-tests", "pass"];
+        a.extend_from_slice(args);
+        let o = w.run(&a);
+        let (tests, _) = json_lines(&o);
+        let mut v: Vec<String> = tests
+            .iter()
+            .map(|t| {
+                format!(
+                    "{} {}",
+                    t["name"].as_str().unwrap(),
+                    t["status"].as_str().unwrap()
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(&["r"]).len(), 4);
+    assert!(w.path().join("r/.vmscript/history.json").is_file());
+    assert_eq!(
+        names(&["--rerun-failed", "r"]),
+        ["r/b.rhai failed", "r/c.rhai::test_one failed"]
+    );
+    std::fs::write(w.path().join("fixed"), "").unwrap();
+    assert_eq!(
+        names(&["--rerun-failed", "r"]),
+        ["r/b.rhai passed", "r/c.rhai::test_one failed"]
+    );
+    assert_eq!(
+        names(&["--rerun-failed", "r"]),
+        ["r/c.rhai::test_one failed"]
+    );
+    // Nothing failed: nothing selected, said so.
+    w.script("r/c.rhai", "fn test_one() {}\nfn test_two() {}\n");
+    assert_eq!(
+        names(&["--rerun-failed", "r"]),
+        ["r/c.rhai::test_one passed"]
+    );
+    let o = w.run(&["run", "--rerun-failed", "r"]);
+    assert_eq!(o.status.code(), Some(4));
+    assert!(stderr(&o).contains("--rerun-failed"), "{}", stderr(&o));
+}
+
+#[test]
+fn duration_partitions_balance_by_earlier_runs() {
+    let w = World::new();
+    w.script("d/t0_long.rhai", "sleep(2);\n");
+    for i in 1..6 {
+        w.script(&format!("d/t{i}.rhai"), "let x = 1;\n");
+    }
+    // Without a history: as many tests in each shard.
+    let sizes = |w: &World| -> Vec<BTreeSet<String>> {
+        (1..=2)
+            .map(|k| partition_of(w, &format!("duration:{k}/2"), "d"))
+            .collect()
+    };
+    let before = sizes(&w);
+    assert_eq!((before[0].len(), before[1].len()), (3, 3), "{before:?}");
+    // Once every test has run, the long test is a shard of its own.
+    let o = w.run(&["run", "d"]);
+    assert!(o.status.success());
+    let after = sizes(&w);
+    let mut lens = [after[0].len(), after[1].len()];
+    lens.sort();
+    assert_eq!(lens, [1, 5], "{after:?}");
+    assert!(after
+        .iter()
+        .any(|s| s.len() == 1 && s.contains("d/t0_long.rhai")));
+    assert!(after[0].is_disjoint(&after[1]));
+}
+
+/// The names `--partition spec` selects in `dir`, by `vmscript list`.
+fn partition_of(w: &World, spec: &str, dir: &str) -> BTreeSet<String> {
+    let o = w.run(&["list", "--partition", spec, dir]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    stdout(&o).lines().map(String::from).collect()
+}

@@ -100,6 +100,8 @@ struct File {
 pub struct Config {
     /// The file it was read from.
     pub path: Option<PathBuf>,
+    /// The suite's folder: the file's, else the folder run.
+    pub root: PathBuf,
     pub run: RunSection,
     pub tests: Vec<Override>,
 }
@@ -125,7 +127,10 @@ impl Config {
                 return Config::load(&file);
             }
         }
-        Ok(Config::default())
+        Ok(Config {
+            root: start,
+            ..Config::default()
+        })
     }
 
     /// Reads `path`.
@@ -173,6 +178,7 @@ impl Config {
         }
         Ok(Config {
             path: Some(path.to_path_buf()),
+            root: dir.to_path_buf(),
             run,
             tests: file.tests,
         })
@@ -238,7 +244,7 @@ fn parse_error(path: &Path, text: &str, e: &toml::de::Error) -> SetupError {
         Some((what, valid)) => format!("{what}; valid keys here are {valid}"),
         None => match message.split_once(", expected ") {
             Some((what, valid)) if what.starts_with("unknown field") => {
-                format!("{what}; the valid key here is {valid}")
+                format!("{what}; valid keys here are {valid}")
             }
             _ => message,
         },
@@ -299,7 +305,7 @@ mod tests {
         assert!(e.contains("filter, timeout, retries, weight, tags"), "{e}");
         let e = parse("[runn]\n").unwrap_err().0;
         assert!(
-            e.contains("unknown field runn") && e.contains("run, tests"),
+            e.contains("unknown field runn; valid keys here are run or tests"),
             "{e}"
         );
         assert!(parse("[run]\ntimeout = -1\n").is_err());

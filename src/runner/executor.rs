@@ -49,6 +49,8 @@ struct Running {
     cancel: Cancel,
     started: Instant,
     dir: Option<PathBuf>,
+    /// It has been announced `SLOW`.
+    slow: bool,
 }
 
 /// The schedule of one `vmscript run`; see the module documentation.
@@ -145,6 +147,7 @@ impl<'a> Executor<'a> {
                 }
                 Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {}
             }
+            self.announce_slow(reporter);
             self.abandon_stuck(reporter);
             reporter.tick(&self.progress(start, total));
         }
@@ -186,6 +189,7 @@ impl<'a> Executor<'a> {
                 cancel: cancel.clone(),
                 started,
                 dir: dir.as_ref().ok().cloned(),
+                slow: false,
             },
         );
         let dir = match dir {
@@ -295,6 +299,33 @@ impl<'a> Executor<'a> {
             self.stopped = Some(StopReason::FailFast);
         }
         self.results.push(result);
+    }
+
+    /// Announces, once, each test running past the slow timeout, with
+    /// what it is doing (its step, what it waits for).
+    fn announce_slow(&mut self, reporter: &mut Reporter) {
+        let Some(limit) = self.options.slow_timeout else {
+            return;
+        };
+        for r in self.running.values_mut() {
+            let ran = r.started.elapsed();
+            if r.slow || ran < limit {
+                continue;
+            }
+            r.slow = true;
+            let mut text = format!(
+                "SLOW {} has run {:.0}s (timeout {:.0}s)",
+                r.test.name,
+                ran.as_secs_f64(),
+                r.test.settings.timeout.as_secs_f64()
+            );
+            let doing = r.cancel.activity();
+            if !doing.is_empty() {
+                text.push_str(", ");
+                text.push_str(&doing.join(", "));
+            }
+            reporter.note(&text);
+        }
     }
 
     /// Reports as timed out, and stops waiting for, a test that goes on

@@ -22,6 +22,7 @@ pub mod artifacts;
 pub mod config;
 pub mod discover;
 pub mod executor;
+pub mod history;
 pub mod partition;
 pub mod reporter;
 pub mod results;
@@ -76,6 +77,12 @@ pub struct Options {
     pub exclude_tags: Vec<String>,
     /// What an empty selection does.
     pub no_tests: NoTests,
+    /// A test running longer is announced `SLOW` (`--slow-timeout`, else
+    /// `vmscript.toml`'s, else 60 s; times the timeout multiplier).
+    pub slow_timeout: Option<Duration>,
+    /// Run only the tests that failed when they last ran (the suite's
+    /// [`history`]).
+    pub rerun_failed: bool,
     pub partition: Option<Partition>,
     pub format: Format,
     pub junit: Option<PathBuf>,
@@ -217,13 +224,22 @@ pub fn configure(options: &Options) -> Result<(Options, Config), SetupError> {
         )));
     }
     o.timeout_multiplier = Some(m);
+    let slow = o
+        .slow_timeout
+        .or(config.run.slow_timeout.map(Duration::from_secs_f64))
+        .unwrap_or(config::DEFAULT_SLOW_TIMEOUT);
+    o.slow_timeout = Some(slow.mul_f64(m));
     Ok((o, config))
 }
 
 /// The tests `options` selects, in order: each file compiled once, a file
 /// of cases expanded into its cases, each given its [`Settings`], then
 /// `--filter`, `--tag`, `--exclude-tag` and `--partition`.
-pub fn select(options: &Options, config: &Config) -> Result<Selection, SetupError> {
+pub fn select(
+    options: &Options,
+    config: &Config,
+    history: &history::History,
+) -> Result<Selection, SetupError> {
     let files = discover::discover(&options.paths).map_err(SetupError)?;
     let mut programs = Programs::new();
     let mut tests = Vec::new();
@@ -250,8 +266,17 @@ pub fn select(options: &Options, config: &Config) -> Result<Selection, SetupErro
         .filter(|t| options.tags.is_empty() || has_tag(t, &options.tags))
         .filter(|t| !has_tag(t, &options.exclude_tags))
         .collect();
+    let tests: Vec<Test> = if options.rerun_failed {
+        let failed = history.failed();
+        tests
+            .into_iter()
+            .filter(|t| failed.contains(&t.name.as_str()))
+            .collect()
+    } else {
+        tests
+    };
     let tests = match options.partition {
-        Some(p) => p.select(tests),
+        Some(p) => p.select_by(tests, |name| history.duration(name)),
         None => tests,
     };
     Ok(Selection { tests, programs })
@@ -288,6 +313,9 @@ fn nothing_selected(options: &Options, note: impl FnOnce(&str)) -> bool {
     if let Some(p) = options.partition {
         why.push(format!("--partition {p}"));
     }
+    if options.rerun_failed {
+        why.push("--rerun-failed (the failures of the last run)".to_string());
+    }
     let paths: Vec<String> = options
         .paths
         .iter()
@@ -317,7 +345,8 @@ fn nothing_selected(options: &Options, note: impl FnOnce(&str)) -> bool {
 /// the exit status.
 pub fn list(options: &Options, json: bool) -> Result<i32, SetupError> {
     let (options, config) = configure(options)?;
-    let Selection { tests, .. } = select(&options, &config)?;
+    let history = history::History::load(&config.root);
+    let Selection { tests, .. } = select(&options, &config, &history)?;
     let mut out = String::new();
     for t in &tests {
         if json {
@@ -350,7 +379,8 @@ pub fn run(options: &Options) -> Result<Summary, SetupError> {
     let (options, config) = configure(options)?;
     let options = &options;
     crate::script::args::set_timeout_multiplier(options.timeout_multiplier.unwrap_or(1.0));
-    let Selection { tests, programs } = select(options, &config)?;
+    let mut history = history::History::load(&config.root);
+    let Selection { tests, programs } = select(options, &config, &history)?;
     let qemu = QemuBinary::resolve(options.qemu.clone());
     if qemu.is_explicit() {
         qemu.locate().map_err(SetupError)?;
@@ -383,6 +413,13 @@ pub fn run(options: &Options) -> Result<Summary, SetupError> {
     let exec = executor::Executor::new(options, qemu, jobs, programs, artifacts, signals, channel);
     let (mut summary, results) = exec.run(tests, &mut reporter);
     summary.none_selected = none_selected;
+    history.record(&results);
+    if let Err(e) = history.save() {
+        reporter.note(&format!(
+            "could not record this run in {}: {e}",
+            config.root.join(history::DIR).display()
+        ));
+    }
     if let Some(j) = &options.junit {
         reporter::junit::write(j, &summary, &results)
             .map_err(|e| SetupError(format!("writing {}: {e}", j.display())))?;

@@ -84,6 +84,27 @@ struct Inner {
     interrupted: AtomicBool,
     waits: Mutex<Vec<InterruptHandle>>,
     host: HostProcesses,
+    /// What the script is doing now ([`Cancel::doing`]), for the runner's
+    /// SLOW announcements, oldest first, each with its id.
+    activity: Mutex<Vec<(u64, String)>>,
+    next_activity: std::sync::atomic::AtomicU64,
+}
+
+/// Marks an activity of the script until dropped; see [`Cancel::doing`].
+pub struct Doing {
+    cancel: Cancel,
+    id: u64,
+}
+
+impl Drop for Doing {
+    fn drop(&mut self) {
+        self.cancel
+            .inner
+            .activity
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(id, _)| *id != self.id);
+    }
 }
 
 /// A run's cancellation token; clones share it.
@@ -189,6 +210,33 @@ impl Cancel {
         if self.is_cancelled() {
             handle.kill();
         }
+    }
+
+    /// Records that the script is doing `what` (`in step boot`, `waiting
+    /// for event STOP`) until the returned guard is dropped, so that a
+    /// test running long can be announced with what it is doing.
+    pub fn doing(&self, what: impl Into<String>) -> Doing {
+        let id = self.inner.next_activity.fetch_add(1, Ordering::Relaxed);
+        self.inner
+            .activity
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((id, what.into()));
+        Doing {
+            cancel: self.clone(),
+            id,
+        }
+    }
+
+    /// What the script is doing now, outermost first.
+    pub fn activity(&self) -> Vec<String> {
+        self.inner
+            .activity
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(_, w)| w.clone())
+            .collect()
     }
 
     /// Adds a machine whose waits [`Cancel::interrupt`] ends.

@@ -283,7 +283,7 @@ pub fn register(engine: &mut Engine, run: &Arc<Run>) {
     register_properties(engine);
     register_lifecycle(engine, run);
     register_qmp(engine);
-    register_events(engine);
+    register_events(engine, run);
     console_api::register(engine, run);
 }
 
@@ -708,7 +708,7 @@ fn register_qmp(e: &mut Engine) {
     .register_into_engine(e, |vm: &mut MachineRef, c: &str| vm.with(|m| m.hmp(c)));
 }
 
-fn register_events(e: &mut Engine) {
+fn register_events(e: &mut Engine, run: &Arc<Run>) {
     // As QEMUMachine's: a wait of some seconds that sees nothing throws
     // Timeout (a ported wait loop must not spin until the test's timeout);
     // no wait never throws.
@@ -761,32 +761,38 @@ fn register_events(e: &mut Engine) {
             })
         },
     );
-    let wait = |vm: &MachineRef, name: &str, t: Duration, filter: Option<Value>| {
+    let r = run.clone();
+    let wait = move |vm: &MachineRef, name: &str, t: Duration, filter: Option<Value>| {
+        let _doing = r.cancel().doing(format!("waiting for event {name}"));
         vm.with(|m| m.event_wait(name, t, filter.as_ref()))
             .map(json_or_unit)
     };
+    let w = wait.clone();
     func(
         "event_wait(vm: Machine, name: String) -> Map",
         "Waits up to 60s for event `name`; Timeout otherwise.",
     )
     .register_into_engine(e, move |vm: &mut MachineRef, n: &str| {
-        wait(vm, n, args::scaled(DEFAULT_WAIT), None)
+        w(vm, n, args::scaled(DEFAULT_WAIT), None)
     });
+    let w = wait.clone();
     func(
         "event_wait(vm: Machine, name: String, timeout: secs) -> Map",
         "Waits up to `timeout` for event `name`; timeout 0 returns () when none is queued.",
     )
     .register_into_engine(e, move |vm: &mut MachineRef, n: &str, t: Dynamic| {
-        wait(vm, n, args::secs(&t, "timeout")?, None)
+        w(vm, n, args::secs(&t, "timeout")?, None)
     });
+    let w = wait.clone();
     func(
         "event_wait(vm: Machine, name: String, match: Map) -> Map",
         "Waits up to 60s for event `name` matching `match`; others stay queued in order.",
     )
     .register_into_engine(e, move |vm: &mut MachineRef, n: &str, f: Map| {
         let filter = json(&Dynamic::from_map(f), "match")?;
-        wait(vm, n, DEFAULT_WAIT, Some(filter))
+        w(vm, n, args::scaled(DEFAULT_WAIT), Some(filter))
     });
+    let w = wait.clone();
     func(
         "event_wait(vm: Machine, name: String, timeout: secs, match: Map) -> Map",
         "Waits for event `name` matching `match` (see event_match); others stay queued in order.",
@@ -799,7 +805,7 @@ fn register_events(e: &mut Engine) {
             } else {
                 Some(json(&f, "match")?)
             };
-            wait(vm, n, args::secs(&t, "timeout")?, filter)
+            w(vm, n, args::secs(&t, "timeout")?, filter)
         },
     );
     let many = |vm: &MachineRef, pairs: &Array, t: Duration| {

@@ -32,6 +32,7 @@ pub fn register(e: &mut Engine, run: &Arc<Run>) {
 
 fn step(run: &Run, ctx: &NativeCallContext, name: &str, f: &FnPtr) -> ScriptResult<Dynamic> {
     let token = run.step_begin(name);
+    let _doing = run.cancel().doing(format!("in step {name}"));
     let result: ScriptResult<Dynamic> = f.call_within_context(ctx, ());
     let failure = result
         .as_ref()
