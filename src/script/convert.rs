@@ -25,13 +25,34 @@ pub struct U64(pub u64);
 
 /// Registers the [`U64`] type: printing, equality, `to_float`.
 pub fn register(engine: &mut Engine) {
-    engine
-        .register_type_with_name::<U64>("U64")
-        .register_fn("to_string", |x: &mut U64| x.0.to_string())
-        .register_fn("to_debug", |x: &mut U64| x.0.to_string())
-        .register_fn("to_float", |x: &mut U64| x.0 as f64)
-        .register_fn("==", |a: U64, b: U64| a == b)
-        .register_fn("!=", |a: U64, b: U64| a != b);
+    use super::docs::func;
+    engine.register_type_with_name::<U64>("U64");
+    const EXACT: &str = "A JSON integer above the largest INT (QEMU's uint64), kept exact";
+    func(
+        "to_string(x: U64) -> String",
+        &format!("{EXACT}: its number."),
+    )
+    .register_into_engine(engine, |x: &mut U64| x.0.to_string());
+    func(
+        "to_debug(x: U64) -> String",
+        &format!("{EXACT}: its number."),
+    )
+    .register_into_engine(engine, |x: &mut U64| x.0.to_string());
+    func(
+        "to_float(x: U64) -> float",
+        &format!("{EXACT}: the nearest FLOAT, for arithmetic."),
+    )
+    .register_into_engine(engine, |x: &mut U64| x.0 as f64);
+    func(
+        "==(a: U64, b: U64) -> bool",
+        &format!("{EXACT}: the same integer."),
+    )
+    .register_into_engine(engine, |a: U64, b: U64| a == b);
+    func(
+        "!=(a: U64, b: U64) -> bool",
+        &format!("{EXACT}: not the same integer."),
+    )
+    .register_into_engine(engine, |a: U64, b: U64| a != b);
 }
 
 /// A Rhai value as JSON, or a message naming what has no JSON form.
