@@ -388,3 +388,73 @@ fn an_argument_nested_past_qemus_limit_is_a_desync_and_later_commands_get_their_
     assert_eq!(name, "none-machine");
     vm.shutdown(false, secs(30.0)).unwrap();
 }
+
+/// QEMU's uint64 18446744073709551615 (the size of the system memory
+/// region) comes to a script exactly and can be written back: before, it
+/// became a FLOAT and QEMU refused it ("expects uint64").
+#[test]
+fn a_uint64_above_i64_max_round_trips_through_a_script_exactly() {
+    use common::world::{stdout, World};
+    let w = World::new();
+    let script = w.script(
+        "u64.rhai",
+        r#"
+let vm = machine();
+vm.add_args("-M", "none", "-nodefaults");
+vm.launch();
+let size = vm.command("qom-get", #{ path: "/machine/unattached/system[0]", property: "size" });
+assert_eq(`${size}`, "18446744073709551615");
+vm.command("migrate-set-parameters", #{ max_bandwidth: size });
+let back = vm.command("query-migrate-parameters")["max-bandwidth"];
+assert(back == size, "the same integer came back");
+assert_eq(back, size);
+assert_eq(to_json(#{ v: back }), "{\"v\":18446744073709551615}");
+print(`bandwidth ${back}`);
+vm.shutdown();
+"#,
+    );
+    let o = w.run(&["run", "--no-capture", script.to_str().unwrap()]);
+    let out = stdout(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("bandwidth 18446744073709551615"), "{out}");
+    w.assert_clean();
+}
+
+/// QEMU reads `,` in an option value as its end: a temp folder with a
+/// comma in its name (from `TMPDIR`) must reach QEMU as `,,`, for the
+/// qtest socket and for a monitor socket path alike.
+#[test]
+fn a_comma_in_tmpdir_breaks_neither_qtest_nor_a_monitor_path() {
+    use common::world::{stdout, World};
+    let w = World::new();
+    let tmp = w.dir("tmp,with,commas");
+    let script = w.script(
+        "comma.rhai",
+        r#"
+let q = qtest_machine((), #{ name: "q" });
+assert(q.qtest("readb 0x0").starts_with("OK "), "qtest answers");
+q.shutdown();
+let vm = machine((), #{ monitor_address: "mon,1.sock" });
+vm.add_args("-M", "none", "-nodefaults");
+vm.launch();
+assert_eq(vm.command("query-status").status, "running");
+vm.shutdown();
+print("both ok");
+"#,
+    );
+    let o = w
+        .command(&["run", "--no-capture", script.to_str().unwrap()])
+        .env("TMPDIR", &tmp)
+        .output()
+        .unwrap();
+    let out = stdout(&o);
+    assert!(o.status.success(), "{out}{}", common::world::stderr(&o));
+    assert!(out.contains("both ok"), "{out}");
+    w.assert_clean();
+    let left: Vec<_> = std::fs::read_dir(&tmp)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| !n.to_string_lossy().starts_with("vmscript-artifacts-"))
+        .collect();
+    assert!(left.is_empty(), "left in TMPDIR: {left:?}");
+}

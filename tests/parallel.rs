@@ -161,3 +161,45 @@ parallel(0..3, |i| {
     assert_eq!(printed_pids(&out).len(), 3, "{out}");
     w.assert_clean();
 }
+
+/// `vm.kill()` in one branch ends the machine's `event_wait` in another
+/// at once: the kill does not queue behind the wait for the machine.
+#[test]
+fn a_kill_from_another_branch_ends_a_running_event_wait() {
+    let w = World::new();
+    w.script(
+        "t.rhai",
+        r#"
+let vm = machine();
+vm.add_args("-M", "none", "-nodefaults");
+vm.launch();
+// Each branch has its own copy of the Machine, naming the same QEMU.
+let r = parallel([#{ vm: vm, kill: false }, #{ vm: vm, kill: true }], |b| {
+    let m = b.vm;
+    if b.kill {
+        sleep(1);
+        m.kill();
+        "killed"
+    } else {
+        let msg = "no error";
+        try { m.event_wait("NEVER", 120); } catch (e) { msg = `${e.kind}: ${e.message}`; }
+        msg
+    }
+});
+print(`wait: ${r[0]}`);
+assert_eq(r[1], "killed");
+assert(!vm.is_running(), "the machine is down");
+"#,
+    );
+    let start = Instant::now();
+    let o = w.run(&["run", "--no-capture", "--timeout", "100", "t.rhai"]);
+    let took = start.elapsed();
+    let out = stdout(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(took < Duration::from_secs(30), "took {took:?}: {out}");
+    assert!(
+        out.contains("wait: ") && out.contains("NEVER") && out.contains("-9"),
+        "{out}"
+    );
+    w.assert_clean();
+}

@@ -523,7 +523,12 @@ impl Machine {
             a.extend(["-machine".into(), m.clone()]);
         }
         for f in &self.add_fds {
-            let mut spec = format!("fd={},set={},opaque={}", f.fd, f.fdset, f.opaque);
+            let mut spec = format!(
+                "fd={},set={},opaque={}",
+                f.fd,
+                f.fdset,
+                option_value(&f.opaque)
+            );
             if !f.opts.is_empty() {
                 spec.push(',');
                 spec.push_str(&f.opts);
@@ -632,7 +637,10 @@ impl Machine {
                     let l = UnixListener::bind(&path)
                         .map_err(|e| fail(&format!("listening on {}", path.display()), &e))?;
                     listener = Some(Listener::Unix(l, path.clone()));
-                    format!("socket,id=mon,path={}", path.display())
+                    format!(
+                        "socket,id=mon,path={}",
+                        option_value(&path.display().to_string())
+                    )
                 }
                 Some(Address::Tcp(host, port)) => {
                     let l = std::net::TcpListener::bind((host.as_str(), *port))
@@ -673,7 +681,7 @@ impl Machine {
             // from ever running, which is what qtest means.
             args.extend([
                 "-qtest".into(),
-                format!("unix:{}", path.display()),
+                format!("unix:{}", option_value(&path.display().to_string())),
                 "-qtest-log".into(),
                 "/dev/null".into(),
                 "-S".into(),
@@ -1412,6 +1420,12 @@ pub fn which(program: &str) -> Option<PathBuf> {
             p.metadata()
                 .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
         })
+}
+
+/// `text` as the value of a QEMU option (`path=…` in `-chardev socket,…`):
+/// QEMU reads a `,` as the end of the value, and `,,` as a comma in it.
+fn option_value(text: &str) -> String {
+    text.replace(',', ",,")
 }
 
 /// A signal's number and name: `11 (SIGSEGV)`.

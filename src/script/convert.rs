@@ -1,9 +1,13 @@
 //! The one place where Rhai values and JSON values are converted into each
 //! other; knows nothing of machines.
 //!
-//! Integers stay integers both ways (a JSON integer beyond `i64` is the
-//! one exception: it becomes a FLOAT, as Rhai has no wider integer), floats
-//! stay floats, `()` is `null`, and arrays and maps convert element by
+//! Integers stay integers both ways, exactly: Rhai's INT is an `i64`, so a
+//! JSON integer above `i64::MAX` (QEMU's uint64 properties, whose "unset"
+//! is often 18446744073709551615) becomes a [`U64`], a value that prints
+//! as its number, compares equal to the same [`U64`], and is written back
+//! to JSON as the same integer (a FLOAT would round it, and QEMU refuses a
+//! float where it expects a uint64); `x.to_float()` gives its approximate
+//! FLOAT for arithmetic. Floats stay floats, `()` is `null`, and arrays and maps convert element by
 //! element. Rhai object maps keep their keys sorted, so a map coming from
 //! JSON is in key order, not in the order of the text. Values with no JSON
 //! form (a `Machine`, a function pointer, NaN) are an error naming the type.
@@ -11,8 +15,45 @@
 //! Start with [`to_json`] and [`from_json`]; [`json_eq`] is the equality
 //! the assertions use.
 
-use rhai::{Array, Blob, Dynamic, ImmutableString, Map, INT};
+use rhai::{Array, Blob, Dynamic, Engine, ImmutableString, Map, INT};
 use serde_json::{Number, Value};
+
+/// A JSON integer above `i64::MAX`, kept exact (see the module
+/// documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct U64(pub u64);
+
+/// Registers the [`U64`] type: printing, equality, `to_float`.
+pub fn register(engine: &mut Engine) {
+    use super::docs::func;
+    engine.register_type_with_name::<U64>("U64");
+    const EXACT: &str = "A JSON integer above the largest INT (QEMU's uint64), kept exact";
+    func(
+        "to_string(x: U64) -> String",
+        &format!("{EXACT}: its number."),
+    )
+    .register_into_engine(engine, |x: &mut U64| x.0.to_string());
+    func(
+        "to_debug(x: U64) -> String",
+        &format!("{EXACT}: its number."),
+    )
+    .register_into_engine(engine, |x: &mut U64| x.0.to_string());
+    func(
+        "to_float(x: U64) -> float",
+        &format!("{EXACT}: the nearest FLOAT, for arithmetic."),
+    )
+    .register_into_engine(engine, |x: &mut U64| x.0 as f64);
+    func(
+        "==(a: U64, b: U64) -> bool",
+        &format!("{EXACT}: the same integer."),
+    )
+    .register_into_engine(engine, |a: U64, b: U64| a == b);
+    func(
+        "!=(a: U64, b: U64) -> bool",
+        &format!("{EXACT}: not the same integer."),
+    )
+    .register_into_engine(engine, |a: U64, b: U64| a != b);
+}
 
 /// A Rhai value as JSON, or a message naming what has no JSON form.
 pub fn to_json(value: &Dynamic) -> Result<Value, String> {
@@ -27,6 +68,9 @@ pub fn to_json(value: &Dynamic) -> Result<Value, String> {
     }
     if let Ok(i) = value.as_int() {
         return Ok(Value::Number(i.into()));
+    }
+    if let Some(u) = value.read_lock::<U64>() {
+        return Ok(Value::Number(u.0.into()));
     }
     if let Ok(f) = value.as_float() {
         return Number::from_f64(f)
@@ -67,9 +111,10 @@ pub fn from_json(value: &Value) -> Dynamic {
     match value {
         Value::Null => Dynamic::UNIT,
         Value::Bool(b) => (*b).into(),
-        Value::Number(n) => match n.as_i64() {
-            Some(i) => (i as INT).into(),
-            None => n.as_f64().unwrap_or(f64::NAN).into(),
+        Value::Number(n) => match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => (i as INT).into(),
+            (None, Some(u)) => Dynamic::from(U64(u)),
+            _ => n.as_f64().unwrap_or(f64::NAN).into(),
         },
         Value::String(s) => s.clone().into(),
         Value::Array(a) => Dynamic::from_array(a.iter().map(from_json).collect()),
@@ -130,10 +175,44 @@ mod tests {
     }
 
     #[test]
-    fn integers_beyond_i64_become_floats() {
-        let d = from_json(&json!(u64::MAX));
-        assert!(d.is_float());
-        assert_eq!(d.as_float().unwrap(), u64::MAX as f64);
+    fn integers_beyond_i64_stay_exact_both_ways() {
+        for n in [u64::MAX, i64::MAX as u64 + 1, 18_000_000_000_000_000_123] {
+            let d = from_json(&json!(n));
+            assert!(d.is::<U64>(), "{n}");
+            let back = to_json(&d).unwrap();
+            assert_eq!(back.as_u64(), Some(n));
+            assert_eq!(back.to_string(), n.to_string());
+        }
+        // Inside a reply, as QEMU sends it.
+        let reply = json!({"return": {"size": u64::MAX, "small": 5}});
+        assert_eq!(round_trip(reply.clone()), reply);
+        assert!(round_trip(json!(i64::MAX)).is_i64());
+    }
+
+    #[test]
+    fn a_u64_prints_compares_and_converts_in_a_script() {
+        let mut engine = Engine::new();
+        register(&mut engine);
+        let mut scope = rhai::Scope::new();
+        scope.push("big", from_json(&json!(u64::MAX)));
+        scope.push("same", from_json(&json!(u64::MAX)));
+        scope.push("other", from_json(&json!(u64::MAX - 1)));
+        let text: String = engine.eval_with_scope(&mut scope, "`${big}`").unwrap();
+        assert_eq!(text, "18446744073709551615");
+        assert!(engine
+            .eval_with_scope::<bool>(&mut scope, "big == same")
+            .unwrap());
+        assert!(engine
+            .eval_with_scope::<bool>(&mut scope, "big != other")
+            .unwrap());
+        let f: f64 = engine
+            .eval_with_scope(&mut scope, "big.to_float()")
+            .unwrap();
+        assert_eq!(f, u64::MAX as f64);
+        let m: Dynamic = engine
+            .eval_with_scope(&mut scope, "#{ value: big }")
+            .unwrap();
+        assert_eq!(to_json(&m).unwrap(), json!({"value": u64::MAX}));
     }
 
     #[test]
@@ -294,12 +373,13 @@ mod tests {
             }
 
             #[test]
-            fn large_numbers_become_floats_of_the_same_value(n in any::<u64>()) {
+            fn every_u64_round_trips_exactly(n in any::<u64>()) {
                 let d = from_json(&Value::from(n));
                 match i64::try_from(n) {
                     Ok(i) => prop_assert_eq!(d.as_int().unwrap(), i),
-                    Err(_) => prop_assert_eq!(d.as_float().unwrap(), n as f64),
+                    Err(_) => prop_assert_eq!(d.read_lock::<U64>().map(|u| u.0), Some(n)),
                 }
+                prop_assert_eq!(to_json(&d).unwrap().as_u64(), Some(n));
             }
 
             #[test]

@@ -15,7 +15,7 @@ use std::time::Duration;
 use rhai::{Array, Dynamic, Engine, FuncRegistration, ImmutableString, Map, INT};
 use serde_json::Value;
 
-use crate::machine::{self, EventWait, Machine, MachineOptions, DEFAULT_WAIT};
+use crate::machine::{self, EventWait, KillHandle, Machine, MachineOptions, DEFAULT_WAIT};
 use crate::qmp::Address;
 
 use super::args;
@@ -44,9 +44,16 @@ pub(crate) const MACHINE_OPTIONS: &[&str] = &[
 
 /// A script's `Machine`: a shared handle on one [`Machine`].
 #[derive(Clone)]
-pub struct MachineRef(SharedMachine);
+pub struct MachineRef(SharedMachine, KillHandle);
 
 impl MachineRef {
+    fn new(machine: SharedMachine) -> MachineRef {
+        // Kept beside the lock: a kill must not wait for a call in
+        // progress on another branch (an `event_wait`) to give it up.
+        let kill = lock(&machine).kill_handle();
+        MachineRef(machine, kill)
+    }
+
     /// The machine itself, shared with the run's registry.
     pub fn machine(&self) -> &SharedMachine {
         &self.0
@@ -216,7 +223,7 @@ fn make_machine(run: &Run, binary: &Dynamic, options: Option<&Map>) -> ScriptRes
     if let Some(o) = options {
         apply_options(&mut opts, o)?;
     }
-    run.add_machine(opts).map(MachineRef)
+    run.add_machine(opts).map(MachineRef::new)
 }
 
 /// `vm.launch()`, refusing a cancelled run and killing a QEMU that came up
@@ -583,15 +590,20 @@ fn register_lifecycle(e: &mut Engine, run: &Arc<Run>) {
         "shutdown() with #{hard, timeout}; AbnormalShutdown (after cleanup) if QEMU was killed.",
     )
     .register_into_engine(e, |vm: &mut MachineRef, o: Map| shutdown(vm, &o));
-    func("kill(vm: Machine)", "SIGKILLs QEMU and cleans up.").register_into_engine(
-        e,
-        |vm: &mut MachineRef| {
-            vm.with(|m| {
-                m.kill();
-                Ok(())
-            })
-        },
-    );
+    func(
+        "kill(vm: Machine)",
+        "SIGKILLs QEMU and cleans up; at once, even while another branch waits on the machine \
+         (its wait then fails).",
+    )
+    .register_into_engine(e, |vm: &mut MachineRef| {
+        // First without the machine's lock: a wait on the machine in
+        // another branch holds it, and ends when QEMU dies.
+        vm.1.kill();
+        vm.with(|m| {
+            m.kill();
+            Ok(())
+        })
+    });
     func(
         "wait(vm: Machine)",
         "Waits up to 30s for QEMU to exit by itself (guest poweroff), then cleans up.",

@@ -110,6 +110,7 @@ pub fn engine(run: &Arc<Run>) -> Engine {
     engine.set_module_resolver(modules::Resolver::new(modules::SearchPath::from_env(
         &run.config().lib_dirs,
     )));
+    convert::register(&mut engine);
     machine_api::register(&mut engine, run);
     host::register(&mut engine, run);
     parallel::register(&mut engine, run);

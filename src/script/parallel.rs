@@ -22,7 +22,8 @@
 //! its own values: `parallel(items, f)` hands each call its own copy of
 //! its item, and copies of a `Machine` still name the same QEMU. A machine
 //! serves one call at a time (its calls lock it), so a call waits while
-//! another branch's call on the same machine is under way.
+//! another branch's call on the same machine is under way; `vm.kill()`
+//! alone does not wait: it kills QEMU at once, which ends that call.
 
 use rhai::{Array, Dynamic, Engine, EvalAltResult, FnPtr, NativeCallContext, INT};
 
