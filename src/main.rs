@@ -168,6 +168,7 @@ struct RunArgs {
 }
 
 fn main() -> ExitCode {
+    script::temp::treat_empty_tmpdir_as_unset();
     runner::default_guest_env();
     let cli = Cli::parse();
     let code = match cli.command {
