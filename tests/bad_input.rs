@@ -476,3 +476,34 @@ assert_eq(s, "abxxx1212");
     assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
     assert!(start.elapsed() < Duration::from_secs(20));
 }
+
+#[test]
+fn a_caught_rhai_error_has_a_kind() {
+    let w = World::new();
+    w.script(
+        "t/lib/m.rhai",
+        "fn kind_of_bad_index() {\n    let a = [1];\n    let k = ();\n    try { a[5]; } catch (e) { k = e.kind; }\n    k\n}\n",
+    );
+    w.script(
+        "t/a.rhai",
+        r#"import "lib/m" as m;
+try { 1 - "a" } catch (e) { assert_eq(e.kind, "ScriptError", e); }
+try { sleep("soon") } catch (e) {
+    assert_eq(e.kind, "ScriptError", e);
+    assert(e.message != (), e);
+}
+try { fail("x") } catch (e) { assert_eq(e.kind, "AssertionFailed"); }
+assert_eq(m::kind_of_bad_index(), "ScriptError");
+try { undefined_function() } catch (e) { throw e; }
+"#,
+    );
+    let o = w.run(&["run", "t/a.rhai"]);
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    // The rethrown one is reported with its kind, at the throw's true column.
+    assert!(
+        line_with(&out, "t/a.rhai:9:")
+            .starts_with("t/a.rhai:9:42: ScriptError: Function not found"),
+        "{out}"
+    );
+}

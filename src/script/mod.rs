@@ -115,9 +115,8 @@ pub fn compile(engine: &Engine, path: &Path) -> Result<AST, Box<Failure>> {
     let shown = path.display().to_string();
     let text = modules::read_source(path)
         .map_err(|e| Failure::plain(&shown, "HostError", format!("reading the script: {e}")))?;
-    let mut ast = engine
-        .compile(&text)
-        .map_err(|e| Failure::syntax(&shown, &e))?;
+    let mut ast =
+        errors::compile_catching(engine, &text, &shown).map_err(|e| Failure::syntax(&shown, &e))?;
     ast.set_source(shown);
     Ok(ast)
 }

@@ -407,7 +407,7 @@ pub fn compile_cached(engine: &Engine, at: &Located) -> Result<AST, LoadError> {
             .expect("a stdlib key names a bundled module")
             .into(),
     };
-    let mut ast = engine.compile(text.as_ref())?;
+    let mut ast = errors::compile_catching(engine, text.as_ref(), &at.shown)?;
     ast.set_source(at.shown.as_str());
     COMPILATIONS.fetch_add(1, Ordering::Relaxed);
     cache.insert(
