@@ -116,7 +116,7 @@ pub fn register_growth(e: &mut Engine) {
             let n = wanted(len, s.chars().count());
             if n > 0 {
                 check("pad", n.saturating_mul(c.len_utf8()))?;
-                s.make_mut().extend(std::iter::repeat(c).take(n));
+                s.make_mut().extend(std::iter::repeat_n(c, n));
             }
             Ok(())
         },
