@@ -233,6 +233,7 @@ struct RunArgs {
 }
 
 fn main() -> ExitCode {
+    script::temp::treat_empty_tmpdir_as_unset();
     runner::default_guest_env();
     let cli = Cli::parse();
     quiet_stdout_panics();

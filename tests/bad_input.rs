@@ -8,6 +8,7 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::panic::AssertUnwindSafe;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -61,9 +62,10 @@ fn valid(ty: &str) -> &'static str {
         "FnPtr" => "|| true",
         "secs" | "bool|secs" => "1",
         "String|Map" => "\"x\"",
-        "Blob" => "blob()",
         "Range" => "0..1",
         "RangeInclusive" => "0..=1",
+        "char" => "'x'",
+        "Blob" => "blob(1)",
         _ => "()",
     }
 }
@@ -71,9 +73,11 @@ fn valid(ty: &str) -> &'static str {
 /// A value of another type, or `None` for `any`.
 fn wrong(ty: &str) -> Option<&'static str> {
     Some(match ty {
-        "String" | "Machine" | "String|Map" | "Blob" => "42",
+        "String" | "Machine" | "String|Map" => "42",
         "int" | "INT" | "float" | "FLOAT" | "bool" | "secs" | "bool|secs" => "\"soon\"",
-        "Map" | "Array" | "Console" | "FnPtr" | "Range" | "RangeInclusive" => "42",
+        "Map" | "Array" | "Console" | "FnPtr" | "Range" | "RangeInclusive" | "char" | "Blob" => {
+            "42"
+        }
         "any" => return None,
         other => panic!("a parameter of type {other:?}: add it to valid() and wrong()"),
     })
@@ -321,5 +325,186 @@ fn a_script_that_is_not_utf8_is_one_clear_error() {
     assert!(
         line.contains("HostError: reading the script: ") && line.contains("UTF-8"),
         "{line}"
+    );
+}
+
+/// Runs `cmd`, SIGKILLing it if it has not ended after `limit`; None then.
+fn output_within(mut cmd: std::process::Command, limit: Duration) -> Option<std::process::Output> {
+    let child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output().unwrap());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(o) => Some(o),
+        Err(_) => {
+            signal(pid, libc::SIGKILL);
+            let _ = rx.recv();
+            None
+        }
+    }
+}
+
+#[test]
+fn a_script_starting_with_a_byte_order_mark_runs_and_checks() {
+    let w = World::new();
+    w.script("t/lib/m.rhai", "\u{feff}fn three() { 3 }\n");
+    w.script(
+        "t/a.rhai",
+        "\u{feff}import \"lib/m\" as m;\nassert_eq(m::three(), 3);\nlet x = ;\n",
+    );
+    w.script(
+        "t/b.rhai",
+        "\u{feff}import \"lib/m\" as m;\nassert_eq(m::three(), 3);\n",
+    );
+    let o = w.run(&["check", "t/b.rhai", "t/a.rhai"]);
+    // The mark is not a character of line 1: a later error keeps its position.
+    assert_eq!(
+        stdout(&o),
+        "t/a.rhai:3:9: SyntaxError: Unexpected ';'\n1 ok, 1 with errors\n",
+        "{}",
+        stderr(&o)
+    );
+    let o = w.run(&["run", "t/b.rhai"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+}
+
+#[test]
+fn a_fifo_named_like_a_script_is_refused_not_waited_on() {
+    let w = World::new();
+    let fifo = w.dir("t").join("pipe.rhai");
+    let c = std::ffi::CString::new(fifo.display().to_string()).unwrap();
+    // SAFETY: mkfifo on a path in this test's folder.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    w.script("t/ok.rhai", "assert(true);\n");
+    let expected = "t/pipe.rhai: HostError: reading the script: not a regular file (a FIFO)";
+    for args in [&["check", "t"][..], &["run", "t"][..]] {
+        let o = output_within(w.command(args), Duration::from_secs(20))
+            .unwrap_or_else(|| panic!("vmscript {args:?} blocked on the FIFO"));
+        let out = stdout(&o);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {out}{}", stderr(&o));
+        assert_eq!(line_with(&out, "t/pipe.rhai:"), expected, "{out}");
+    }
+}
+
+#[test]
+fn an_empty_tmpdir_is_taken_as_unset_not_as_the_current_folder() {
+    let w = World::new();
+    w.script(
+        "t.rhai",
+        "print(`dir ${temp_dir()}`);\nlet vm = machine();\nvm.add_args(\"-M\", \"none\");\nvm.launch();\nprint(`dir ${vm.temp_dir}`);\nvm.shutdown();\n",
+    );
+    let o = w
+        .command(&["run", "--no-capture", "t.rhai"])
+        .env("TMPDIR", "")
+        .output()
+        .unwrap();
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}{}", stderr(&o));
+    let here = w.path().canonicalize().unwrap();
+    let dirs: Vec<&str> = out.lines().filter_map(|l| l.strip_prefix("dir ")).collect();
+    assert_eq!(dirs.len(), 2, "{out}");
+    for d in dirs {
+        let d = Path::new(d);
+        assert!(d.is_absolute() && !d.starts_with(&here), "{}", d.display());
+        assert!(d.starts_with("/tmp"), "{}", d.display());
+    }
+    let here: Vec<String> = std::fs::read_dir(w.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("vmscript-"))
+        .collect();
+    assert_eq!(here, Vec::<String>::new(), "made in the current folder");
+}
+
+#[test]
+fn to_json_refuses_what_parse_json_cannot_read_back() {
+    let w = World::new();
+    w.script(
+        "t.rhai",
+        r#"
+fn nested(n) { let d = 1; for i in 0..n { d = [d]; } d }
+let ok = nested(127);
+assert_eq(to_json(parse_json(to_json(ok))), to_json(ok));
+try {
+    to_json(nested(128));
+    fail("to_json wrote JSON that parse_json refuses");
+} catch (e) {
+    assert_eq(e.kind, "HostError");
+    assert_match(e.message, "128 levels deep.*127 levels");
+}
+"#,
+    );
+    let o = w.run(&["run", "t.rhai"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+}
+
+#[test]
+fn one_call_asking_for_a_huge_size_is_refused_before_it_allocates() {
+    let w = World::new();
+    w.script(
+        "t.rhai",
+        r#"
+for f in [|| { let s = "x"; s.pad(1 << 40, 'x'); }, || { let s = "x"; s.pad(1 << 40, "ab"); },
+          || { let a = []; a.pad(1 << 40, 0); }, || { let b = blob(1); b.pad(1 << 40, 0); },
+          || blob(1 << 40), || blob(1 << 40, 7)] {
+    try {
+        f.call();
+        fail("no error");
+    } catch (e) {
+        assert_eq(e.kind, "HostError", e.message);
+        assert_match(e.message, "limit of 256 MiB");
+    }
+}
+let s = "ab";
+s.pad(5, 'x');
+assert_eq(s, "abxxx");
+s.pad(9, "12");
+assert_eq(s, "abxxx1212");
+"#,
+    );
+    let start = std::time::Instant::now();
+    let o = w
+        .command(&["run", "t.rhai"])
+        .env("VMSCRIPT_MAX_MEMORY_MB", "256")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    assert!(start.elapsed() < Duration::from_secs(20));
+}
+
+#[test]
+fn a_caught_rhai_error_has_a_kind() {
+    let w = World::new();
+    w.script(
+        "t/lib/m.rhai",
+        "fn kind_of_bad_index() {\n    let a = [1];\n    let k = ();\n    try { a[5]; } catch (e) { k = e.kind; }\n    k\n}\n",
+    );
+    w.script(
+        "t/a.rhai",
+        r#"import "lib/m" as m;
+try { 1 - "a" } catch (e) { assert_eq(e.kind, "ScriptError", e); }
+try { sleep("soon") } catch (e) {
+    assert_eq(e.kind, "ScriptError", e);
+    assert(e.message != (), e);
+}
+try { fail("x") } catch (e) { assert_eq(e.kind, "AssertionFailed"); }
+assert_eq(m::kind_of_bad_index(), "ScriptError");
+try { undefined_function() } catch (e) { throw e; }
+"#,
+    );
+    let o = w.run(&["run", "t/a.rhai"]);
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    // The rethrown one is reported with its kind, at the throw's true column.
+    assert!(
+        line_with(&out, "t/a.rhai:9:")
+            .starts_with("t/a.rhai:9:42: ScriptError: Function not found"),
+        "{out}"
     );
 }

@@ -101,6 +101,76 @@ pub fn terminated(kind: &str, message: impl Into<String>) -> Box<EvalAltResult> 
         .into()
 }
 
+/// Compiles a script or module so that every error it catches has a
+/// `kind`. Rhai hands a `catch` block its own errors (a type mismatch, a
+/// missing function, an index out of bounds) as a map without one, so
+/// each catch block that names its error starts by giving it `kind:
+/// "ScriptError"` when it has none (the kind an uncaught one is reported
+/// with). The code is put right after the block's `{`, on the same line:
+/// line numbers stay as they are.
+pub fn compile_catching(
+    engine: &rhai::Engine,
+    text: &str,
+    source: &str,
+) -> Result<rhai::AST, rhai::ParseError> {
+    let ast = engine.compile(text)?;
+    let mut at: Vec<(usize, usize, String)> = Vec::new();
+    ast.walk(&mut |path: &[rhai::ASTNode]| {
+        if let Some(rhai::ASTNode::Stmt(rhai::Stmt::TryCatch(flow, _))) = path.last() {
+            let brace = flow.branch.position();
+            if let (rhai::Expr::Variable(v, ..), Some(line), Some(col)) =
+                (&flow.expr, brace.line(), brace.position())
+            {
+                at.push((line, col, v.1.to_string()));
+            }
+        }
+        true
+    });
+    if at.is_empty() {
+        return Ok(ast);
+    }
+    // From the end, so that each insertion leaves the places before it.
+    at.sort();
+    let mut lines: Vec<String> = text.split('\n').map(str::to_string).collect();
+    let mut shifts = Vec::new();
+    for (line, col, var) in at.iter().rev() {
+        let Some(l) = line.checked_sub(1).and_then(|i| lines.get_mut(i)) else {
+            continue;
+        };
+        let Some((i, '{')) = col.checked_sub(1).and_then(|c| l.char_indices().nth(c)) else {
+            continue;
+        };
+        let code = format!(
+            " if type_of({var}) == \"map\" && !{var}.contains(\"kind\") {{ {var}.kind = \"{SCRIPT_ERROR}\"; }}"
+        );
+        l.insert_str(i + 1, &code);
+        shifts.push((*line, *col, code.chars().count()));
+    }
+    lock_shifts().insert(source.to_string(), shifts);
+    engine.compile(lines.join("\n"))
+}
+
+/// Per source name, where [`compile_catching`] put code: (line, column of
+/// the `{`, characters put after it), for reporting true columns.
+type Shifts = std::collections::HashMap<String, Vec<(usize, usize, usize)>>;
+
+fn lock_shifts() -> std::sync::MutexGuard<'static, Shifts> {
+    static SHIFTS: std::sync::LazyLock<std::sync::Mutex<Shifts>> =
+        std::sync::LazyLock::new(Default::default);
+    SHIFTS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The column `col` of `line` in `file` as the author wrote it, before
+/// [`compile_catching`] added code to the line.
+fn true_column(file: &str, line: usize, col: usize) -> usize {
+    lock_shifts().get(file).map_or(col, |shifts| {
+        shifts
+            .iter()
+            .filter(|(l, c, _)| *l == line && col > *c)
+            .fold(col, |col, (_, _, n)| col.saturating_sub(*n))
+    })
+}
+
 thread_local! {
     /// The cancellation token of the run whose script this thread runs.
     static RUN: std::cell::RefCell<Option<Cancel>> = const { std::cell::RefCell::new(None) };
@@ -288,10 +358,14 @@ impl Failure {
             let first = text("message").lines().next().unwrap_or("");
             context.push(format!("the script saw it as {}: {first}", text("kind")));
         }
+        let column = match (pos.line(), pos.position()) {
+            (Some(l), Some(c)) => Some(true_column(&file, l, c)),
+            (_, c) => c,
+        };
         Failure {
             file,
             line: pos.line(),
-            column: pos.position(),
+            column,
             kind,
             message,
             value,
@@ -347,7 +421,7 @@ impl std::fmt::Display for Failure {
 
 fn location(file: &str, pos: Position) -> String {
     match (pos.line(), pos.position()) {
-        (Some(l), Some(c)) => format!("{file}:{l}:{c}"),
+        (Some(l), Some(c)) => format!("{file}:{l}:{}", true_column(file, l, c)),
         (Some(l), None) => format!("{file}:{l}"),
         _ => file.to_string(),
     }
@@ -484,6 +558,42 @@ mod tests {
         assert!(f.message.contains("forged") && f.message.contains("skip(reason)"));
         let f = Failure::from_eval(&skipped("real"), "t.rhai");
         assert_eq!((f.kind.as_str(), f.message.as_str()), (SKIPPED, "real"));
+    }
+
+    #[test]
+    fn caught_rhai_errors_have_a_kind_and_keep_their_lines() {
+        let engine = rhai::Engine::new();
+        let text = "let k = [];\ntry { [1][5] } catch (e) { k.push(e.kind); k.push(e.error) }\n\
+                    try { throw #{kind: \"Timeout\"} } catch (e) {\n  k.push(e.kind);\n}\n\
+                    try { throw \"text\" } catch (err) { k.push(err) }\n\
+                    fn f() { try { 1 + \"a\" - 1 } catch (x) { return x.kind; } }\nk.push(f());\n\
+                    try { let x = 1; } catch { }\nk.push(\"{\");\nk";
+        let ast = compile_catching(&engine, text, "t.rhai").unwrap();
+        let k: rhai::Array = engine.eval_ast(&ast).unwrap();
+        let k: Vec<String> = k.iter().map(|v| v.to_string()).collect();
+        assert_eq!(
+            k,
+            [
+                SCRIPT_ERROR,
+                "ErrorArrayBounds",
+                "Timeout",
+                "text",
+                SCRIPT_ERROR,
+                "{"
+            ]
+        );
+        let err = engine
+            .eval_ast::<()>(
+                &compile_catching(&engine, "try { 1 } catch (e) { }\n  x", "u.rhai").unwrap(),
+            )
+            .unwrap_err();
+        assert_eq!(err.position().line(), Some(2));
+        assert_eq!(err.position().position(), Some(3));
+        let src = "try { 1 } catch (e) { throw e; }";
+        let ast =
+            compile_catching(&engine, "try { 1 + () } catch (e) { throw e; }", "v.rhai").unwrap();
+        let f = Failure::from_eval(&engine.eval_ast::<()>(&ast).unwrap_err(), "v.rhai");
+        assert_eq!(f.location(), "v.rhai:1:28", "{src}");
     }
 
     #[test]

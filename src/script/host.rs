@@ -528,6 +528,38 @@ fn read_file(run: &Run, path: &str) -> ScriptResult<String> {
         .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
 }
 
+/// How deeply arrays and maps may nest in JSON text: what `parse_json`
+/// (serde_json's recursion limit) reads back.
+pub const MAX_JSON_DEPTH: usize = 127;
+
+/// How deeply arrays and objects nest in `v` (a scalar is 0), counted
+/// without recursion.
+fn json_depth(v: &serde_json::Value) -> usize {
+    let mut deepest = 0;
+    let mut stack = vec![(v, 0usize)];
+    while let Some((v, d)) = stack.pop() {
+        let children: Box<dyn Iterator<Item = &serde_json::Value>> = match v {
+            serde_json::Value::Array(a) => Box::new(a.iter()),
+            serde_json::Value::Object(o) => Box::new(o.values()),
+            _ => continue,
+        };
+        deepest = deepest.max(d + 1);
+        stack.extend(children.map(|c| (c, d + 1)));
+    }
+    deepest
+}
+
+/// `to_json`'s text: refused when `parse_json` could not read it back.
+fn json_text(v: &serde_json::Value) -> ScriptResult<String> {
+    let depth = json_depth(v);
+    if depth > MAX_JSON_DEPTH {
+        return Err(errors::host(format!(
+            "to_json: the value nests arrays and maps {depth} levels deep; JSON text is limited to {MAX_JSON_DEPTH} levels (what parse_json reads)"
+        )));
+    }
+    Ok(v.to_string())
+}
+
 /// Calls `f` until it returns true, sleeping `interval` in between.
 fn wait_until(
     run: &Run,
@@ -738,8 +770,8 @@ fn register_files(e: &mut Engine, run: &Arc<Run>) {
     func("now() -> float", "Seconds since the Unix epoch.").register_into_engine(e, now);
     let to_json = |v: &Dynamic| {
         convert::to_json(v)
-            .map(|j| j.to_string())
             .map_err(|m| errors::host(format!("to_json: {m}")))
+            .and_then(|j| json_text(&j))
     };
     // Typed for maps and arrays, so that they are chosen over Rhai's own.
     func(
@@ -838,6 +870,25 @@ fn register_processes(e: &mut Engine, run: &Arc<Run>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn to_json_writes_only_what_parse_json_reads() {
+        let nested = |n: usize| {
+            let mut v = serde_json::json!(1);
+            for _ in 0..n {
+                v = serde_json::json!([v]);
+            }
+            v
+        };
+        let text = json_text(&nested(MAX_JSON_DEPTH)).unwrap();
+        assert!(serde_json::from_str::<serde_json::Value>(&text).is_ok());
+        let deeper = nested(MAX_JSON_DEPTH + 1);
+        assert!(serde_json::from_str::<serde_json::Value>(&deeper.to_string()).is_err());
+        let err = json_text(&deeper).unwrap_err().to_string();
+        assert!(err.contains("128 levels deep"), "{err}");
+        assert_eq!(json_depth(&serde_json::json!({"a": [1, {"b": []}]})), 4);
+        assert_eq!(json_depth(&serde_json::json!("x")), 0);
+    }
 
     #[test]
     fn equality_is_by_value() {

@@ -113,6 +113,7 @@ pub fn engine(run: &Arc<Run>) -> Engine {
     convert::register(&mut engine);
     machine_api::register(&mut engine, run);
     host::register(&mut engine, run);
+    memory::register_growth(&mut engine);
     parallel::register(&mut engine, run);
     steps::register(&mut engine, run);
     engine
@@ -121,11 +122,10 @@ pub fn engine(run: &Arc<Run>) -> Engine {
 /// Compiles `path`; a syntax error is reported at its position.
 pub fn compile(engine: &Engine, path: &Path) -> Result<AST, Box<Failure>> {
     let shown = path.display().to_string();
-    let text = std::fs::read_to_string(path)
+    let text = modules::read_source(path)
         .map_err(|e| Failure::plain(&shown, "HostError", format!("reading the script: {e}")))?;
-    let mut ast = engine
-        .compile(&text)
-        .map_err(|e| Failure::syntax(&shown, &e))?;
+    let mut ast =
+        errors::compile_catching(engine, &text, &shown).map_err(|e| Failure::syntax(&shown, &e))?;
     ast.set_source(shown);
     Ok(ast)
 }

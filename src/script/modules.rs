@@ -336,6 +336,42 @@ pub enum LoadError {
     Parse(#[from] rhai::ParseError),
 }
 
+/// The text of a script or module file. Only a regular file is read: a
+/// FIFO or a device named `*.rhai` is refused at once instead of blocking
+/// (it is opened without waiting for a writer). A UTF-8 byte order mark
+/// at the start, which some editors write, is dropped.
+pub fn read_source(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::File::options()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    let ty = f.metadata()?.file_type();
+    if !ty.is_file() {
+        use std::os::unix::fs::FileTypeExt;
+        let what = if ty.is_fifo() {
+            "a FIFO"
+        } else if ty.is_dir() {
+            "a folder"
+        } else if ty.is_socket() {
+            "a socket"
+        } else {
+            "a device"
+        };
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("not a regular file ({what})"),
+        ));
+    }
+    let mut text = String::new();
+    f.read_to_string(&mut text)?;
+    match text.strip_prefix('\u{feff}') {
+        Some(rest) => Ok(rest.to_string()),
+        None => Ok(text),
+    }
+}
+
 /// The module `at`, compiled with `engine`, from the process's cache when
 /// its file is unchanged. Its source is `at.shown`.
 ///
@@ -361,7 +397,7 @@ pub fn compile_cached(engine: &Engine, at: &Located) -> Result<AST, LoadError> {
         None => 0,
     };
     let text: std::borrow::Cow<'static, str> = match &at.key {
-        Key::File(p) => std::fs::read_to_string(p)
+        Key::File(p) => read_source(p)
             .map_err(|e| LoadError::Read {
                 path: at.shown.clone(),
                 source: e,
@@ -371,7 +407,7 @@ pub fn compile_cached(engine: &Engine, at: &Located) -> Result<AST, LoadError> {
             .expect("a stdlib key names a bundled module")
             .into(),
     };
-    let mut ast = engine.compile(text.as_ref())?;
+    let mut ast = errors::compile_catching(engine, text.as_ref(), &at.shown)?;
     ast.set_source(at.shown.as_str());
     COMPILATIONS.fetch_add(1, Ordering::Relaxed);
     cache.insert(

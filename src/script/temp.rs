@@ -17,6 +17,17 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
+/// Removes an empty `TMPDIR` from the environment, as if it were unset.
+/// The standard library takes `TMPDIR=""` for the current folder, so
+/// temp folders (with their sockets) would land wherever vmscript was
+/// started, and so would those of QEMU and the commands it starts. Call
+/// it before any other thread exists.
+pub fn treat_empty_tmpdir_as_unset() {
+    if std::env::var_os("TMPDIR").is_some_and(|v| v.is_empty()) {
+        std::env::remove_var("TMPDIR");
+    }
+}
+
 /// The locked marker in a folder owned by a live vmscript.
 pub const MARKER: &str = ".vmscript-owner";
 
