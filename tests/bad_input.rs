@@ -66,6 +66,7 @@ fn valid(ty: &str) -> &'static str {
         "RangeInclusive" => "0..=1",
         "char" => "'x'",
         "Blob" => "blob(1)",
+        "U64" => "parse_json(\"18446744073709551615\")",
         _ => "()",
     }
 }
@@ -74,10 +75,10 @@ fn valid(ty: &str) -> &'static str {
 fn wrong(ty: &str) -> Option<&'static str> {
     Some(match ty {
         "String" | "Machine" | "String|Map" => "42",
-        "int" | "INT" | "float" | "FLOAT" | "bool" | "secs" | "bool|secs" => "\"soon\"",
-        "Map" | "Array" | "Console" | "FnPtr" | "Range" | "RangeInclusive" | "char" | "Blob" => {
-            "42"
-        }
+        // Not a number: to_float also takes an INT.
+        "int" | "INT" | "float" | "FLOAT" | "bool" | "secs" | "bool|secs" | "U64" => "\"soon\"",
+        "Map" | "Array" | "Console" | "FnPtr" | "Range" | "RangeInclusive" | "char" | "Blob"
+        | "U64" => "42",
         "any" => return None,
         other => panic!("a parameter of type {other:?}: add it to valid() and wrong()"),
     })

@@ -133,7 +133,7 @@ fn a_missing_module_lists_every_place_searched_in_order() {
                 \x20     lib/nothere/mod.rhai\n\
                 \x20     env/nothere.rhai\n\
                 \x20     env/nothere/mod.rhai\n\
-                \x20     the bundled stdlib (guest, hotplug, jobs, migration, net, retry)\n";
+                \x20     the bundled stdlib (guest, hotplug, iotests, jobs, migration, net, retry)\n";
     assert!(out.contains(want), "{out}");
 }
 
