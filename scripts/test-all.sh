@@ -36,6 +36,8 @@ if [ "${#dirs[@]}" -eq 0 ]; then
 elif ! "$vmscript" run --help >/dev/null 2>&1; then
   banner "vmscript has no 'run' command yet: skipping the script tests"
 else
+  banner "vmscript check ${dirs[*]} bench"
+  "$vmscript" check "${dirs[@]}" bench
   banner "vmscript run ${dirs[*]}"
   "$vmscript" run "${dirs[@]}"
 fi
