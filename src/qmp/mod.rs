@@ -145,6 +145,9 @@ pub enum Error {
     /// More events queued than the documented cap.
     #[error("more than {limit} QMP events queued unread")]
     EventQueueFull { limit: usize },
+    /// The queued events take more memory than the documented cap.
+    #[error("the {count} QMP events queued unread take more than {limit_mib} MiB of memory; the monitor was closed (read or clear events while a machine sends many)")]
+    EventQueueTooBig { limit_mib: usize, count: usize },
     /// The server's greeting did not offer what we need.
     #[error("unexpected QMP greeting: {detail}")]
     Greeting { detail: String },
@@ -199,6 +202,8 @@ struct State {
     /// The last id used.
     last_id: u64,
     events: std::collections::VecDeque<Value>,
+    /// What the queued events take, as [`reader::footprint`] estimates.
+    event_bytes: usize,
     greeting: Option<Value>,
     /// Why the connection ended, once it has.
     ended: Option<Error>,
@@ -226,6 +231,19 @@ impl State {
         if self.strays.len() < STRAYS_KEPT {
             self.strays.push(reply);
         }
+    }
+
+    /// Removes the `i`th queued event.
+    fn remove_event(&mut self, i: usize) -> Option<Value> {
+        let ev = self.events.remove(i)?;
+        self.event_bytes = self.event_bytes.saturating_sub(reader::footprint(&ev));
+        Some(ev)
+    }
+
+    /// Removes every queued event.
+    fn take_events(&mut self) -> Vec<Value> {
+        self.event_bytes = 0;
+        self.events.drain(..).collect()
     }
 
     /// A fresh id, awaited from now on.
@@ -735,7 +753,7 @@ impl Client {
             let start = scanned.min(st.events.len());
             let hit = st.events.iter().skip(start).position(&mut pred);
             scanned = st.events.len();
-            hit.and_then(|i| st.events.remove(start + i))
+            hit.and_then(|i| st.remove_event(start + i))
         });
         match found {
             Err(Error::Interrupted { .. }) => Err(Error::Interrupted {
@@ -745,7 +763,7 @@ impl Client {
             Err(err) => {
                 let mut st = self.shared.lock();
                 match st.events.iter().position(&mut pred) {
-                    Some(i) => Ok(st.events.remove(i)),
+                    Some(i) => Ok(st.remove_event(i)),
                     None => Err(err),
                 }
             }
@@ -757,7 +775,7 @@ impl Client {
     /// arrived).
     pub fn drain_events(&self) -> Vec<Value> {
         self.shared.pump();
-        self.shared.lock().events.drain(..).collect()
+        self.shared.lock().take_events()
     }
 
     /// A copy of the queued events (and of every one that has arrived),
@@ -770,7 +788,7 @@ impl Client {
     /// Empties the event queue, of every event that has arrived.
     pub fn clear_events(&self) {
         self.shared.pump();
-        self.shared.lock().events.clear();
+        self.shared.lock().take_events();
     }
 
     /// Starts a thread that reads whenever no other thread waits, so that

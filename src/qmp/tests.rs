@@ -240,6 +240,7 @@ fn oversized_line_is_refused_with_bounded_memory() {
     let limits = Limits {
         max_line: 1 << 20,
         max_events: 10,
+        ..Limits::default()
     };
     let client = Client::with_options(Stream::Unix(ours), T, limits, None).unwrap();
     // 100 MB without a newline: the reader must stop at the limit.
@@ -267,6 +268,7 @@ fn event_flood_is_kept_in_order_up_to_the_cap() {
     let limits = Limits {
         max_line: 1 << 20,
         max_events: 100_000,
+        ..Limits::default()
     };
     let client = Client::with_options(Stream::Unix(ours), T, limits, None).unwrap();
     let t = thread::spawn(move || {
@@ -450,6 +452,7 @@ mod fuzz {
         let limits = Limits {
             max_line: 4096,
             max_events: 64,
+            ..Limits::default()
         };
         let t = thread::spawn(move || {
             let _ = theirs.write_all(GREETING);
@@ -646,4 +649,92 @@ fn replies_carry_no_added_id_and_raw_messages_keep_theirs() {
     let (a, raw, _peer) = t.join().unwrap();
     assert!(a["id"].is_u64(), "{a}");
     assert!(raw["id"].is_u64() && raw["id"] != a["id"], "{raw}");
+}
+
+/// The queue is bounded by the memory its events take, not only by their
+/// number: a flood of large events nobody reads ends the monitor with a
+/// clear error once they take more than the cap, and every event before
+/// it is kept, in order.
+#[test]
+fn an_event_flood_is_bounded_by_bytes_as_it_grows() {
+    let (ours, mut theirs) = UnixStream::pair().unwrap();
+    theirs.write_all(GREETING).unwrap();
+    let limits = Limits {
+        max_line: 1 << 20,
+        max_events: 1_000_000,
+        max_event_bytes: 4 << 20,
+    };
+    let client = Client::with_options(Stream::Unix(ours), T, limits, None).unwrap();
+    // The monitor stops reading at the cap: the rest of the flood must
+    // not block the writer for ever.
+    theirs
+        .set_write_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let t = thread::spawn(move || {
+        let mut w = std::io::BufWriter::new(theirs);
+        let pad = "x".repeat(1000);
+        // 100 000 events of 1 KB: 100 MB if they were all kept.
+        for i in 0..100_000 {
+            if write!(
+                w,
+                "{{\"event\": \"E\", \"data\": {{\"i\": {i}, \"pad\": \"{pad}\"}}}}\r\n"
+            )
+            .is_err()
+            {
+                break;
+            }
+        }
+        let _ = w.flush();
+    });
+    assert!(client.wait_closed(T));
+    t.join().unwrap();
+    let ended = client.ended();
+    let Some(Error::EventQueueTooBig { limit_mib, count }) = ended.clone() else {
+        panic!("{ended:?}");
+    };
+    assert_eq!(limit_mib, 4);
+    assert!(
+        ended.unwrap().to_string().contains("take more than 4 MiB"),
+        "the message names the cap"
+    );
+    let events = client.drain_events();
+    assert_eq!(events.len(), count);
+    // The cap was reached well before the flood's end, and near the cap.
+    assert!(count > 2_000 && count < 4_200, "{count}");
+    for (i, ev) in events.iter().enumerate() {
+        assert_eq!(ev["data"]["i"], i);
+    }
+}
+
+/// Events taken off the queue give their room back.
+#[test]
+fn taken_events_give_their_room_back() {
+    let (ours, mut theirs) = UnixStream::pair().unwrap();
+    theirs.write_all(GREETING).unwrap();
+    let limits = Limits {
+        max_line: 1 << 20,
+        max_events: 1_000_000,
+        max_event_bytes: 64 << 10,
+    };
+    let client = Client::with_options(Stream::Unix(ours), T, limits, None).unwrap();
+    let pad = "y".repeat(1000);
+    // 20 rounds of 20 KB each: 400 KB in all, never more than 20 KB queued.
+    for round in 0..20 {
+        for i in 0..20 {
+            writeln!(
+                theirs,
+                "{{\"event\": \"E\", \"data\": {{\"i\": {i}, \"pad\": \"{pad}\"}}}}"
+            )
+            .unwrap();
+        }
+        let mut got = 0;
+        while got < 20 {
+            got += usize::from(client.take_event(T, |_| true).unwrap().is_some());
+        }
+        assert!(
+            client.ended().is_none(),
+            "round {round}: {:?}",
+            client.ended()
+        );
+    }
 }
