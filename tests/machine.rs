@@ -432,6 +432,7 @@ fn a_comma_in_tmpdir_breaks_neither_qtest_nor_a_monitor_path() {
         "comma.rhai",
         r#"
 let q = qtest_machine((), #{ name: "q" });
+q.launch();
 assert(q.qtest("readb 0x0").starts_with("OK "), "qtest answers");
 q.shutdown();
 let vm = machine((), #{ monitor_address: "mon,1.sock" });

@@ -757,6 +757,14 @@ impl FakePeer {
             for msg in messages {
                 let Ok(msg) = msg else { break };
                 let reply = answer(&msg).unwrap_or_else(|| r#"{"return": {}}"#.into());
+                // As QEMU and qemu-ga do, a reply carries its command's id.
+                let reply = match (msg.get("id"), serde_json::from_str(&reply)) {
+                    (Some(id), Ok(serde_json::Value::Object(mut r))) => {
+                        r.insert("id".into(), id.clone());
+                        serde_json::Value::Object(r).to_string()
+                    }
+                    _ => reply,
+                };
                 seen.push(msg);
                 if write!(stream, "{reply}\r\n").is_err() {
                     break;

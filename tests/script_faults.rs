@@ -221,7 +221,12 @@ for w in waits {
     assert(took >= 0.9 && took < 3.0, `${w[0]} took ${took}s`);
 }
 let t0 = now();
-assert_eq(vm.get_qmp_event(1.0), ());
+try {
+    vm.get_qmp_event(1.0);
+    fail("get_qmp_event(1.0) returned");
+} catch (e) {
+    assert_eq(e.kind, "Timeout", e.message);
+}
 assert(now() - t0 >= 0.9 && now() - t0 < 3.0);
 let t0 = now();
 try {
