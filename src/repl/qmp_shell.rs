@@ -696,6 +696,7 @@ fn spawn_event_printer(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::repl::schema::tests::block_schema;
     use serde_json::json;
 
     fn cmd(line: &str) -> (String, Value) {
@@ -778,23 +779,6 @@ mod tests {
             (22, vec!["node-name=".into()])
         );
         assert_eq!(complete_line(&s, "query-status x=").1, Vec::<String>::new());
-    }
-
-    fn block_schema() -> Schema {
-        Schema::from_entries(&[
-            json!({"name": "blockdev-add", "meta-type": "command", "arg-type": "49"}),
-            json!({"name": "49", "meta-type": "object", "tag": "driver",
-                "members": [{"name": "driver", "type": "291"}, {"name": "node-name", "type": "str"},
-                            {"name": "read-only", "type": "bool"}],
-                "variants": [{"case": "qcow2", "type": "300"}, {"case": "file", "type": "301"}]}),
-            json!({"name": "291", "meta-type": "enum", "values": ["file", "qcow2"]}),
-            json!({"name": "300", "meta-type": "object",
-                "members": [{"name": "file", "type": "518"}, {"name": "lazy-refcounts", "type": "bool"}]}),
-            json!({"name": "301", "meta-type": "object", "members": [{"name": "filename", "type": "str"}]}),
-            json!({"name": "518", "meta-type": "alternate", "members": [{"type": "49"}, {"type": "str"}]}),
-            json!({"name": "str", "meta-type": "builtin", "json-type": "string"}),
-            json!({"name": "bool", "meta-type": "builtin", "json-type": "boolean"}),
-        ])
     }
 
     #[test]

@@ -20,7 +20,7 @@ use std::fs::File;
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
-use crate::script::temp::{lock, MARKER};
+use crate::script::temp::{each_abandoned, lock, MARKER};
 
 use super::discover::Test;
 use super::results::Verdict;
@@ -90,38 +90,13 @@ pub fn release_temp_root(dir: &Path) {
 /// returned, to be named once, and are left to the user. Only folders of
 /// this user with a marker no live run holds, never through a symbolic link.
 pub fn sweep_stale(base: &Path) -> Vec<PathBuf> {
-    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-    let Ok(entries) = std::fs::read_dir(base) else {
-        return Vec::new();
-    };
-    // SAFETY: geteuid cannot fail.
-    let uid = unsafe { libc::geteuid() };
     let mut kept = Vec::new();
-    for entry in entries.flatten() {
-        if !entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
-            continue;
-        }
-        // `DirEntry::metadata` does not follow a symbolic link.
-        let Ok(meta) = entry.metadata() else { continue };
-        if !meta.is_dir() || meta.uid() != uid {
-            continue;
-        }
-        let dir = entry.path();
-        let Ok(marker) = File::options()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(dir.join(MARKER))
-        else {
-            continue;
-        };
-        if lock(&marker, true).is_err() {
-            continue;
-        }
+    each_abandoned(base, &[TEMP_PREFIX], |dir| {
         release_temp_root(&dir);
         if dir.exists() {
             kept.push(dir);
         }
-    }
+    });
     kept.sort();
     kept
 }

@@ -103,20 +103,32 @@ pub(crate) fn lock(f: &File, try_only: bool) -> io::Result<()> {
 }
 
 /// Removes the folders in `base` that a dead vmscript left (see the module
-/// documentation); returns them. Only folders of this user, never through
-/// a symbolic link; what cannot be read or removed is left as it is.
+/// documentation); returns them. What cannot be removed is left as it is.
 pub fn sweep_stale(base: &Path) -> Vec<PathBuf> {
+    let mut removed = Vec::new();
+    each_abandoned(base, PREFIXES, |dir| {
+        if std::fs::remove_dir_all(&dir).is_ok() {
+            removed.push(dir);
+        }
+    });
+    removed
+}
+
+/// Calls `f` on each folder in `base` named with one of `prefixes` that a
+/// dead vmscript left: a folder of this user, never through a symbolic
+/// link, holding a marker no live owner has locked. The marker stays
+/// locked while `f` runs, so no other sweep takes the folder meanwhile.
+pub(crate) fn each_abandoned(base: &Path, prefixes: &[&str], mut f: impl FnMut(PathBuf)) {
     use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
     let Ok(entries) = std::fs::read_dir(base) else {
-        return Vec::new();
+        return;
     };
     // SAFETY: geteuid cannot fail.
     let uid = unsafe { libc::geteuid() };
-    let mut removed = Vec::new();
     for entry in entries.flatten() {
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        if !PREFIXES.iter().any(|p| name.starts_with(p)) {
+        if !prefixes.iter().any(|p| name.starts_with(p)) {
             continue;
         }
         // `DirEntry::metadata` does not follow a symbolic link.
@@ -135,11 +147,9 @@ pub fn sweep_stale(base: &Path) -> Vec<PathBuf> {
         if lock(&marker, true).is_err() {
             continue;
         }
-        if std::fs::remove_dir_all(&dir).is_ok() {
-            removed.push(dir);
-        }
+        f(dir);
+        drop(marker);
     }
-    removed
 }
 
 #[cfg(test)]
