@@ -1382,3 +1382,67 @@ fn partition_of(w: &World, spec: &str, dir: &str) -> BTreeSet<String> {
     assert!(o.status.success(), "{}", stderr(&o));
     stdout(&o).lines().map(String::from).collect()
 }
+
+#[test]
+fn json_and_junit_carry_each_tests_wall_clock_start() {
+    let w = World::new();
+    w.script("s/a.rhai", "sleep(0.3);\n");
+    w.script(
+        "s/b.rhai",
+        "fn test_one() { sleep(0.2); }\nfn test_two() {}\n",
+    );
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let o = w.run(&[
+        "run", "-j", "1", "--format", "json", "--junit", "j.xml", "s",
+    ]);
+    let after = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(o.status.success(), "{}", stdout(&o));
+    let (tests, _) = json_lines(&o);
+    assert_eq!(tests.len(), 3);
+    let mut starts: Vec<(String, f64)> = tests
+        .iter()
+        .map(|t| {
+            let start = t["start"]
+                .as_f64()
+                .unwrap_or_else(|| panic!("no start: {t}"));
+            assert_eq!(t["attempts"][0]["start"].as_f64(), Some(start), "{t}");
+            (t["name"].as_str().unwrap().to_string(), start)
+        })
+        .collect();
+    for (name, s) in &starts {
+        assert!(
+            *s >= before && *s <= after,
+            "{name} started at {s}, outside {before}..{after}"
+        );
+    }
+    // One job: each test starts after the one before it ran.
+    starts.sort_by(|a, b| a.1.total_cmp(&b.1));
+    assert_eq!(starts[0].0, "s/a.rhai");
+    assert!(starts[1].1 - starts[0].1 >= 0.3, "{starts:?}");
+
+    let xml = std::fs::read_to_string(w.path().join("j.xml")).unwrap();
+    let report = quick_junit::Report::deserialize_from_str(&xml).unwrap();
+    let cases: Vec<_> = report
+        .test_suites
+        .iter()
+        .flat_map(|s| &s.test_cases)
+        .collect();
+    assert_eq!(cases.len(), 3);
+    for c in cases {
+        let t = c
+            .timestamp
+            .unwrap_or_else(|| panic!("no timestamp on {}: {xml}", c.name.as_str()));
+        let secs = t.timestamp_millis() as f64 / 1000.0;
+        assert!(
+            secs >= before - 0.001 && secs <= after,
+            "{}: {t}",
+            c.name.as_str()
+        );
+    }
+}

@@ -14,7 +14,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::script::{self, Cancel, Failure, Outcome, QemuBinary, RunConfig, RunReport, Status};
 
@@ -48,6 +48,8 @@ struct Running {
     earlier: Vec<Attempt>,
     cancel: Cancel,
     started: Instant,
+    /// The same moment on the wall clock, for the reports.
+    started_at: SystemTime,
     dir: Option<PathBuf>,
     /// It has been announced `SLOW`.
     slow: bool,
@@ -188,6 +190,7 @@ impl<'a> Executor<'a> {
                 earlier,
                 cancel: cancel.clone(),
                 started,
+                started_at: SystemTime::now(),
                 dir: dir.as_ref().ok().cloned(),
                 slow: false,
             },
@@ -267,6 +270,7 @@ impl<'a> Executor<'a> {
         let mut attempts = r.earlier;
         attempts.push(Attempt {
             number: r.number,
+            started_at: r.started_at,
             verdict,
             outcome,
             artifacts: r.dir,

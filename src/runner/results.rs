@@ -63,6 +63,8 @@ impl Verdict {
 pub struct Attempt {
     /// 1 for the first try.
     pub number: u32,
+    /// When the try started, on the wall clock.
+    pub started_at: std::time::SystemTime,
     pub verdict: Verdict,
     pub outcome: Outcome,
     /// The try's artifacts folder, while it exists.
@@ -191,6 +193,7 @@ mod tests {
         };
         Attempt {
             number,
+            started_at: std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
             verdict,
             outcome: Outcome {
                 status,

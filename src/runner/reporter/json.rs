@@ -25,6 +25,7 @@ fn attempt(a: &Attempt) -> Value {
     };
     json!({
         "try": a.number,
+        "start": unix_seconds(a.started_at),
         "status": a.verdict.as_str(),
         "duration": a.outcome.duration.as_secs_f64(),
         "error": error,
@@ -36,18 +37,20 @@ fn attempt(a: &Attempt) -> Value {
 /// A `step()`: its start (seconds since the Unix epoch, and since the
 /// test started), duration, status and error.
 fn step(st: &StepRecord) -> Value {
-    let start = st
-        .started_at
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64());
     json!({
         "name": st.name,
-        "start": start,
+        "start": unix_seconds(st.started_at),
         "offset": st.offset.as_secs_f64(),
         "duration": st.duration.as_secs_f64(),
         "status": st.status.as_str(),
         "error": st.error,
     })
+}
+
+/// Seconds since the Unix epoch.
+fn unix_seconds(t: std::time::SystemTime) -> f64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// A test's result: its final status (`passed`, `failed`, `timeout`,
@@ -59,6 +62,7 @@ pub fn result(r: &TestResult) -> Value {
         "path": r.test.path.display().to_string(),
         "file": r.test.file_name(),
         "case": r.test.case,
+        "start": unix_seconds(r.attempts()[0].started_at),
         "status": r.verdict().as_str(),
         "flaky": r.is_flaky(),
         "duration": r.duration().as_secs_f64(),

@@ -105,6 +105,8 @@ fn test_case(r: &TestResult) -> TestCase {
     };
     let mut tc = TestCase::new(name, status);
     tc.set_classname(class).set_time(r.duration());
+    let start: chrono::DateTime<chrono::Utc> = r.attempts()[0].started_at.into();
+    tc.set_timestamp(start);
     tc.extra
         .insert("file".into(), r.test.path.display().to_string().into());
     if !last.outcome.report.output.is_empty() {

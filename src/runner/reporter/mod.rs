@@ -414,6 +414,7 @@ pub(crate) mod tests {
                 };
                 Attempt {
                     number,
+                    started_at: std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
                     verdict: *v,
                     outcome: Outcome {
                         status,
