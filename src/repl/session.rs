@@ -302,19 +302,10 @@ impl Session {
         if name.contains("::") || self.modules.contains_key(name) {
             return self.module_doc(name);
         }
-        let mut out = String::new();
         if let Some(e) = self.reference.iter().find(|e| e.name == name) {
-            for s in &e.signatures {
-                out.push_str(s);
-                out.push('\n');
-            }
-            for d in &e.docs {
-                out.push_str("    ");
-                out.push_str(d);
-                out.push('\n');
-            }
-            return Some(out);
+            return Some(entry_text(e));
         }
+        let mut out = String::new();
         for f in self.functions.iter_functions().filter(|f| f.name == name) {
             for c in f.comments.iter() {
                 out.push_str(c);
@@ -355,18 +346,10 @@ impl Session {
             return Some(script::docs::render_module(&doc));
         };
         let wanted = format!("{path}::{f}");
-        let entry = doc.functions.iter().find(|e| e.name == wanted)?;
-        let mut out = String::new();
-        for s in &entry.signatures {
-            out.push_str(s);
-            out.push('\n');
-        }
-        for d in &entry.docs {
-            out.push_str("    ");
-            out.push_str(d);
-            out.push('\n');
-        }
-        Some(out)
+        doc.functions
+            .iter()
+            .find(|e| e.name == wanted)
+            .map(entry_text)
     }
 
     /// Starts fetching the QMP schema of every running machine that has
@@ -605,6 +588,22 @@ fn schema_of(m: &mut Machine, gave_up: &AtomicBool) -> Schema {
         }
     }
     schema
+}
+
+/// `:doc`'s text of one documented function: its signatures, then its
+/// doc lines indented.
+fn entry_text(e: &script::docs::Entry) -> String {
+    let mut out = String::new();
+    for s in &e.signatures {
+        out.push_str(s);
+        out.push('\n');
+    }
+    for d in &e.docs {
+        out.push_str("    ");
+        out.push_str(d);
+        out.push('\n');
+    }
+    out
 }
 
 #[cfg(test)]
