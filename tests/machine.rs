@@ -353,8 +353,28 @@ fn an_observer_sees_every_qmp_message() {
 /// error replies that carry no id. Matched by order, they answered the
 /// next commands; matched by id, the deep command fails with a desync and
 /// the next command gets its own reply.
+///
+/// QEMU 7.2 itself sometimes aborts on that flood (its assertion
+/// `qmp_requests->length < QMP_REQ_QUEUE_LEN_MAX`, a race in its monitor):
+/// then the check is made again on a new QEMU, a few times at most, and an
+/// abort of any other kind fails the test at once.
 #[test]
 fn an_argument_nested_past_qemus_limit_is_a_desync_and_later_commands_get_their_own_replies() {
+    const QEMU_OWN_ABORT: &str = "QMP_REQ_QUEUE_LEN_MAX";
+    let mut aborts = Vec::new();
+    for _ in 0..4 {
+        match deep_argument_then_three_commands() {
+            Ok(()) => return,
+            Err(Error::Exited { log_tail, .. }) if log_tail.contains(QEMU_OWN_ABORT) => {
+                aborts.push(log_tail)
+            }
+            Err(other) => panic!("{other}"),
+        }
+    }
+    panic!("QEMU aborted on every try: {aborts:?}");
+}
+
+fn deep_argument_then_three_commands() -> Result<(), Error> {
     let mut vm = launched(&[]);
     let mut deep = json!(1);
     for _ in 0..1100 {
@@ -367,6 +387,9 @@ fn an_argument_nested_past_qemus_limit_is_a_desync_and_later_commands_get_their_
             false,
         )
         .unwrap_err();
+    if matches!(err, Error::Exited { .. }) {
+        return Err(err);
+    }
     assert_eq!(err.kind(), "QMPError", "{err}");
     let text = err.to_string();
     assert!(
@@ -375,18 +398,17 @@ fn an_argument_nested_past_qemus_limit_is_a_desync_and_later_commands_get_their_
     );
     assert!(text.contains("not answered"), "{text}");
     for _ in 0..3 {
-        let status = vm.command("query-status", None, true).unwrap();
+        let status = vm.command("query-status", None, true)?;
         assert_eq!(status["status"], "running");
     }
-    let name = vm
-        .command(
-            "qom-get",
-            Some(&args(json!({"path": "/machine", "property": "type"}))),
-            false,
-        )
-        .unwrap();
+    let name = vm.command(
+        "qom-get",
+        Some(&args(json!({"path": "/machine", "property": "type"}))),
+        false,
+    )?;
     assert_eq!(name, "none-machine");
     vm.shutdown(false, secs(30.0)).unwrap();
+    Ok(())
 }
 
 /// QEMU's uint64 18446744073709551615 (the size of the system memory
