@@ -618,6 +618,12 @@ impl Watchdog {
         self.send(unsafe { libc::getpid() });
     }
 
+    /// Has group `pgid`, led by a child of ours not yet reaped, killed
+    /// when vmscript dies.
+    pub fn watch(&self, pgid: i32) {
+        self.send(pgid);
+    }
+
     /// Stops watching group `pgid`: call it once the group has been
     /// killed or is empty, before its leader is reaped.
     pub fn forget(&self, pgid: i32) {

@@ -144,7 +144,7 @@ impl HostCommand {
         }
         // Started before vmscript becomes a subreaper, so that it is never
         // adopted as vmscript's child.
-        let watchdog = Watchdog::get();
+        Watchdog::get();
         adopt_orphans();
         let parent = std::process::id() as libc::pid_t;
         // SAFETY: only async-signal-safe calls between fork and exec.
@@ -159,11 +159,6 @@ impl HostCommand {
                 ) != 0
                 {
                     return Err(std::io::Error::last_os_error());
-                }
-                // What the command leaves in its group in the background
-                // has no parent-death signal: the watchdog kills the group.
-                if let Some(w) = watchdog {
-                    w.watch_own_group();
                 }
                 // vmscript may have died before the prctl took effect.
                 if libc::getppid() != parent {
@@ -413,15 +408,23 @@ impl HostProcesses {
         &self.mark
     }
 
+    /// Records a command's group, and has the watchdog kill it should
+    /// vmscript die: what the command leaves in it in the background has
+    /// no parent-death signal. (Told here rather than by the command
+    /// before its `exec`, which may fail after the telling, when the
+    /// group's id is no longer the command's.)
     fn started(&self, pgid: i32) {
         self.groups
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(pgid);
-        self.watched
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(pgid);
+        if let Some(w) = Watchdog::get() {
+            w.watch(pgid);
+            self.watched
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(pgid);
+        }
     }
 
     /// After the call of the command that leads `pgid` (reaped by now):
