@@ -56,15 +56,16 @@ fn qemu_dies_with_a_sigkilled_parent() {
         }
     };
     assert_eq!(pids.len(), 4);
-    assert!(pids.iter().all(|&p| pid_exists(p)));
+    assert!(pids.iter().all(|&p| alive(p)));
     child.kill().unwrap();
     child.wait().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while pids.iter().any(|&p| pid_exists(p)) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let alive: Vec<_> = pids.iter().filter(|&&p| pid_exists(p)).collect();
-    assert!(alive.is_empty(), "QEMU outlived its parent: {alive:?}");
+    // Not a zombie: the killed QEMUs are reaped by whoever adopts
+    // orphans on this machine, which is not this test.
+    assert_eq!(
+        still_alive_after_5s(&pids),
+        Vec::<i32>::new(),
+        "QEMU outlived its parent"
+    );
 }
 
 /// A SIGKILLed `vmscript run` runs no cleanup: its QEMUs die with it (the
