@@ -352,6 +352,7 @@ fn list(select: SelectArgs, format: ListFormat) -> i32 {
 
 fn run(args: RunArgs) -> i32 {
     sweep_stale_temp_dirs();
+    start_watchdog();
     let options = (|| -> Result<runner::Options, String> {
         Ok(runner::Options {
             jobs: args.jobs.map_or(0, usize::from),
@@ -489,8 +490,16 @@ fn sweep_stale_temp_dirs() {
     }
 }
 
+/// Starts the process that kills what vmscript started should vmscript
+/// be killed: now, while vmscript is small, since it is a fork and keeps
+/// the pages it was forked with.
+fn start_watchdog() {
+    vmscript::machine::process::Watchdog::get();
+}
+
 fn repl_session(qemu: Option<PathBuf>, lib: Vec<PathBuf>, artifacts: Option<PathBuf>) -> i32 {
     sweep_stale_temp_dirs();
+    start_watchdog();
     let opts = repl::ReplOptions {
         session: repl::session::SessionOptions {
             qemu,

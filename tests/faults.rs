@@ -18,6 +18,17 @@ fn fake(mode: &str) -> MachineOptions {
     o
 }
 
+/// A launch that fails before QMP's own timeout: given a long one, so
+/// that a failure found only at that timeout is told from one found at
+/// once even on a loaded machine.
+fn fails_before_qmp_timer(mode: &str) -> Error {
+    let mut opts = fake(mode);
+    opts.qmp_timer = Duration::from_secs(60);
+    let (err, took) = launch_failure(opts);
+    assert!(took < Duration::from_secs(20), "took {took:?}");
+    err
+}
+
 fn launch_failure(opts: MachineOptions) -> (Error, Duration) {
     let mut vm = Machine::new(opts).unwrap();
     let start = Instant::now();
@@ -34,8 +45,7 @@ fn launch_failure(opts: MachineOptions) -> (Error, Duration) {
 
 #[test]
 fn qemu_exiting_before_the_greeting_is_a_launch_failure() {
-    let (err, took) = launch_failure(fake("exit-before-greeting"));
-    assert!(took < Duration::from_secs(1), "took {took:?}");
+    let err = fails_before_qmp_timer("exit-before-greeting");
     let Error::LaunchFailure {
         exitcode, output, ..
     } = err
@@ -48,8 +58,7 @@ fn qemu_exiting_before_the_greeting_is_a_launch_failure() {
 
 #[test]
 fn qemu_exiting_during_negotiation_is_a_launch_failure() {
-    let (err, took) = launch_failure(fake("exit-during-negotiation"));
-    assert!(took < Duration::from_secs(1), "took {took:?}");
+    let err = fails_before_qmp_timer("exit-during-negotiation");
     let Error::LaunchFailure {
         exitcode,
         output,
@@ -66,8 +75,7 @@ fn qemu_exiting_during_negotiation_is_a_launch_failure() {
 
 #[test]
 fn a_garbage_greeting_is_a_launch_failure_naming_it() {
-    let (err, took) = launch_failure(fake("garbage-greeting"));
-    assert!(took < Duration::from_secs(1), "took {took:?}");
+    let err = fails_before_qmp_timer("garbage-greeting");
     assert!(err.to_string().contains("malformed"), "{err}");
 }
 
@@ -75,7 +83,7 @@ fn a_garbage_greeting_is_a_launch_failure_naming_it() {
 fn a_silent_monitor_times_out_at_qmp_timer() {
     let (err, took) = launch_failure(fake("no-greeting"));
     assert!(
-        took >= Duration::from_secs(2) && took < Duration::from_secs(4),
+        took >= Duration::from_secs(2) && took < Duration::from_secs(12),
         "took {took:?}"
     );
     assert!(err.to_string().contains("timed out"), "{err}");
@@ -91,7 +99,7 @@ fn a_monitor_closed_by_a_live_qemu_is_a_qmp_error_and_shutdown_kills() {
     assert!(vm.is_running());
     let start = Instant::now();
     let err = vm.shutdown(false, Duration::from_secs(1)).unwrap_err();
-    assert!(start.elapsed() < Duration::from_secs(3));
+    assert!(start.elapsed() < Duration::from_secs(12));
     assert_eq!(err.kind(), "AbnormalShutdown", "{err}");
     assert!(!pid_exists(pid));
 }
@@ -107,17 +115,17 @@ fn a_stopped_qemu_times_out_every_wait_and_is_killed_on_shutdown() {
     let start = Instant::now();
     let err = vm.event_wait("RESUME", secs(1.0), None).unwrap_err();
     assert_eq!(err.kind(), "Timeout");
-    assert!(start.elapsed() < secs(2.0));
+    assert!(start.elapsed() < secs(10.0));
     let start = Instant::now();
     let err = vm
         .wait_for_console_pattern("never", None, secs(1.0))
         .unwrap_err();
     assert_eq!(err.kind(), "Timeout", "{err}");
-    assert!(start.elapsed() < secs(2.0));
+    assert!(start.elapsed() < secs(10.0));
     let start = Instant::now();
     let err = vm.shutdown(false, secs(1.0)).unwrap_err();
     assert_eq!(err.kind(), "AbnormalShutdown", "{err}");
-    assert!(start.elapsed() < secs(3.0), "took {:?}", start.elapsed());
+    assert!(start.elapsed() < secs(12.0), "took {:?}", start.elapsed());
     assert!(!pid_exists(pid));
     assert_eq!(vm.exitcode(), Some(-9));
 }

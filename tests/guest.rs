@@ -55,7 +55,8 @@ fn a_console_wait_fails_at_once_when_qemu_dies() {
         .wait_for_console_pattern("NEVER-PRINTED", None, secs(60.0))
         .unwrap_err();
     t.join().unwrap();
-    assert!(start.elapsed() < secs(2.0), "took {:?}", start.elapsed());
+    // At once, not at the 60 s deadline (slack for a loaded machine).
+    assert!(start.elapsed() < secs(20.0), "took {:?}", start.elapsed());
     assert_eq!(err.kind(), "QEMUMachineError");
     assert!(err.to_string().contains("-9"), "{err}");
 }

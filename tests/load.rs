@@ -49,7 +49,9 @@ assert_eq(vmscript_fds(), base, "vmscript's descriptors");
     let o = w.run(&["run", "--no-capture", "t.rhai"]);
     let out = stdout(&o);
     assert!(o.status.success(), "{out}{}", stderr(&o));
-    assert!(start.elapsed() < Duration::from_secs(50), "{out}");
+    // 32 launches on a loaded machine; far below the 300 s at which a
+    // hung step would be stopped.
+    assert!(start.elapsed() < Duration::from_secs(150), "{out}");
     let pids = printed_pids(&out);
     assert_eq!(pids.len(), 32);
     for p in pids {

@@ -82,7 +82,8 @@ fn an_event_that_never_comes_times_out_on_time() {
     let start = Instant::now();
     let err = vm.event_wait("NEVER", secs(1.5), None).unwrap_err();
     let took = start.elapsed();
-    assert!(took >= secs(1.5) && took < secs(2.5), "took {took:?}");
+    // On time, give or take a loaded machine's delays; never hours.
+    assert!(took >= secs(1.5) && took < secs(10.0), "took {took:?}");
     assert_eq!(err.kind(), "Timeout");
     let text = err.to_string();
     assert!(text.contains("NEVER") && text.contains("RESUME"), "{text}");
@@ -173,7 +174,8 @@ fn a_killed_qemu_ends_a_long_event_wait_at_once() {
     let start = Instant::now();
     let err = vm.event_wait("NEVER", secs(60.0), None).unwrap_err();
     t.join().unwrap();
-    assert!(start.elapsed() < secs(1.3), "took {:?}", start.elapsed());
+    // At once, not at the 60 s deadline (slack for a loaded machine).
+    assert!(start.elapsed() < secs(20.0), "took {:?}", start.elapsed());
     assert_eq!(err.kind(), "QEMUMachineError");
     assert!(err.to_string().contains("-9"), "{err}");
     let err = vm.shutdown(false, secs(5.0)).unwrap_err();
@@ -315,7 +317,7 @@ fn an_interrupt_ends_an_event_wait_and_qemu_keeps_running() {
     });
     let start = Instant::now();
     let err = vm.event_wait("NEVER", secs(60.0), None).unwrap_err();
-    assert!(start.elapsed() < Duration::from_secs(5));
+    assert!(start.elapsed() < Duration::from_secs(20));
     assert!(matches!(err, Error::Interrupted { .. }), "{err:?}");
     assert_eq!(err.kind(), "Interrupted");
     assert_eq!(err.to_string(), "interrupted while waiting for event NEVER");

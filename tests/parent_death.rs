@@ -56,15 +56,16 @@ fn qemu_dies_with_a_sigkilled_parent() {
         }
     };
     assert_eq!(pids.len(), 4);
-    assert!(pids.iter().all(|&p| pid_exists(p)));
+    assert!(pids.iter().all(|&p| alive(p)));
     child.kill().unwrap();
     child.wait().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while pids.iter().any(|&p| pid_exists(p)) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let alive: Vec<_> = pids.iter().filter(|&&p| pid_exists(p)).collect();
-    assert!(alive.is_empty(), "QEMU outlived its parent: {alive:?}");
+    // Not a zombie: the killed QEMUs are reaped by whoever adopts
+    // orphans on this machine, which is not this test.
+    assert_eq!(
+        still_alive_after_5s(&pids),
+        Vec::<i32>::new(),
+        "QEMU outlived its parent"
+    );
 }
 
 /// A SIGKILLed `vmscript run` runs no cleanup: its QEMUs die with it (the
@@ -120,4 +121,111 @@ fn the_next_run_removes_what_a_sigkilled_run_left() {
     signal(live.child.id() as i32, libc::SIGTERM);
     live.finish();
     w.assert_clean();
+}
+
+/// Whether `pid` is a live process (not a zombie).
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        !s.rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z')
+    })
+}
+
+/// Waits up to 5 s for every one of `pids` to be gone; those still alive.
+fn still_alive_after_5s(pids: &[i32]) -> Vec<i32> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pids.iter().any(|&p| alive(p)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    pids.iter().copied().filter(|&p| alive(p)).collect()
+}
+
+/// Starts `vmscript run` on `script`, reads its output up to `ready`,
+/// then SIGKILLs it; the pids it printed, and `with_pids` run on them
+/// first (before the kill).
+fn sigkill_when_ready(
+    w: &common::world::World,
+    script: &str,
+    with_pids: impl FnOnce(&[i32]) -> Vec<i32>,
+) -> Vec<i32> {
+    use common::world::signal;
+    w.script("hold.rhai", script);
+    let mut run = w.spawn(&["run", "--no-capture", "hold.rhai"]);
+    run.until("ready");
+    let pids = with_pids(&run.pids());
+    signal(run.child.id() as i32, libc::SIGKILL);
+    run.child.wait().unwrap();
+    pids
+}
+
+/// Runs a passing script, whose start removes the temp folder of the
+/// killed run, then checks that nothing of either run is left.
+fn assert_clean_after_next_run(w: &common::world::World) {
+    w.script("ok/t.rhai", "assert(true);\n");
+    let o = w.run(&["run", "ok"]);
+    assert!(o.status.success(), "{}", common::world::stdout(&o));
+    w.assert_clean();
+}
+
+/// The parent-death signal reaches only vmscript's own child: a wrapper
+/// that forks QEMU (rather than exec it) dies with vmscript, and QEMU,
+/// in the wrapper's process group, must be killed with that group.
+#[test]
+fn a_qemu_forked_by_its_wrapper_dies_with_a_sigkilled_vmscript() {
+    use common::world::{children_of, is_qemu, World};
+    let w = World::new();
+    let qemu = sigkill_when_ready(
+        &w,
+        r#"
+let vm = machine(#{wrapper: ["sh", "-c", "\"$@\"; echo done", "sh"]});
+vm.add_args("-M", "none");
+vm.launch();
+print(`pid ${vm.get_pid()}`);
+print("ready");
+sleep(60);
+"#,
+        |wrapper| {
+            let qemu = children_of(wrapper[0], "qemu-system");
+            assert_eq!(qemu.len(), 1, "the wrapper's QEMU: {qemu:?}");
+            assert!(is_qemu(qemu[0]));
+            qemu
+        },
+    );
+    assert_eq!(
+        still_alive_after_5s(&qemu),
+        Vec::<i32>::new(),
+        "QEMU outlived its killed vmscript"
+    );
+    assert_clean_after_next_run(&w);
+}
+
+/// A command's background child has no parent-death signal of its own;
+/// it is in the command's process group, which must die with vmscript.
+#[test]
+fn what_run_host_left_in_the_background_dies_with_a_sigkilled_vmscript() {
+    let w = common::world::World::new();
+    let sleep = sigkill_when_ready(
+        &w,
+        r#"
+let s = run_host(["sh", "-c", "sleep 40 >/dev/null 2>&1 & echo $!"]).stdout;
+s.trim();
+print(`pid ${s}`);
+print("ready");
+sleep(60);
+"#,
+        |pids| {
+            assert_eq!(pids.len(), 1);
+            assert!(alive(pids[0]));
+            pids.to_vec()
+        },
+    );
+    assert_eq!(
+        still_alive_after_5s(&sleep),
+        Vec::<i32>::new(),
+        "the background child outlived vmscript"
+    );
+    assert_clean_after_next_run(&w);
 }

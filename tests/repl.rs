@@ -223,7 +223,7 @@ fn repl_session_from_launch_to_quit() {
     t.press("C-c");
     let out = t.wait_for_after(before, &format!("\n{PROMPT}"));
     let took = pressed.elapsed();
-    assert!(took < Duration::from_secs(2), "Ctrl-C took {took:?}");
+    assert!(took < Duration::from_secs(10), "Ctrl-C took {took:?}");
     assert!(
         out.contains("Interrupted: interrupted while waiting for event NEVER"),
         "{out}"

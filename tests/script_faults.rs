@@ -70,7 +70,8 @@ fn sigkill_while(setup: &str, wait: &str) -> String {
     signal(pid, libc::SIGKILL);
     let (code, out, err) = run.finish();
     let took = killed.elapsed();
-    assert!(took < Duration::from_secs(10), "took {took:?}:\n{out}");
+    // Well before the 30 s wait would have ended, on a loaded machine too.
+    assert!(took < Duration::from_secs(25), "took {took:?}:\n{out}");
     assert_eq!(code, Some(1), "{out}{err}");
     assert!(out.contains("\nPASS b.rhai"), "{out}");
     assert!(out.contains("1 passed, 1 failed, 0 skipped"), "{out}");
@@ -170,7 +171,7 @@ fn qemu_sigkilled_mid_launch_is_a_launch_failure_and_takes_its_group_along() {
     let killed = Instant::now();
     signal(wrapper, libc::SIGKILL);
     let (code, out, err) = run.finish();
-    assert!(killed.elapsed() < Duration::from_secs(10), "{out}");
+    assert!(killed.elapsed() < Duration::from_secs(25), "{out}");
     assert_eq!(code, Some(1), "{out}{err}");
     let line = line_with(&out, &format!("a.rhai:{}:", line_of(&a, "vm.launch()")));
     assert!(
@@ -218,7 +219,7 @@ for w in waits {
         assert_eq(e.kind, "Timeout", `${w[0]}: ${e.message}`);
     }
     let took = now() - t0;
-    assert(took >= 0.9 && took < 3.0, `${w[0]} took ${took}s`);
+    assert(took >= 0.9 && took < 10.0, `${w[0]} took ${took}s`);
 }
 let t0 = now();
 try {
@@ -227,7 +228,7 @@ try {
 } catch (e) {
     assert_eq(e.kind, "Timeout", e.message);
 }
-assert(now() - t0 >= 0.9 && now() - t0 < 3.0);
+assert(now() - t0 >= 0.9 && now() - t0 < 10.0);
 let t0 = now();
 try {
     vm.shutdown(#{ timeout: 1 });
@@ -237,7 +238,7 @@ try {
     print(`shutdown: ${e.message}`);
 }
 let took = now() - t0;
-assert(took < 3.0, `shutdown took ${took}s`);
+assert(took < 10.0, `shutdown took ${took}s`);
 assert_eq(vm.exitcode(), -9);
 assert(!vm.is_running());
 // The console's socket goes with the last handle on it.
@@ -306,12 +307,13 @@ run_host(["kill", "-STOP", `${vm.get_pid()}`]);
         "{out}"
     );
     // 7 waits and a shutdown of 1 s, a 1 s wait, a 1 s final grace, and
-    // the launches.
-    assert!(took < Duration::from_secs(25), "took {took:?}");
+    // the launches; slack for a loaded machine, far below the 300 s at
+    // which a wait that never ends would be stopped.
+    assert!(took < Duration::from_secs(90), "took {took:?}");
     let start = Instant::now();
     let o = w.run(&["run", "--no-capture", "--timeout", "3", "b_command.rhai"]);
     assert!(
-        start.elapsed() < Duration::from_secs(10),
+        start.elapsed() < Duration::from_secs(25),
         "{:?}",
         start.elapsed()
     );
@@ -548,17 +550,17 @@ fn run_host_returns_when_its_command_exits_though_a_background_child_holds_the_p
         "t.rhai",
         r#"
 let t = now();
-let r = run_host(["sh", "-c", "sleep 40 & echo started"], #{timeout: 2});
+let r = run_host(["sh", "-c", "sleep 40 & echo started"], #{timeout: 30});
 let took = now() - t;
 print(`took ${took}`);
 assert_eq(r.status, 0);
 assert_eq(r.stdout, "started\n");
-assert(took < 2.0, `run_host took ${took}s`);
+assert(took < 10.0, `run_host took ${took}s`);
 "#,
     );
     let (code, out, err, took) = run_within(&w, &["run", "t.rhai"], &[], secs(30.0));
     assert_eq!(code, Some(0), "{out}{err}");
-    assert!(took < secs(15.0), "took {took:?}");
+    assert!(took < secs(25.0), "took {took:?}");
     // The background `sleep 40` was killed when the script ended.
     w.assert_clean();
 }
@@ -579,12 +581,12 @@ try {
     assert_eq(e.kind, "Timeout", e.message);
 }
 let took = now() - t;
-assert(took >= 2.0 && took < 4.0, `run_host took ${took}s`);
+assert(took >= 2.0 && took < 12.0, `run_host took ${took}s`);
 "#,
     );
     let (code, out, err, took) = run_within(&w, &["run", "t.rhai"], &[], secs(30.0));
     assert_eq!(code, Some(0), "{out}{err}");
-    assert!(took < secs(15.0), "took {took:?}");
+    assert!(took < secs(25.0), "took {took:?}");
     w.assert_clean();
 }
 
@@ -598,7 +600,7 @@ fn the_test_timeout_ends_run_host_and_everything_it_started() {
     let (code, out, err, took) =
         run_within(&w, &["run", "--timeout", "3", "t.rhai"], &[], secs(30.0));
     assert_eq!(code, Some(1), "{out}{err}");
-    assert!(took < secs(15.0), "took {took:?}");
+    assert!(took < secs(25.0), "took {took:?}");
     assert!(
         line_with(&out, "t.rhai:1:").contains("Timeout: the test timed out after 3s"),
         "{out}"
@@ -714,7 +716,7 @@ fn a_long_read_ends_at_the_test_timeout() {
     let (code, out, err, took) =
         run_within(&w, &["run", "--timeout", "3", "t.rhai"], &[], secs(30.0));
     assert_eq!(code, Some(1), "{out}{err}");
-    assert!(took < secs(15.0), "took {took:?}");
+    assert!(took < secs(25.0), "took {took:?}");
     assert!(
         line_with(&out, "t.rhai:2:").contains("Timeout: the test timed out after 3s"),
         "{out}"

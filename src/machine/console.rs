@@ -1149,7 +1149,7 @@ mod tests {
         assert_eq!(caps[1].as_deref(), Some("42"));
         // Taken once the output has been quiet for a while, not at the deadline.
         assert!(took >= Duration::from_millis(10), "{took:?}");
-        assert!(took < Duration::from_secs(1), "{took:?}");
+        assert!(took < LONG / 2, "{took:?}");
         let _peer = writer.join().unwrap();
     }
 
@@ -1179,7 +1179,7 @@ mod tests {
             .unwrap_err();
         let took = t0.elapsed();
         assert!(took >= Duration::from_millis(300), "{took:?}");
-        assert!(took < Duration::from_millis(800), "{took:?}");
+        assert!(took < Duration::from_secs(5), "{took:?}");
         match &err {
             ConsoleError::Timeout { tail, after, .. } => {
                 assert_eq!(tail, "some boot text");
@@ -1220,7 +1220,7 @@ mod tests {
         });
         let t0 = Instant::now();
         let err = con.wait_for("never", Duration::from_secs(30)).unwrap_err();
-        assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+        assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
         assert!(
             matches!(&err, ConsoleError::Closed { tail, .. } if tail == "bye\n"),
             "{err:?}"
@@ -1241,7 +1241,7 @@ mod tests {
             con.wait_for("more", LONG),
             Err(ConsoleError::Closed { .. })
         ));
-        assert!(t0.elapsed() < Duration::from_secs(1));
+        assert!(t0.elapsed() < Duration::from_secs(10));
         assert!(matches!(
             con.send_line("ls"),
             Err(ConsoleError::Closed { .. })
@@ -1395,7 +1395,7 @@ mod tests {
         con.close();
         let res = waiter.join().unwrap();
         assert!(matches!(res, Err(ConsoleError::Closed { .. })), "{res:?}");
-        assert!(t0.elapsed() < Duration::from_secs(1));
+        assert!(t0.elapsed() < Duration::from_secs(10));
     }
 
     #[test]
@@ -1450,7 +1450,7 @@ mod tests {
             con.wait_for("never", Duration::from_secs(30)),
             Err(ConsoleError::Closed { .. })
         ));
-        assert!(t0.elapsed() < Duration::from_secs(1));
+        assert!(t0.elapsed() < Duration::from_secs(10));
         hang_up.join().unwrap();
         assert!(con.is_closed());
         con.close();
@@ -1467,7 +1467,7 @@ mod tests {
         con.close();
         let res = waiter.join().unwrap();
         assert!(matches!(res, Err(ConsoleError::Closed { .. })), "{res:?}");
-        assert!(t0.elapsed() < Duration::from_secs(1));
+        assert!(t0.elapsed() < Duration::from_secs(10));
         assert!(con.is_closed());
     }
 

@@ -158,7 +158,8 @@ fn waiting_for_a_reply_fails_at_once_on_hang_up() {
         .unwrap_err();
     t.join().unwrap();
     assert!(matches!(err, Error::Closed { .. }), "{err:?}");
-    assert!(start.elapsed() < Duration::from_secs(2));
+    // At once, not at the 30 s deadline (slack for a loaded machine).
+    assert!(start.elapsed() < Duration::from_secs(15));
 }
 
 #[test]
@@ -394,7 +395,7 @@ fn no_greeting_times_out() {
     let start = Instant::now();
     let err = Client::new(Stream::Unix(ours), Duration::from_millis(300)).unwrap_err();
     assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
-    assert!(start.elapsed() < Duration::from_secs(2));
+    assert!(start.elapsed() < Duration::from_secs(10));
 }
 
 #[test]

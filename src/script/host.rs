@@ -20,6 +20,7 @@ use super::docs::func;
 use super::errors::{self, ScriptResult};
 use super::memory;
 use super::run::Run;
+use crate::machine::process::Watchdog;
 
 /// How often `wait_until` calls its closure by default.
 const WAIT_UNTIL_INTERVAL: Duration = Duration::from_millis(100);
@@ -141,6 +142,9 @@ impl HostCommand {
         if let Some(c) = &self.cwd {
             cmd.current_dir(c);
         }
+        // Started before vmscript becomes a subreaper, so that it is never
+        // adopted as vmscript's child.
+        Watchdog::get();
         adopt_orphans();
         let parent = std::process::id() as libc::pid_t;
         // SAFETY: only async-signal-safe calls between fork and exec.
@@ -166,14 +170,17 @@ impl HostCommand {
         let child = cmd
             .spawn()
             .map_err(|e| errors::host(format!("run_host: starting {program}: {e}")))?;
-        run.cancel().host_processes().started(child.id() as i32);
-        HostRun {
+        let pgid = child.id() as i32;
+        run.cancel().host_processes().started(pgid);
+        let result = HostRun {
             argv: &self.argv,
             child,
             timeout: self.timeout,
             limit: memory::limit(),
         }
-        .finish(run)
+        .finish(run);
+        run.cancel().host_processes().ended(pgid);
+        result
     }
 }
 
@@ -377,6 +384,10 @@ pub struct HostProcesses {
     /// The process group of every command started, for reaping the
     /// orphans of each that died by themselves.
     groups: std::sync::Mutex<Vec<i32>>,
+    /// The groups the [`Watchdog`] still kills should vmscript die: a
+    /// command's group until it is found empty after its call, or until
+    /// the script ends.
+    watched: std::sync::Mutex<Vec<i32>>,
 }
 
 impl Default for HostProcesses {
@@ -386,6 +397,7 @@ impl Default for HostProcesses {
         HostProcesses {
             mark: format!("{}-{n}", std::process::id()),
             groups: Default::default(),
+            watched: Default::default(),
         }
     }
 }
@@ -396,18 +408,66 @@ impl HostProcesses {
         &self.mark
     }
 
+    /// Records a command's group, and has the watchdog kill it should
+    /// vmscript die: what the command leaves in it in the background has
+    /// no parent-death signal. (Told here rather than by the command
+    /// before its `exec`, which may fail after the telling, when the
+    /// group's id is no longer the command's.)
     fn started(&self, pgid: i32) {
         self.groups
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(pgid);
+        if let Some(w) = Watchdog::get() {
+            w.watch(pgid);
+            self.watched
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(pgid);
+        }
     }
 
-    /// SIGKILLs every live process of the run's commands; with `reap`,
-    /// also collects those that became vmscript's children (orphans
-    /// adopted as subreaper), dead ones included. Nothing to do, and no
-    /// look at /proc, when the run never called `run_host`.
+    /// After the call of the command that leads `pgid` (reaped by now):
+    /// an empty group is forgotten by the watchdog at once, since its id
+    /// is free for anyone; one with background processes stays watched.
+    fn ended(&self, pgid: i32) {
+        // SAFETY: signal 0 only asks whether the group has a member.
+        if unsafe { libc::kill(-pgid, 0) } != 0 {
+            self.forget(|g| g == pgid);
+        }
+    }
+
+    /// Takes the watched groups that `which` selects off the watchdog.
+    fn forget(&self, which: impl Fn(i32) -> bool) {
+        let mut watched = self.watched.lock().unwrap_or_else(|e| e.into_inner());
+        if watched.is_empty() {
+            return;
+        }
+        let Some(w) = Watchdog::get() else {
+            return watched.clear();
+        };
+        watched.retain(|&g| {
+            let forget = which(g);
+            if forget {
+                w.forget(g);
+            }
+            !forget
+        });
+    }
+
+    /// SIGKILLs every live process of the run's commands; with `reap`
+    /// (the script has ended), also collects those that became vmscript's
+    /// children (orphans adopted as subreaper), dead ones included, and
+    /// takes the run's groups off the watchdog. Nothing to do, and no look
+    /// at /proc, when the run never called `run_host`.
     pub fn kill_all(&self, reap: bool) {
+        self.sweep(reap);
+        if reap {
+            self.forget(|_| true);
+        }
+    }
+
+    fn sweep(&self, reap: bool) {
         let groups = self
             .groups
             .lock()
