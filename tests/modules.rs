@@ -176,20 +176,29 @@ fn names_cannot_escape_the_listed_folders() {
 }
 
 #[test]
-fn errors_inside_modules_point_into_the_module() {
+fn errors_inside_modules_point_at_the_test_and_say_where_they_were_raised() {
     let w = World::new();
     w.file("t.rhai", "import \"m\" as m;\nm::boom();\n");
     w.file("m.rhai", "fn boom() {\n    fail(\"inside\");\n}\n");
     let out = stdout(&w.run(&["run", "t.rhai"], None));
-    assert!(out.contains("m.rhai:2:5: AssertionFailed: inside"), "{out}");
+    assert!(
+        out.contains("    t.rhai:2:4: AssertionFailed: inside\n      raised at m.rhai:2:5\n"),
+        "{out}"
+    );
     assert!(
         out.contains("in function boom called at t.rhai:2:4"),
         "{out}"
     );
+    let o = w.run(&["run", "--format", "json", "t.rhai"], None);
+    let first: serde_json::Value =
+        serde_json::from_str(stdout(&o).lines().next().unwrap()).unwrap();
+    assert_eq!(first["error"]["file"], "t.rhai", "{first}");
+    assert_eq!(first["error"]["line"], 2, "{first}");
 
     w.file("m.rhai", "fn broken( {\n");
     let out = stdout(&w.run(&["run", "t.rhai"], None));
-    assert!(out.contains("m.rhai:1:12: SyntaxError"), "{out}");
+    assert!(out.contains("t.rhai:1:8: SyntaxError"), "{out}");
+    assert!(out.contains("raised at m.rhai:1:12"), "{out}");
     assert!(
         out.contains("in module m.rhai imported at t.rhai:1:8"),
         "{out}"

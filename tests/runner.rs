@@ -637,8 +637,9 @@ fn wait_for_pids(w: &World, n: usize) -> Vec<i32> {
 fn signal_stops_the_run_cleanly(sig: i32, name: &str) {
     let w = World::new();
     sleeping_machines(&w, 4);
+    let junit = w.path().join("junit.xml");
     let child = w
-        .command(&["run", "-j", "2", "sig"])
+        .command(&["run", "-j", "2", "--junit", junit.to_str().unwrap(), "sig"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -674,7 +675,36 @@ fn signal_stops_the_run_cleanly(sig: i32, name: &str) {
     for p in pids {
         assert!(!is_qemu_process(p), "QEMU {p} outlived vmscript");
     }
-    assert_eq!(w.leftovers(), Vec::<String>::new());
+    // The interrupted tests keep their logs, and the report says where.
+    let kept: Vec<PathBuf> = out
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("artifacts: "))
+        .map(PathBuf::from)
+        .collect();
+    assert_eq!(kept.len(), 2, "{out}");
+    for dir in &kept {
+        let qmp = std::fs::read_to_string(dir.join("vm0.qmp.jsonl")).unwrap_or_default();
+        assert!(qmp.contains("qmp_capabilities"), "{}: {qmp}", dir.display());
+        assert!(dir.join("vm0.console.log").is_file(), "{}", dir.display());
+    }
+    let root = kept[0].parent().unwrap().file_name().unwrap();
+    assert_eq!(w.leftovers(), [root.to_string_lossy()]);
+    // JUnit lists the tests that never ran, as skipped with the reason.
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    let report = quick_junit::Report::deserialize_from_str(&xml).unwrap();
+    assert_eq!(report.tests, 4, "{xml}");
+    let never: Vec<_> = report.test_suites[0]
+        .test_cases
+        .iter()
+        .filter_map(|c| match &c.status {
+            quick_junit::TestCaseStatus::Skipped { message, .. } => {
+                Some(message.as_ref().unwrap().to_string())
+            }
+            _ => None,
+        })
+        .collect();
+    let why = format!("not run: the run was stopped by {name}");
+    assert_eq!(never, [why.clone(), why], "{xml}");
 }
 
 #[test]
@@ -721,7 +751,12 @@ fn a_second_signal_exits_at_once_and_leaves_nothing() {
     for p in pids {
         assert!(!is_qemu_process(p), "QEMU {p} outlived vmscript");
     }
-    assert_eq!(w.leftovers(), Vec::<String>::new());
+    // Only the interrupted tests' logs stay.
+    let left = w.leftovers();
+    assert!(
+        left.len() <= 1 && left.iter().all(|n| n.starts_with("vmscript-artifacts-")),
+        "{left:?}"
+    );
     assert!(sockets_below(&w.tmp()).is_empty());
 }
 

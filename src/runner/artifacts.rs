@@ -182,7 +182,14 @@ impl Artifacts {
 
     /// Whether a try that ended with `verdict` keeps its folder.
     pub fn keeps(&self, verdict: Verdict) -> bool {
-        self.given || self.keep_all || matches!(verdict, Verdict::Failed | Verdict::TimedOut)
+        // An interrupted test is kept too: Ctrl-C is pressed when
+        // something hangs, which is when its logs are wanted.
+        self.given
+            || self.keep_all
+            || matches!(
+                verdict,
+                Verdict::Failed | Verdict::TimedOut | Verdict::Interrupted
+            )
     }
 
     /// Removes a try's folder.
@@ -254,7 +261,8 @@ mod tests {
     fn a_temp_root_keeps_failures_and_goes_when_empty() {
         let a = Artifacts::new(None, false).unwrap();
         assert!(a.keeps(Verdict::Failed) && a.keeps(Verdict::TimedOut));
-        assert!(!a.keeps(Verdict::Passed) && !a.keeps(Verdict::Interrupted));
+        assert!(a.keeps(Verdict::Interrupted));
+        assert!(!a.keeps(Verdict::Passed) && !a.keeps(Verdict::Skipped));
         let root = a.root().to_path_buf();
         assert!(root.is_dir());
         a.finish();

@@ -156,7 +156,7 @@ impl<'a> Executor<'a> {
         self.artifacts.finish();
         let summary = Summary {
             counts: self.counts,
-            not_run: queue.len(),
+            never_run: queue.into(),
             stopped: self.stopped,
             elapsed: start.elapsed(),
             jobs: self.jobs,

@@ -125,8 +125,9 @@ pub enum StopReason {
 #[derive(Debug, Clone, Default)]
 pub struct Summary {
     pub counts: Counts,
-    /// Tests selected but not run (after --fail-fast or a signal).
-    pub not_run: usize,
+    /// Tests selected but not run (after --fail-fast or a signal), in
+    /// the order they would have run.
+    pub never_run: Vec<discover::Test>,
     pub stopped: Option<StopReason>,
     /// Wall-clock time of the run.
     pub elapsed: Duration,
@@ -138,6 +139,11 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// How many selected tests were not run.
+    pub fn not_run(&self) -> usize {
+        self.never_run.len()
+    }
+
     /// The process exit status; see the module documentation.
     pub fn exit_code(&self) -> i32 {
         match self.stopped {

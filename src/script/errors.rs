@@ -113,6 +113,23 @@ pub fn compile_catching(
     text: &str,
     source: &str,
 ) -> Result<rhai::AST, rhai::ParseError> {
+    let ast = with_kinds_in_catch_blocks(engine, text, source)?;
+    let mut closures = lock_closures();
+    for f in ast.iter_functions() {
+        if f.name.starts_with("anon$") {
+            closures
+                .entry(f.name.to_string())
+                .or_insert_with(|| source.to_string());
+        }
+    }
+    Ok(ast)
+}
+
+fn with_kinds_in_catch_blocks(
+    engine: &rhai::Engine,
+    text: &str,
+    source: &str,
+) -> Result<rhai::AST, rhai::ParseError> {
     let ast = engine.compile(text)?;
     let mut at: Vec<(usize, usize, String)> = Vec::new();
     ast.walk(&mut |path: &[rhai::ASTNode]| {
@@ -158,6 +175,17 @@ fn lock_shifts() -> std::sync::MutexGuard<'static, Shifts> {
     static SHIFTS: std::sync::LazyLock<std::sync::Mutex<Shifts>> =
         std::sync::LazyLock::new(Default::default);
     SHIFTS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Per closure (`anon$…`, named by a hash of its body), the source it was
+/// written in: Rhai reports a closure called from inside a module as if
+/// it were the module's.
+type Closures = std::collections::HashMap<String, String>;
+
+fn lock_closures() -> std::sync::MutexGuard<'static, Closures> {
+    static CLOSURES: std::sync::LazyLock<std::sync::Mutex<Closures>> =
+        std::sync::LazyLock::new(Default::default);
+    CLOSURES.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The column `col` of `line` in `file` as the author wrote it, before
@@ -312,7 +340,16 @@ pub struct Failure {
 
 impl Failure {
     /// Describes `err`, which happened while running `script`.
+    ///
+    /// The failure points at the test's own file: when the error was
+    /// raised inside a module or the stdlib, its location is the deepest
+    /// line of `script` on the way there (the call the test made), and
+    /// where it was raised comes first in the context; a report or a CI
+    /// annotation then points at a line the test's author wrote.
     pub fn from_eval(err: &EvalAltResult, script: &str) -> Failure {
+        // Each place the error passed through, outermost first: the file
+        // and position of a call, and the error's own position last.
+        let mut frames: Vec<(String, Position)> = Vec::new();
         let mut file = script.to_string();
         let mut context = Vec::new();
         let mut pos = err.position();
@@ -326,7 +363,14 @@ impl Failure {
                         format!("function {name}")
                     };
                     context.push(format!("in {what} called at {}", location(&file, *p)));
-                    if !src.is_empty() {
+                    frames.push((file.clone(), *p));
+                    let closure = name
+                        .starts_with("anon$")
+                        .then(|| lock_closures().get(name.as_str()).cloned())
+                        .flatten();
+                    if let Some(written_in) = closure {
+                        file = written_in;
+                    } else if !src.is_empty() {
                         file = src.clone();
                     }
                     pos = if inner.position().is_none() {
@@ -341,6 +385,7 @@ impl Failure {
                         "in module {path} imported at {}",
                         location(&file, *p)
                     ));
+                    frames.push((file.clone(), *p));
                     if !path.is_empty() {
                         file = path.clone();
                     }
@@ -351,12 +396,22 @@ impl Failure {
             }
         }
         context.reverse();
+        if file != script {
+            if let Some((own, p)) = frames.iter().rev().find(|(f, _)| f == script) {
+                context.insert(0, format!("raised at {}", location(&file, pos)));
+                file = own.clone();
+                pos = *p;
+            }
+        }
         let (kind, message, value) = kind_and_message(e);
         // A call that failed because the run was cancelled: what it saw.
         if let Some(saw) = value.as_ref().and_then(|v| v.get("saw")) {
             let text = |k: &str| saw.get(k).and_then(|v| v.as_str()).unwrap_or("");
             let first = text("message").lines().next().unwrap_or("");
-            context.push(format!("the script saw it as {}: {first}", text("kind")));
+            context.push(format!(
+                "(the call it stopped ended with {}: {first})",
+                text("kind")
+            ));
         }
         let column = match (pos.line(), pos.position()) {
             (Some(l), Some(c)) => Some(true_column(&file, l, c)),
@@ -617,6 +672,52 @@ mod tests {
         assert_eq!(f.kind, SCRIPT_ERROR);
         assert_eq!(f.message, "deep");
         assert_eq!(f.context, vec!["in function f called at t.rhai:4:1"]);
+    }
+
+    #[test]
+    fn errors_raised_in_a_module_point_at_the_tests_own_call() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("util.rhai"),
+            "fn check(x) {\n    if x > 1 {\n        throw \"too big\";\n    }\n}\n",
+        )
+        .unwrap();
+        let mut engine = rhai::Engine::new();
+        let mut resolver = rhai::module_resolvers::FileModuleResolver::new_with_path(dir.path());
+        resolver.enable_cache(false);
+        engine.set_module_resolver(resolver);
+        let text = "import \"util\" as u;\nfn helper(v) {\n    u::check(v)\n}\nhelper(5);";
+        let mut ast = compile_catching(&engine, text, "t.rhai").unwrap();
+        ast.set_source("t.rhai");
+        let err = engine.run_ast(&ast).unwrap_err();
+        let f = Failure::from_eval(&err, "t.rhai");
+        assert_eq!(f.location(), "t.rhai:3:8", "{f}");
+        assert_eq!(f.context[0], "raised at util:3:9", "{f}");
+        assert_eq!(
+            f.context[1..],
+            [
+                "in function check called at t.rhai:3:8",
+                "in function helper called at t.rhai:5:1"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_closure_called_from_a_module_is_placed_in_its_own_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("m.rhai"), "fn each(f) {\n    f.call()\n}\n").unwrap();
+        let mut engine = rhai::Engine::new();
+        engine.set_module_resolver(rhai::module_resolvers::FileModuleResolver::new_with_path(
+            dir.path(),
+        ));
+        let text =
+            "import \"m\" as m;\nfn bad() { throw \"inner\"; }\nm::each(|| {\n    bad()\n});";
+        let mut ast = compile_catching(&engine, text, "c.rhai").unwrap();
+        ast.set_source("c.rhai");
+        let err = engine.run_ast(&ast).unwrap_err();
+        let f = Failure::from_eval(&err, "c.rhai");
+        assert_eq!(f.location(), "c.rhai:2:12", "{f}");
+        assert_eq!(f.context[0], "in function bad called at c.rhai:4:5", "{f}");
     }
 
     #[test]

@@ -213,7 +213,7 @@ pub fn run_program(
             if let Some(r) = cancel.reason() {
                 if f.kind != r.kind() || f.message != r.message() {
                     f.context.push(format!(
-                        "the script saw it as {}: {}",
+                        "(the call it stopped ended with {}: {})",
                         f.kind,
                         first_line(&f.message)
                     ));

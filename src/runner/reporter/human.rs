@@ -109,10 +109,10 @@ pub fn result(r: &TestResult, captured: bool) -> String {
 /// that every unindented line is a test's or a count.
 pub fn summary(s: &Summary, results: &[TestResult]) -> String {
     let mut out = Vec::new();
-    if results.len() + s.not_run > 1 {
+    if results.len() + s.not_run() > 1 {
         let mut line = format!(
             "    Summary: {} tests in {}, {} at a time",
-            results.len() + s.not_run,
+            results.len() + s.not_run(),
             secs(s.elapsed),
             s.jobs
         );
@@ -158,7 +158,7 @@ pub fn summary(s: &Summary, results: &[TestResult]) -> String {
         out.push(format!("    {}", extra.join(", ")));
     }
     match s.stopped {
-        Some(StopReason::FailFast) if s.not_run > 0 => {
+        Some(StopReason::FailFast) if s.not_run() > 0 => {
             out.push("    Stopped after a failure (--fail-fast)".into());
         }
         Some(StopReason::Signal(sig)) => {
@@ -169,8 +169,8 @@ pub fn summary(s: &Summary, results: &[TestResult]) -> String {
         }
         _ => {}
     }
-    if s.not_run > 0 {
-        out.push(format!("{} not run", s.not_run));
+    if s.not_run() > 0 {
+        out.push(format!("{} not run", s.not_run()));
     }
     out.push(c.to_string());
     out.join("\n")
@@ -180,6 +180,7 @@ pub fn summary(s: &Summary, results: &[TestResult]) -> String {
 mod tests {
     use super::super::tests::result as make;
     use super::*;
+    use crate::runner::discover::Test;
     use crate::runner::results::Counts;
 
     /// The text as it reads without colours.
@@ -259,7 +260,7 @@ mod tests {
         results.iter().for_each(|r| counts.add(r));
         let s = Summary {
             counts,
-            not_run: 2,
+            never_run: vec![Test::default(); 2],
             stopped: Some(StopReason::FailFast),
             elapsed: Duration::from_millis(4100),
             jobs: 4,

@@ -85,7 +85,7 @@ pub fn summary(s: &Summary) -> Value {
             "flaky": c.flaky,
             "timed_out": c.timed_out,
             "interrupted": c.interrupted,
-            "not_run": s.not_run,
+            "not_run": s.not_run(),
             "duration": s.elapsed.as_secs_f64(),
             "jobs": s.jobs,
         }

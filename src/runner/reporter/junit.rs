@@ -17,8 +17,9 @@ use quick_junit::{
     NonSuccessKind, Property, Report, TestCase, TestCaseStatus, TestRerun, TestSuite,
 };
 
+use super::super::discover::Test;
 use super::super::results::{Attempt, TestResult, Verdict};
-use super::super::Summary;
+use super::super::{StopReason, Summary};
 use super::{details, failure_text, step_line, waiting_for};
 
 /// The suite and report name.
@@ -91,24 +92,10 @@ fn test_case(r: &TestResult) -> TestCase {
         }
     };
     status.add_reruns(earlier.iter().map(rerun));
-    // A case is named after its function, in the class of its file.
-    let (name, class) = match &r.test.case {
-        Some(case) => (case.as_str(), r.test.file_name().to_string()),
-        None => (
-            r.test.name.as_str(),
-            Path::new(&r.test.name)
-                .parent()
-                .map(|p| p.display().to_string())
-                .filter(|p| !p.is_empty())
-                .unwrap_or_else(|| SUITE.to_string()),
-        ),
-    };
-    let mut tc = TestCase::new(name, status);
-    tc.set_classname(class).set_time(r.duration());
+    let mut tc = named_case(&r.test, status);
+    tc.set_time(r.duration());
     let start: chrono::DateTime<chrono::Utc> = r.attempts()[0].started_at.into();
     tc.set_timestamp(start);
-    tc.extra
-        .insert("file".into(), r.test.path.display().to_string().into());
     if !last.outcome.report.output.is_empty() {
         tc.set_system_out(last.outcome.report.output.join("\n"));
     }
@@ -119,11 +106,54 @@ fn test_case(r: &TestResult) -> TestCase {
     tc
 }
 
+/// The test case of `test`: a case is named after its function, in the
+/// class of its file; a file after its path, in the class of its folder.
+fn named_case(test: &Test, status: TestCaseStatus) -> TestCase {
+    let (name, class) = match &test.case {
+        Some(case) => (case.as_str(), test.file_name().to_string()),
+        None => (
+            test.name.as_str(),
+            Path::new(&test.name)
+                .parent()
+                .map(|p| p.display().to_string())
+                .filter(|p| !p.is_empty())
+                .unwrap_or_else(|| SUITE.to_string()),
+        ),
+    };
+    let mut tc = TestCase::new(name, status);
+    tc.set_classname(class);
+    tc.extra
+        .insert("file".into(), test.path.display().to_string().into());
+    tc
+}
+
+/// A selected test the run never started, as a skipped test case that
+/// says why: a report that leaves it out looks like a smaller suite.
+fn never_run(test: &Test, stopped: Option<StopReason>) -> TestCase {
+    let why = match stopped {
+        Some(StopReason::Signal(sig)) => format!(
+            "not run: the run was stopped by {}",
+            crate::script::cancel::signal_name(sig)
+        ),
+        Some(StopReason::FailFast) => "not run: --fail-fast stopped the run after a failure".into(),
+        None => "not run".into(),
+    };
+    let mut status = TestCaseStatus::skipped();
+    status.set_message(why);
+    named_case(test, status)
+}
+
 /// The report as XML.
 pub fn render(summary: &Summary, results: &[TestResult]) -> Result<String, String> {
     let mut suite = TestSuite::new(SUITE);
     suite.set_time(summary.elapsed);
     suite.add_test_cases(results.iter().map(test_case));
+    suite.add_test_cases(
+        summary
+            .never_run
+            .iter()
+            .map(|t| never_run(t, summary.stopped)),
+    );
     let mut report = Report::new(SUITE);
     report.set_time(summary.elapsed).add_test_suite(suite);
     report.to_string().map_err(|e| e.to_string())
@@ -162,6 +192,36 @@ pub fn write(path: &Path, summary: &Summary, results: &[TestResult]) -> Result<(
 mod tests {
     use super::super::tests::result;
     use super::*;
+
+    #[test]
+    fn tests_never_run_are_skipped_with_the_reason() {
+        let results = vec![result("a.rhai", &[Verdict::Interrupted])];
+        let never = |name: &str| Test {
+            path: name.into(),
+            name: name.to_string(),
+            ..Test::default()
+        };
+        let summary = Summary {
+            never_run: vec![never("t/b.rhai"), never("c.rhai")],
+            stopped: Some(StopReason::Signal(2)),
+            ..Summary::default()
+        };
+        let xml = render(&summary, &results).unwrap();
+        let report = Report::deserialize_from_str(&xml).unwrap();
+        assert_eq!(report.tests, 3);
+        let suite = &report.test_suites[0];
+        assert_eq!(suite.skipped, 2);
+        let b = &suite.test_cases[1];
+        assert_eq!(b.name.as_str(), "t/b.rhai");
+        assert_eq!(b.classname.as_ref().unwrap().as_str(), "t");
+        match &b.status {
+            TestCaseStatus::Skipped { message, .. } => assert_eq!(
+                message.as_ref().unwrap().as_str(),
+                "not run: the run was stopped by SIGINT (Ctrl-C)"
+            ),
+            s => panic!("{s:?}"),
+        }
+    }
 
     #[test]
     fn reads_back_with_counts_messages_and_output() {

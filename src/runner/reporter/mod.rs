@@ -219,8 +219,7 @@ pub fn failure_text(a: &Attempt) -> String {
 const CONTEXT_CHARS: usize = 160;
 
 /// A section `--- title ---` with the last lines of a log, if it has any.
-fn log_section(s: &mut String, title: &str, path: &Path) {
-    let lines = tail_lines(path, LOG_TAIL_LINES);
+fn log_section(s: &mut String, title: &str, lines: String) {
     if lines.trim().is_empty() {
         return;
     }
@@ -253,9 +252,12 @@ pub fn details(a: &Attempt, captured: bool) -> String {
     }
     for m in &rep.machines {
         if let Some(c) = &m.console_log {
-            log_section(&mut s, &format!("{} console", m.name), c);
+            let text = plain(&without_guest_run_plumbing(&tail_raw(c)));
+            let lines = crate::machine::last_lines(&text, LOG_TAIL_LINES);
+            log_section(&mut s, &format!("{} console", m.name), lines);
         }
-        log_section(&mut s, &format!("{} QEMU output", m.name), &m.qemu_log);
+        let lines = tail_lines(&m.qemu_log, LOG_TAIL_LINES);
+        log_section(&mut s, &format!("{} QEMU output", m.name), lines);
     }
     for p in &rep.problems {
         s.push_str(&format!("cleanup: {p}\n"));
@@ -375,6 +377,12 @@ pub fn plain(text: &str) -> String {
 /// The last `n` lines of a file (its last 16 KiB at most), with terminal
 /// control sequences removed.
 pub fn tail_lines(path: &Path, n: usize) -> String {
+    crate::machine::last_lines(&plain(&tail_raw(path)), n)
+}
+
+/// The last 16 KiB of the file at `path` as text; nothing when it cannot
+/// be read.
+fn tail_raw(path: &Path) -> String {
     const MAX: u64 = 16 << 10;
     let Ok(mut f) = std::fs::File::open(path) else {
         return String::new();
@@ -385,8 +393,43 @@ pub fn tail_lines(path: &Path, n: usize) -> String {
     }
     let mut buf = Vec::new();
     let _ = f.read_to_end(&mut buf);
-    let text = plain(&String::from_utf8_lossy(&buf));
-    crate::machine::last_lines(&text, n)
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// Console text as the guest's user would have seen it: the stdlib's
+/// `guest::run` (stdlib/guest.rhai) types a long command that wraps the
+/// user's between markers and reads the output back tagged with them;
+/// here the echo of that command becomes the user's command, the tagged
+/// lines their text, and the marker-only lines go. Anything else is left
+/// as it is. `text` is the console's raw text (before [`plain`]), where a
+/// line the terminal wrapped ends with `\r\r\n` and any other with `\r\n`.
+pub fn without_guest_run_plumbing(text: &str) -> String {
+    use regex::{Captures, Regex};
+    use std::sync::LazyLock;
+    static ECHO: LazyLock<Regex> = LazyLock::new(|| {
+        Regex::new(r#"M=vms\d+; (?:[^\n]|\r\r\n)*?wc -l\)"\r*\n"#).expect("a valid pattern")
+    });
+    static COMMAND: LazyLock<Regex> = LazyLock::new(|| {
+        Regex::new(r"(?s)^M=vms\d+; mkdir -p .*? sh -c '(.*)' </dev/null >")
+            .expect("a valid pattern")
+    });
+    static LINE: LazyLock<Regex> = LazyLock::new(|| {
+        Regex::new(r"(?m)^(?:\r?\n)?vms\d+(?:\|(.*?)|-rc \d+|-len \d+ \d+)\r*\n")
+            .expect("a valid pattern")
+    });
+    let text = ECHO.replace_all(text, |c: &Captures| {
+        let echo = c[0].replace("\r\r\n", "");
+        match COMMAND.captures(&echo) {
+            Some(cmd) => format!("{}\r\n", cmd[1].replace(r"'\''", "'")),
+            // Reading the output again after noise: nothing the user typed.
+            None => String::new(),
+        }
+    });
+    LINE.replace_all(&text, |c: &Captures| match c.get(1) {
+        Some(line) => format!("{}\r\n", line.as_str()),
+        None => String::new(),
+    })
+    .into_owned()
 }
 
 #[cfg(test)]
@@ -444,6 +487,26 @@ pub(crate) mod tests {
         let p = d.path().join("l");
         std::fs::write(&p, "a\nb\x1b[6n\nc\n").unwrap();
         assert_eq!(tail_lines(&p, 2), "b\nc");
+    }
+
+    #[test]
+    fn console_tails_show_guest_run_as_the_user_typed_it() {
+        // A real console of the test guest: guest::run of a command that
+        // prints a coloured word, then of `exit 3`, both echoed wrapped.
+        let raw = include_str!("../../../tests/fixtures/guest-run-console.log");
+        assert!(raw.contains("\r\r\n"), "the fixture has wrapped lines");
+        let text = plain(&without_guest_run_plumbing(raw));
+        assert!(!text.contains("vms"), "{text}");
+        assert!(
+            text.ends_with(
+                "/ # echo hello; printf '\\033[31mred\\033[0m\\n'\nhello\nred\n/ # exit 3\n/ # "
+            ),
+            "{text}"
+        );
+        // The boot banner and anything that is not plumbing stay.
+        assert!(text.starts_with("BusyBox v1.35.0"), "{text}");
+        let other = "vmsX|not a marker\r\nM=vms1 is not a command\r\n";
+        assert_eq!(without_guest_run_plumbing(other), other);
     }
 
     #[test]

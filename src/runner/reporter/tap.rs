@@ -86,7 +86,7 @@ pub fn footer(s: &Summary) -> String {
             "Bail out! Interrupted by {}\n",
             crate::script::cancel::signal_name(sig)
         )),
-        Some(StopReason::FailFast) if s.not_run > 0 => {
+        Some(StopReason::FailFast) if s.not_run() > 0 => {
             out.push_str("Bail out! Stopped after a failure (--fail-fast)\n");
         }
         _ => {}
@@ -95,7 +95,9 @@ pub fn footer(s: &Summary) -> String {
     out.push_str(&format!("# {c}"));
     out.push_str(&format!(
         "\n# {} flaky, {} timed out, {} not run",
-        c.flaky, c.timed_out, s.not_run
+        c.flaky,
+        c.timed_out,
+        s.not_run()
     ));
     out
 }
