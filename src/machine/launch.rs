@@ -1,7 +1,7 @@
 //! Starting QEMU, in three steps with an error of their own each: a
-//! [`Plan`] (temp dir, sockets, listeners and the command line, built by
-//! small pure functions), a spawn, and a connect (accept the monitor,
-//! negotiate QMP, start the console reader and the qtest channel).
+//! [`Plan`] (temp dir, sockets, listeners and the command line, whose
+//! pieces [`super::args`] builds), a spawn, and a connect (accept the
+//! monitor, negotiate QMP, start the console reader and the qtest channel).
 //!
 //! Only [`Machine::launch`] is public; it turns a [`LaunchError`] into
 //! [`Error::LaunchFailure`] after cleaning up. What a launch makes is
@@ -15,8 +15,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::args::{
+    add_fd_args, command_line, console_args, display_args, machine_args, monitor_args,
+    monitor_null_args, qtest_args, serial_padding_args, MonitorChardev,
+};
+use super::lifecycle::{Exited, Launched, Running, State};
 use super::process::Process;
-use super::{AddFd, Console, ConsoleConfig, Error, Machine, Result};
+use super::{Console, Error, Interrupters, Machine, Result};
 use crate::qmp::{self, Address};
 
 /// Why a launch failed, by step.
@@ -300,61 +305,72 @@ impl Machine {
     /// Starts QEMU and negotiates QMP. On failure everything is cleaned up
     /// and the error is [`Error::LaunchFailure`] with QEMU's output.
     pub fn launch(&mut self) -> Result<()> {
-        if self.running.is_some() {
+        if self.running().is_some() {
             return Err(Error::Machine(format!(
                 "launch: the machine {} is already launched",
                 self.name
             )));
         }
-        self.exitcode = None;
-        self.crash = None;
-        self.log = None;
-        self.quit_issued = false;
-        self.leftover_events.clear();
-        self.greeting = serde_json::Value::Null;
-        match self.try_launch() {
-            Ok(()) => Ok(()),
-            Err((cause, command)) => {
-                let exitcode = self.running.as_ref().and_then(|r| {
-                    r.process
-                        .exit_code()
-                        .or_else(|| r.process.wait_timeout(Duration::from_millis(200)))
-                });
-                self.cleanup();
-                Err(Error::LaunchFailure {
-                    cause: cause.to_string(),
-                    exitcode: exitcode.or(self.exitcode),
-                    command,
-                    output: self.log.clone().unwrap_or_default(),
-                })
+        let mut plan = match Plan::new(self) {
+            Ok(plan) => plan,
+            Err(e) => {
+                self.state = State::Exited(Exited::never_ran(Launched::default()));
+                return Err(launch_failure(e, None, Vec::new(), String::new()));
             }
-        }
-    }
-
-    /// The launch; a failure carries the command line once there is one
-    /// to blame.
-    fn try_launch(&mut self) -> std::result::Result<(), (LaunchError, Vec<String>)> {
-        let mut plan = Plan::new(self).map_err(|e| (e, Vec::new()))?;
-        self.sock_dir = plan.sock_dir.clone();
-        self.log_dir = plan.log_dir.clone();
-        self.full_args = plan.args.clone();
-        let args = plan.args.clone();
-        let process = plan.spawn(self.log_path()).map_err(|e| (e, args))?;
+        };
+        let launched = Launched {
+            sock_dir: plan.sock_dir.clone(),
+            log_dir: plan.log_dir.clone(),
+            full_args: plan.args.clone(),
+            greeting: serde_json::Value::Null,
+        };
+        let process = match plan.spawn(self.log_file(&launched.log_dir, "log")) {
+            Ok(p) => p,
+            Err(e) => {
+                self.state = State::Exited(Exited::never_ran(launched));
+                return Err(launch_failure(e, None, plan.args, String::new()));
+            }
+        };
         self.kill_handle.set(Some(process.clone()));
-        self.temp_dir = plan.temp_dir.take();
-        self.running = Some(super::Running {
+        self.state = State::Running(Running {
+            launched,
+            temp_dir: plan.temp_dir.take(),
             process: process.clone(),
             qmp: None,
             console: None,
             qtest: None,
+            transcript: None,
+            quit_issued: false,
         });
+        if let Err(e) = self.connect(&mut plan, &process) {
+            let code = process
+                .exit_code()
+                .or_else(|| process.wait_timeout(Duration::from_millis(200)));
+            self.cleanup();
+            let (code, output) = match &self.state {
+                State::Exited(x) => (code.or(x.code), x.log.clone().unwrap_or_default()),
+                _ => (code, String::new()),
+            };
+            return Err(launch_failure(e, code, plan.args, output));
+        }
+        Ok(())
+    }
+
+    /// The connect step of a launch, on the running machine: the QMP
+    /// transcript and observer, then [`Plan::connect`].
+    fn connect(
+        &mut self,
+        plan: &mut Plan,
+        process: &Process,
+    ) -> std::result::Result<(), LaunchError> {
         // Made while QEMU starts up, which it takes far longer to do.
         let transcript = if self.qmp_enabled {
             self.open_transcript()
         } else {
             None
         };
-        let observer = match (transcript, self.observer.clone()) {
+        let (transcript, to_file) = transcript.unzip();
+        let observer = match (to_file, self.observer.clone()) {
             (Some(a), Some(b)) => Some(Arc::new(move |d: qmp::Direction, m: &[u8]| {
                 a(d, m);
                 b(d, m);
@@ -362,19 +378,33 @@ impl Machine {
             (a, b) => a.or(b),
         };
         let watch = self.observer.is_some();
-        let connected = plan
-            .connect(self, &process, observer, watch)
-            .map_err(|e| (e, plan.args.clone()))?;
-        self.greeting = connected.greeting;
-        let running = self.running.as_mut().expect("set above");
+        let running = self.running_mut().expect("launch made it running");
+        running.transcript = transcript;
+        let connected = plan.connect(self, process, observer, watch)?;
+        self.interrupt_handle.set(Interrupters {
+            qmp: connected.qmp.as_ref().map(qmp::Client::interrupter),
+            console: connected.console.as_ref().map(Console::interrupter),
+        });
+        let running = self.running_mut().expect("launch made it running");
+        running.launched.greeting = connected.greeting;
         running.qmp = connected.qmp;
         running.console = connected.console;
         running.qtest = connected.qtest;
-        self.interrupt_handle.set(super::Interrupters {
-            qmp: running.qmp.as_ref().map(qmp::Client::interrupter),
-            console: running.console.as_ref().map(Console::interrupter),
-        });
         Ok(())
+    }
+}
+
+fn launch_failure(
+    cause: LaunchError,
+    exitcode: Option<i32>,
+    command: Vec<String>,
+    output: String,
+) -> Error {
+    Error::LaunchFailure {
+        cause: cause.to_string(),
+        exitcode,
+        command,
+        output,
     }
 }
 
@@ -396,120 +426,6 @@ fn make_temp_dir(
     }
     .map_err(LaunchError::plan("creating the temp dir"))
 }
-
-// ---- the command line, piece by piece -------------------------------------
-
-/// The command line: the pieces in order.
-fn command_line(pieces: &[Vec<String>]) -> Vec<String> {
-    pieces.concat()
-}
-
-fn strings(a: &[&str]) -> Vec<String> {
-    a.iter().map(|s| s.to_string()).collect()
-}
-
-/// No display and no VGA, as `QEMUMachine` starts every machine.
-fn display_args() -> Vec<String> {
-    strings(&["-display", "none", "-vga", "none"])
-}
-
-/// Where the monitor's chardev is.
-enum MonitorChardev<'a> {
-    /// A descriptor QEMU inherits.
-    Fd(RawFd),
-    /// A unix socket QEMU connects to.
-    Unix(&'a Path),
-    /// A TCP address QEMU connects to.
-    Tcp(&'a str, u16),
-}
-
-impl MonitorChardev<'_> {
-    /// The `-chardev` specification, with the id the `-mon` option names.
-    fn spec(&self) -> String {
-        match self {
-            MonitorChardev::Fd(fd) => format!("socket,id=mon,fd={fd}"),
-            MonitorChardev::Unix(path) => format!(
-                "socket,id=mon,path={}",
-                option_value(&path.display().to_string())
-            ),
-            MonitorChardev::Tcp(host, port) => format!("socket,id=mon,host={host},port={port}"),
-        }
-    }
-}
-
-/// A QMP monitor on the chardev `spec`.
-fn monitor_args(spec: &str) -> Vec<String> {
-    strings(&["-chardev", spec, "-mon", "chardev=mon,mode=control"])
-}
-
-/// `-monitor null` when asked for (`add_monitor_null`).
-fn monitor_null_args(enabled: bool) -> Vec<String> {
-    if enabled {
-        strings(&["-monitor", "null"])
-    } else {
-        Vec::new()
-    }
-}
-
-/// The `-machine` type, when one was set.
-fn machine_args(machine_type: Option<&str>) -> Vec<String> {
-    machine_type.map_or_else(Vec::new, |m| strings(&["-machine", m]))
-}
-
-/// One `-add-fd`.
-fn add_fd_args(f: &AddFd) -> Vec<String> {
-    let mut spec = format!(
-        "fd={},set={},opaque={}",
-        f.fd,
-        f.fdset,
-        option_value(&f.opaque)
-    );
-    if !f.opts.is_empty() {
-        spec.push(',');
-        spec.push_str(&f.opts);
-    }
-    vec!["-add-fd".into(), spec]
-}
-
-/// `-serial null` for each serial port before the console's.
-fn serial_padding_args(console_index: u32) -> Vec<String> {
-    (0..console_index)
-        .flat_map(|_| strings(&["-serial", "null"]))
-        .collect()
-}
-
-/// The console chardev on `fd`, on a serial port or on a device.
-fn console_args(fd: RawFd, console: &ConsoleConfig) -> Vec<String> {
-    let mut a = vec!["-chardev".into(), format!("socket,id=console,fd={fd}")];
-    match &console.device_type {
-        None => a.extend(strings(&["-serial", "chardev:console"])),
-        Some(t) => a.extend(["-device".into(), format!("{t},chardev=console")]),
-    }
-    a
-}
-
-/// qtest on the unix socket `path`.
-///
-/// `-qtest` selects the qtest accelerator where QEMU has it; Debian's 7.2
-/// lacks it and runs the firmware under TCG instead, racing qtest's port
-/// I/O. `-S` keeps guest code from ever running, which is what qtest means.
-fn qtest_args(path: &Path) -> Vec<String> {
-    vec![
-        "-qtest".into(),
-        format!("unix:{}", option_value(&path.display().to_string())),
-        "-qtest-log".into(),
-        "/dev/null".into(),
-        "-S".into(),
-    ]
-}
-
-/// `text` as the value of a QEMU option (`path=…` in `-chardev socket,…`):
-/// QEMU reads a `,` as the end of the value, and `,,` as a comma in it.
-fn option_value(text: &str) -> String {
-    text.replace(',', ",,")
-}
-
-// ---- accepting QEMU's connection ------------------------------------------
 
 /// A listening socket QEMU connects to; a unix one with the path to remove
 /// once QEMU is connected.
@@ -566,137 +482,5 @@ impl Listener {
             let _ = std::fs::remove_file(path);
         }
         Ok(stream)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_machine_starts_without_display_or_vga() {
-        assert_eq!(display_args(), ["-display", "none", "-vga", "none"]);
-    }
-
-    #[test]
-    fn the_monitor_chardev_names_an_inherited_fd_a_path_or_an_address() {
-        assert_eq!(MonitorChardev::Fd(7).spec(), "socket,id=mon,fd=7");
-        assert_eq!(
-            MonitorChardev::Unix(Path::new("/tmp/a,b/qmp.sock")).spec(),
-            "socket,id=mon,path=/tmp/a,,b/qmp.sock"
-        );
-        assert_eq!(
-            MonitorChardev::Tcp("127.0.0.1", 4444).spec(),
-            "socket,id=mon,host=127.0.0.1,port=4444"
-        );
-    }
-
-    #[test]
-    fn the_monitor_is_a_qmp_monitor_on_its_chardev() {
-        assert_eq!(
-            monitor_args("socket,id=mon,fd=7"),
-            [
-                "-chardev",
-                "socket,id=mon,fd=7",
-                "-mon",
-                "chardev=mon,mode=control"
-            ]
-        );
-    }
-
-    #[test]
-    fn optional_pieces_are_empty_when_not_asked_for() {
-        assert!(monitor_null_args(false).is_empty());
-        assert_eq!(monitor_null_args(true), ["-monitor", "null"]);
-        assert!(machine_args(None).is_empty());
-        assert_eq!(machine_args(Some("q35")), ["-machine", "q35"]);
-        assert!(serial_padding_args(0).is_empty());
-    }
-
-    #[test]
-    fn add_fd_escapes_the_opaque_value_and_appends_options() {
-        let f = AddFd {
-            fd: 9,
-            fdset: 2,
-            opaque: "disk,a".into(),
-            opts: String::new(),
-        };
-        assert_eq!(add_fd_args(&f), ["-add-fd", "fd=9,set=2,opaque=disk,,a"]);
-        let f = AddFd {
-            opts: "extra=1".into(),
-            ..f
-        };
-        assert_eq!(
-            add_fd_args(&f),
-            ["-add-fd", "fd=9,set=2,opaque=disk,,a,extra=1"]
-        );
-    }
-
-    #[test]
-    fn a_console_index_pads_the_serial_ports_before_it() {
-        assert_eq!(
-            serial_padding_args(2),
-            ["-serial", "null", "-serial", "null"]
-        );
-    }
-
-    #[test]
-    fn the_console_goes_on_a_serial_port_or_on_a_device() {
-        let serial = ConsoleConfig {
-            enabled: true,
-            device_type: None,
-            index: 0,
-        };
-        assert_eq!(
-            console_args(5, &serial),
-            [
-                "-chardev",
-                "socket,id=console,fd=5",
-                "-serial",
-                "chardev:console"
-            ]
-        );
-        let device = ConsoleConfig {
-            device_type: Some("virtconsole".into()),
-            ..serial
-        };
-        assert_eq!(
-            console_args(5, &device),
-            [
-                "-chardev",
-                "socket,id=console,fd=5",
-                "-device",
-                "virtconsole,chardev=console"
-            ]
-        );
-    }
-
-    #[test]
-    fn qtest_listens_on_an_escaped_path_and_keeps_the_guest_stopped() {
-        assert_eq!(
-            qtest_args(Path::new("/s,d/vm.qtest.sock")),
-            [
-                "-qtest",
-                "unix:/s,,d/vm.qtest.sock",
-                "-qtest-log",
-                "/dev/null",
-                "-S"
-            ]
-        );
-    }
-
-    #[test]
-    fn the_command_line_keeps_its_pieces_in_order() {
-        let line = command_line(&[
-            strings(&["valgrind"]),
-            strings(&["qemu"]),
-            display_args(),
-            Vec::new(),
-            strings(&["-M", "none"]),
-        ]);
-        assert_eq!(
-            line,
-            ["valgrind", "qemu", "-display", "none", "-vga", "none", "-M", "none"]
-        );
     }
 }
