@@ -162,6 +162,54 @@ fn configuring_after_launch_is_refused() {
 }
 
 #[test]
+fn calls_that_need_qemu_are_not_running_before_launch_and_after_exit() {
+    let mut vm = Machine::new(none_options(&[])).unwrap();
+    let err = vm.command("query-status", None, true).unwrap_err();
+    assert!(
+        matches!(&err, Error::NotRunning { what, .. } if what == "query-status"),
+        "{err:?}"
+    );
+    assert_eq!(err.kind(), "QEMUMachineError");
+    assert!(err.to_string().ends_with("is not running"), "{err}");
+    assert!(matches!(vm.console_socket(), Err(Error::NotRunning { .. })));
+    assert!(matches!(vm.qtest("readl 0"), Err(Error::NotRunning { .. })));
+    vm.launch().unwrap();
+    vm.command("stop", None, true).unwrap();
+    vm.shutdown(false, secs(30.0)).unwrap();
+    // The closed monitor keeps its events: a wait finds one, in order,
+    // and a wait for one that never came says why it cannot come.
+    let stop = vm.event_wait("STOP", Duration::ZERO, None).unwrap();
+    assert_eq!(stop.unwrap()["event"], "STOP");
+    let err = vm.event_wait("NEVER", secs(1.0), None).unwrap_err();
+    assert!(matches!(err, Error::NotRunning { .. }), "{err:?}");
+    let rest = vm.get_qmp_events(EventWait::Forever).unwrap();
+    assert_eq!(rest.len(), 1, "{rest:?}");
+    assert_eq!(rest[0]["event"], "SHUTDOWN");
+    assert!(matches!(
+        vm.command("query-status", None, true),
+        Err(Error::NotRunning { .. })
+    ));
+}
+
+#[test]
+fn a_relaunch_starts_from_nothing_the_last_run_left() {
+    let mut vm = launched(&[]);
+    vm.command("stop", None, true).unwrap();
+    vm.kill();
+    assert_eq!(vm.exitcode(), Some(-9));
+    assert!(vm.get_log().is_some());
+    vm.launch().unwrap();
+    assert_eq!(vm.exitcode(), None);
+    assert!(vm.get_log().is_none());
+    assert!(vm.crash().is_none());
+    assert!(vm.temp_dir().is_some());
+    assert!(vm.qmp_greeting()["QMP"]["version"].is_object());
+    assert!(vm.get_qmp_events(EventWait::No).unwrap().is_empty());
+    vm.shutdown(false, secs(30.0)).unwrap();
+    assert_eq!(vm.exitcode(), Some(0));
+}
+
+#[test]
 fn a_killed_qemu_ends_a_long_event_wait_at_once() {
     let mut vm = launched(&[]);
     let killer = vm.kill_handle();

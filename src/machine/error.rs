@@ -11,6 +11,9 @@ pub enum Error {
     /// Misuse of the API or an unexpected machine state.
     #[error("{0}")]
     Machine(String),
+    /// A call that needs QEMU running, made before launch or after exit.
+    #[error("{what}: the machine {machine} is not running")]
+    NotRunning { what: String, machine: String },
     /// A configuration request that cannot be turned into arguments.
     #[error("{0}")]
     AddDevice(String),
@@ -68,15 +71,16 @@ impl Error {
     /// script-visible error kind.
     pub fn kind(&self) -> &'static str {
         match self {
-            Error::Interrupted { .. }
-            | Error::Qmp(qmp::Error::Interrupted { .. })
-            | Error::Console(ConsoleError::Interrupted { .. }) => "Interrupted",
-            Error::Machine(_) | Error::Exited { .. } => "QEMUMachineError",
+            Error::Interrupted { .. } | Error::Console(ConsoleError::Interrupted { .. }) => {
+                "Interrupted"
+            }
+            Error::Machine(_) | Error::NotRunning { .. } | Error::Exited { .. } => {
+                "QEMUMachineError"
+            }
             Error::AddDevice(_) => "QEMUMachineAddDeviceError",
             Error::LaunchFailure { .. } => "VMLaunchFailure",
             Error::AbnormalShutdown { .. } => "AbnormalShutdown",
             Error::MonitorResponse { .. } => "MonitorResponseError",
-            Error::Qmp(qmp::Error::Timeout { .. }) => "Timeout",
             Error::Qmp(_) => "QMPError",
             Error::Timeout { .. } => "Timeout",
             Error::Console(ConsoleError::Timeout { .. }) => "Timeout",
@@ -93,9 +97,21 @@ impl Error {
     }
 }
 
+/// A QMP timeout or interrupt is the machine's own; the rest is QMP trouble.
 impl From<qmp::Error> for Error {
     fn from(e: qmp::Error) -> Self {
-        Error::Qmp(e)
+        match e {
+            qmp::Error::Timeout { what, after } => Error::Timeout {
+                what: what
+                    .strip_prefix("waiting for ")
+                    .unwrap_or(&what)
+                    .to_string(),
+                after,
+                seen: Vec::new(),
+            },
+            qmp::Error::Interrupted { what } => Error::Interrupted { what },
+            e => Error::Qmp(e),
+        }
     }
 }
 
@@ -129,4 +145,41 @@ pub fn tail(text: &str, max: usize) -> &str {
         start += 1;
     }
     &text[start..]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_qmp_timeout_is_the_machines_timeout() {
+        let e = Error::from(qmp::Error::Timeout {
+            what: "waiting for the reply to query-status".into(),
+            after: Duration::from_secs(2),
+        });
+        assert!(
+            matches!(&e, Error::Timeout { what, after, seen }
+                if what == "the reply to query-status" && after.as_secs() == 2 && seen.is_empty()),
+            "{e:?}"
+        );
+        assert_eq!(e.kind(), "Timeout");
+    }
+
+    #[test]
+    fn a_qmp_interrupt_is_the_machines_interrupt() {
+        let e = Error::from(qmp::Error::Interrupted {
+            what: "waiting for an event".into(),
+        });
+        assert!(matches!(&e, Error::Interrupted { what } if what == "waiting for an event"));
+        assert_eq!(e.kind(), "Interrupted");
+    }
+
+    #[test]
+    fn other_qmp_trouble_stays_qmp_trouble() {
+        let e = Error::from(qmp::Error::Closed {
+            what: "reading".into(),
+        });
+        assert!(matches!(e, Error::Qmp(qmp::Error::Closed { .. })), "{e:?}");
+        assert_eq!(e.kind(), "QMPError");
+    }
 }

@@ -415,7 +415,7 @@ fn vfork_exec(argv: &[String], log: RawFd, keep: &[RawFd]) -> std::io::Result<li
     let path = if program.contains('/') {
         PathBuf::from(program)
     } else {
-        super::which(program).ok_or_else(|| {
+        which(program).ok_or_else(|| {
             std::io::Error::new(
                 std::io::ErrorKind::NotFound,
                 format!("{program} not found in PATH"),
@@ -747,6 +747,18 @@ unsafe fn watch_groups(pipe: RawFd, groups: &mut [i32]) -> ! {
         libc::kill(-g, libc::SIGKILL);
     }
     libc::_exit(0)
+}
+
+/// Finds `program` in `$PATH`.
+pub fn which(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(program))
+        .find(|p| {
+            use std::os::unix::fs::PermissionsExt;
+            p.metadata()
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
 }
 
 #[cfg(test)]

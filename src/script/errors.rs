@@ -22,7 +22,6 @@ use rhai::{Dynamic, EvalAltResult, Map, Position};
 use super::cancel::{Cancel, Reason};
 use super::convert;
 use crate::machine::{self, ConsoleError};
-use crate::qmp;
 
 /// What every binding returns.
 pub type ScriptResult<T> = Result<T, Box<EvalAltResult>>;
@@ -281,9 +280,6 @@ pub fn machine_error_map(err: &machine::Error) -> Map {
             ("desc", desc.clone().into()),
             ("reply", convert::from_json(reply)),
         ],
-        E::Qmp(qmp::Error::Timeout { what, after }) => {
-            vec![("what", what.clone().into()), ("after", secs(after))]
-        }
         E::Exited {
             what,
             code,
@@ -299,7 +295,7 @@ pub fn machine_error_map(err: &machine::Error) -> Map {
             ("seen", strings(seen)),
         ],
         E::Console(c) => console_fields(c),
-        E::Host { what, .. } => vec![("what", what.clone().into())],
+        E::Host { what, .. } | E::NotRunning { what, .. } => vec![("what", what.clone().into())],
         E::Interrupted { what } => vec![("what", what.clone().into())],
         _ => Vec::new(),
     };

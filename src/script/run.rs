@@ -104,7 +104,7 @@ impl QemuBinary {
                 )),
             };
         }
-        machine::which(&self.path.to_string_lossy())
+        machine::process::which(&self.path.to_string_lossy())
             .ok_or_else(|| format!("QEMU binary {shown} ({from}) not found in $PATH; {how}"))
     }
 }
