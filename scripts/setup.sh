@@ -23,8 +23,9 @@
 # The packages every test needs. qemu-utils (qemu-img, qemu-io) is handled
 # apart: it must be of the same version as qemu-system-x86.
 vmscript_setup_packages=(qemu-system-x86 busybox-static cpio ca-certificates tmux)
-# Packages that only some tests need, added here when a test needs them
-# (e.g. chromium, once a test drives a browser). None yet.
+# Packages every caller needs but not every test; chromium, which only the
+# test suite needs, is asked for by scripts/test-all.sh and .ci/run through
+# VMSCRIPT_SETUP_EXTRA. None yet.
 vmscript_setup_optional=()
 
 vmscript_setup_say() { echo "setup: $*" >&2; }

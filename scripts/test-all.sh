@@ -11,6 +11,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 banner() { printf '\n==> %s\n' "$*"; }
 
+# The HTML report's test renders it in Debian's chromium, headless.
+export VMSCRIPT_SETUP_EXTRA="chromium ${VMSCRIPT_SETUP_EXTRA:-}"
 # shellcheck source=scripts/setup.sh
 . scripts/setup.sh
 

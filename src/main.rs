@@ -227,6 +227,9 @@ struct RunArgs {
     /// Also write a JUnit XML report to FILE.
     #[arg(long, value_name = "FILE")]
     junit: Option<PathBuf>,
+    /// Also write FILE.html: one self-contained page with every test, failures first, each with its error, steps, console and a timeline of its machines.
+    #[arg(long, value_name = "FILE.html")]
+    report: Option<PathBuf>,
     /// KEY=VALUE pairs read in scripts with param(key).
     #[arg(last = true, value_name = "KEY=VALUE")]
     params: Vec<String>,
@@ -368,6 +371,7 @@ fn run(args: RunArgs) -> i32 {
                 .transpose()?,
             format: args.format,
             junit: args.junit,
+            report: args.report,
             params: runner::parse_params(&args.params).map_err(|e| e.0)?,
             progress: true,
             ..selection(args.select)?

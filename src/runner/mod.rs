@@ -86,6 +86,8 @@ pub struct Options {
     pub partition: Option<Partition>,
     pub format: Format,
     pub junit: Option<PathBuf>,
+    /// `--report FILE.html`: the self-contained HTML report.
+    pub report: Option<PathBuf>,
     /// `KEY=VALUE` pairs for `param()`.
     pub params: BTreeMap<String, String>,
     /// Draw the live progress line (when stderr is a terminal).
@@ -395,6 +397,10 @@ pub fn run(options: &Options) -> Result<Summary, SetupError> {
         reporter::junit::check_writable(j)
             .map_err(|e| SetupError(format!("--junit {}: {e}", j.display())))?;
     }
+    if let Some(r) = &options.report {
+        reporter::junit::check_writable(r)
+            .map_err(|e| SetupError(format!("--report {}: {e}", r.display())))?;
+    }
     let artifacts =
         artifacts::Artifacts::new(options.artifacts.as_deref(), options.keep_artifacts)?;
     let channel = std::sync::mpsc::channel();
@@ -429,6 +435,10 @@ pub fn run(options: &Options) -> Result<Summary, SetupError> {
     if let Some(j) = &options.junit {
         reporter::junit::write(j, &summary, &results)
             .map_err(|e| SetupError(format!("writing {}: {e}", j.display())))?;
+    }
+    if let Some(r) = &options.report {
+        reporter::html::write(r, &summary, &results)
+            .map_err(|e| SetupError(format!("writing {}: {e}", r.display())))?;
     }
     if let Some(e) = reporter.output_error() {
         return Err(SetupError(format!(

@@ -15,6 +15,7 @@
 //! [`colour_wanted`]); a failure to write stdout is kept and reported at
 //! the end ([`Reporter::output_error`]), as the report was then lost.
 
+pub mod html;
 pub mod human;
 pub mod json;
 pub mod junit;

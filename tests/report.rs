@@ -1,0 +1,107 @@
+//! `vmscript run --report FILE.html`, rendered in a real browser: Debian's
+//! chromium, headless, runs the page's script and prints the DOM it built.
+
+mod common;
+
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use common::world::{stdout, World};
+
+/// The DOM of `page` after its scripts ran, as chromium renders it.
+fn rendered(page: &Path, profile: &Path) -> String {
+    let chromium = ["chromium", "chromium-browser"]
+        .into_iter()
+        .find(|c| {
+            Command::new(c)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .expect("chromium is not installed: `apt-get install chromium` (scripts/test-all.sh does)");
+    let mut child = Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(format!("file://{}", page.display()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        // Its own group, so that every helper process it started ends
+        // with it below.
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let pgid = child.id() as i32;
+    let out = std::io::read_to_string(child.stdout.take().unwrap()).unwrap();
+    let status = child.wait().unwrap();
+    // SAFETY: signals the process group this test started.
+    unsafe { libc::kill(-pgid, libc::SIGKILL) };
+    assert!(status.success(), "chromium failed: {status}");
+    out
+}
+
+#[test]
+fn the_html_report_shows_tests_errors_steps_events_and_consoles_in_a_browser() {
+    let w = World::new();
+    w.script(
+        "t/ok.rhai",
+        "let vm = machine();\nvm.add_args(\"-M\", \"none\");\nvm.launch();\nvm.shutdown();\n",
+    );
+    w.script(
+        "t/bad.rhai",
+        "import \"guest\" as guest;\n\
+         let vm = guest::boot(#{});\n\
+         step(\"pause it\", || {\n\
+         \x20   vm.cmd(\"stop\");\n\
+         \x20   log(\"paused </script> <b>not bold</b>\");\n\
+         \x20   vm.event_wait(\"STOP\");\n\
+         \x20   vm.cmd(\"cont\");\n\
+         });\n\
+         guest::run_ok(vm, \"echo hello-from-the-$((6*7))-guest\");\n\
+         step(\"check it\", || {\n\
+         \x20   let st = vm.cmd(\"query-status\");\n\
+         \x20   assert_eq(st.status, \"paused\", \"not paused\");\n\
+         });\n",
+    );
+    let page = w.path().join("report.html");
+    let o = w.run(&["run", "--report", page.to_str().unwrap(), "t"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    let html = std::fs::read_to_string(&page).unwrap();
+    // Self-contained: nothing is fetched.
+    for fetch in ["src=\"http", "href=\"http", "@import", "url("] {
+        assert!(!html.contains(fetch), "the page fetches {fetch}");
+    }
+    let dom = rendered(&page, &w.dir("profile"));
+    let text = |needle: &str| assert!(dom.contains(needle), "{needle:?} not in the page:\n{dom}");
+    text("1 passed");
+    text("1 failed");
+    text("t/ok.rhai");
+    text("t/bad.rhai");
+    // The failing test comes first, with its error at its own line.
+    assert!(dom.find("t/bad.rhai") < dom.find("t/ok.rhai"), "{dom}");
+    text("t/bad.rhai:12:5: AssertionFailed: not paused");
+    text("12 |     assert_eq(st.status, \"paused\", \"not paused\");");
+    // Its steps, its log line (escaped, not markup) and its machine's
+    // lane with the STOP event and the commands.
+    text("pause it");
+    text("check it");
+    text("paused &lt;/script&gt; &lt;b&gt;not bold&lt;/b&gt;");
+    text("&quot;event&quot;:&quot;STOP&quot;");
+    text("&quot;execute&quot;:&quot;query-status&quot;");
+    // The console as the guest's user saw it.
+    text("vm0 console");
+    text("hello-from-the-42-guest");
+    let marker = dom
+        .match_indices("vms")
+        .any(|(i, _)| dom[i + 3..].starts_with(|c: char| c.is_ascii_digit()));
+    assert!(!marker, "guest::run's markers are shown:\n{dom}");
+    // The passing test is listed, its details closed.
+    assert!(!dom.contains("<b>not bold</b>"), "{dom}");
+}
