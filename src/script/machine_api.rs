@@ -91,14 +91,6 @@ fn or_option(launched: &Path, option: Option<&Path>) -> Dynamic {
     }
 }
 
-fn opt_int(v: Option<i32>) -> Dynamic {
-    v.map_or(Dynamic::UNIT, |v| Dynamic::from_int(v.into()))
-}
-
-fn string_array(v: &[String]) -> Array {
-    v.iter().map(|s| s.clone().into()).collect()
-}
-
 fn json_or_unit(v: Option<Value>) -> Dynamic {
     v.as_ref().map_or(Dynamic::UNIT, convert::from_json)
 }
@@ -486,7 +478,7 @@ fn register_properties(e: &mut Engine) {
         "Array",
         "The arguments added with add_args and the args option; assignable and editable before launch.",
     )
-    .register_into_engine(e, |vm: &mut MachineRef| vm.get(|m| string_array(m.args())));
+    .register_into_engine(e, |vm: &mut MachineRef| vm.get(|m| convert::string_array(m.args())));
     // A setter makes `vm.args = […]` and in-place edits such as
     // `vm.args.push(…)` or `vm.args[1] = …` reach the machine: Rhai writes
     // a property changed through its getter back with the setter.
@@ -504,7 +496,7 @@ fn register_properties(e: &mut Engine) {
         "The whole QEMU command line of the last launch.",
     )
     .register_into_engine(e, |vm: &mut MachineRef| {
-        vm.get(|m| string_array(m.full_args()))
+        vm.get(|m| convert::string_array(m.full_args()))
     });
     getter(
         "Machine",
@@ -643,12 +635,16 @@ fn register_lifecycle(e: &mut Engine) {
         "exitcode(vm: Machine) -> int",
         "QEMU's exit code (negative for a signal), or () while it runs.",
     )
-    .register_into_engine(e, |vm: &mut MachineRef| vm.get(|m| opt_int(m.exitcode())));
+    .register_into_engine(e, |vm: &mut MachineRef| {
+        vm.get(|m| convert::opt_int(m.exitcode()))
+    });
     func(
         "get_pid(vm: Machine) -> int",
         "QEMU's pid while it runs, else ().",
     )
-    .register_into_engine(e, |vm: &mut MachineRef| vm.get(|m| opt_int(m.get_pid())));
+    .register_into_engine(e, |vm: &mut MachineRef| {
+        vm.get(|m| convert::opt_int(m.get_pid()))
+    });
     func(
         "get_log(vm: Machine) -> String",
         "QEMU's output once it has exited, else ().",
