@@ -394,13 +394,7 @@ fn check(paths: &[PathBuf], lib: &[PathBuf]) -> i32 {
             return 2;
         }
     };
-    let api = match script::api_functions() {
-        Ok(api) => api,
-        Err(e) => {
-            eprintln!("vmscript: error: listing the script API: {e}");
-            return 2;
-        }
-    };
+    let api = script::api_functions();
     let mut failed = 0;
     for t in &tests {
         let text = match script::check_file(&t.path, &api, lib) {
@@ -428,13 +422,13 @@ fn doc(module: Option<&str>, format: DocFormat, lib: &[PathBuf]) -> i32 {
             DocFormat::Text => script::docs::render_module(&m),
             DocFormat::Markdown => script::docs::render_markdown(&[], &[m]),
         }),
-        None => script::reference()
-            .map_err(|e| e.to_string())
-            .and_then(|api| Ok((api, script::stdlib_docs()?)))
-            .map(|(api, modules)| match format {
+        None => script::stdlib_docs().map(|modules| {
+            let api = script::reference();
+            match format {
                 DocFormat::Text => script::docs::render_all(&api, &modules),
                 DocFormat::Markdown => script::docs::render_markdown(&api, &modules),
-            }),
+            }
+        }),
     };
     match text {
         Ok(t) => print_out(&t).map_or_else(|code| code, |()| 0),

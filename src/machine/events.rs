@@ -1,6 +1,6 @@
 //! Event matching as `QEMUMachine.event_match` defines it.
 
-use serde_json::Value;
+use serde_json::{Number, Value};
 
 /// True when `pattern` is a subset of `event`, recursively: every key of
 /// a map pattern must be in the event with a matching value, a `null` in
@@ -12,14 +12,15 @@ pub fn event_match(event: &Value, pattern: &Value) -> bool {
             .iter()
             .all(|(k, pv)| e.get(k).is_some_and(|ev| event_match(ev, pv))),
         (Value::Object(_), _) => false,
-        _ => numbers_equal(pattern, event).unwrap_or(pattern == event),
+        (Value::Number(p), Value::Number(e)) => numbers_equal(p, e),
+        _ => pattern == event,
     }
 }
 
-/// Integers and floats of the same value match (a script may write 1.0).
-fn numbers_equal(a: &Value, b: &Value) -> Option<bool> {
-    let (a, b) = (a.as_number()?, b.as_number()?);
-    Some(a == b || a.as_f64()? == b.as_f64()?)
+/// Integers and floats of the same value are equal (a script may write
+/// 1.0 where QEMU sends 1).
+pub fn numbers_equal(a: &Number, b: &Number) -> bool {
+    a == b || a.as_f64() == b.as_f64()
 }
 
 /// True when `event` is named like one pair and matches its filter.

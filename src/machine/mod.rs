@@ -37,7 +37,7 @@ use serde_json::Value;
 
 pub use console::{Console, ConsoleError};
 pub use error::{tail, Error, Result};
-pub use events::event_match;
+pub use events::{event_match, numbers_equal};
 use lifecycle::State;
 use process::Process;
 

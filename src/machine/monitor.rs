@@ -125,20 +125,13 @@ impl Machine {
         args: Option<&Map<String, Value>>,
         conv_keys: bool,
     ) -> Result<Value> {
-        let mut reply = self.qmp(cmd, args, conv_keys)?;
-        if let Some(err) = reply.get("error") {
-            let str_of = |k: &str| err.get(k).and_then(Value::as_str).unwrap_or("").to_string();
-            return Err(Error::MonitorResponse {
-                command: cmd.to_string(),
-                class: str_of("class"),
-                desc: str_of("desc"),
-                reply: Box::new(reply),
-            });
-        }
-        Ok(reply
-            .as_object_mut()
-            .and_then(|m| m.remove("return"))
-            .unwrap_or(Value::Null))
+        let reply = self.qmp(cmd, args, conv_keys)?;
+        qmp::split_reply(reply).map_err(|e| Error::MonitorResponse {
+            command: cmd.to_string(),
+            class: e.class,
+            desc: e.desc,
+            reply: e.reply,
+        })
     }
 
     /// Runs an HMP command line through `human-monitor-command`.

@@ -571,14 +571,8 @@ impl Client {
         arguments: Option<&Map<String, Value>>,
         timeout: Duration,
     ) -> Result<Value> {
-        let mut reply = self.execute(command, arguments, timeout)?;
-        if let Some(err) = reply.get("error") {
-            return Err(response_error(&reply, err));
-        }
-        Ok(reply
-            .as_object_mut()
-            .and_then(|m| m.remove("return"))
-            .unwrap_or(Value::Null))
+        let reply = self.execute(command, arguments, timeout)?;
+        split_reply(reply).map_err(Error::from)
     }
 
     /// Sends an already-encoded message and waits for the reply. A JSON
@@ -885,19 +879,56 @@ fn strip_id(mut reply: Value) -> Value {
 
 /// Builds [`Error::Response`] from an error reply.
 pub fn response_error(reply: &Value, err: &Value) -> Error {
-    Error::Response {
-        class: err
-            .get("class")
-            .and_then(Value::as_str)
-            .unwrap_or("GenericError")
-            .to_string(),
-        desc: err
-            .get("desc")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string(),
-        reply: Box::new(reply.clone()),
+    ErrorReply::new(reply.clone(), err).into()
+}
+
+/// An error reply, taken apart: what [`Error::Response`] and the
+/// machine's own error for it carry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ErrorReply {
+    pub class: String,
+    pub desc: String,
+    /// The whole reply.
+    pub reply: Box<Value>,
+}
+
+impl ErrorReply {
+    fn new(reply: Value, err: &Value) -> ErrorReply {
+        let text = |k: &str, default: &str| {
+            err.get(k)
+                .and_then(Value::as_str)
+                .unwrap_or(default)
+                .to_string()
+        };
+        ErrorReply {
+            class: text("class", "GenericError"),
+            desc: text("desc", ""),
+            reply: Box::new(reply),
+        }
     }
+}
+
+impl From<ErrorReply> for Error {
+    fn from(e: ErrorReply) -> Error {
+        Error::Response {
+            class: e.class,
+            desc: e.desc,
+            reply: e.reply,
+        }
+    }
+}
+
+/// A command's reply as its `return` value (`null` when it has none), or
+/// the error it carries.
+pub fn split_reply(mut reply: Value) -> std::result::Result<Value, ErrorReply> {
+    if let Some(err) = reply.get("error") {
+        let err = err.clone();
+        return Err(ErrorReply::new(reply, &err));
+    }
+    Ok(reply
+        .as_object_mut()
+        .and_then(|m| m.remove("return"))
+        .unwrap_or(Value::Null))
 }
 
 #[cfg(test)]

@@ -7,7 +7,9 @@
 //! `:commands`, QMP events printed above the prompt, and a line saying a
 //! machine is booting while an input waits on it. What an input
 //! does is [`session::Session`]'s business; how results look is
-//! [`show`]'s. Start at [`run`].
+//! [`show`]'s; what it shares with the QMP shell at the terminal (lines
+//! above the prompt, history, the signal thread) is [`terminal`]'s.
+//! Start at [`run`].
 //!
 //! Ctrl-C while an input runs interrupts it, not the machines: a signal
 //! thread calls [`Cancel::interrupt`], which ends the waits in progress
@@ -21,6 +23,7 @@ pub mod qmp_shell;
 pub mod schema;
 pub mod session;
 pub mod show;
+pub mod terminal;
 
 use std::cell::{Cell, RefCell};
 use std::io::IsTerminal;
@@ -33,15 +36,16 @@ use std::time::Duration;
 use rhai::Engine;
 use rustyline::completion::{Completer, FilenameCompleter, Pair};
 use rustyline::error::ReadlineError;
-use rustyline::history::{FileHistory, History};
+use rustyline::history::FileHistory;
 use rustyline::validate::{ValidationContext, ValidationResult, Validator};
-use rustyline::{CompletionType, Config, Editor, ExternalPrinter};
+use rustyline::{CompletionType, Config, Editor};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
 use crate::qmp;
 use crate::script::{Cancel, Reason};
 use input::Command;
 use session::{Session, SessionOptions};
+use terminal::{save_history, AbovePrompt};
 
 const PROMPT: &str = "vmscript> ";
 const CONTINUATION: &str = "     ...> ";
@@ -242,13 +246,6 @@ pub fn run(opts: ReplOptions) -> Result<(), String> {
     Ok(())
 }
 
-fn save_history(history: &mut FileHistory, path: &std::path::Path) {
-    if let Some(dir) = path.parent() {
-        let _ = std::fs::create_dir_all(dir);
-    }
-    let _ = history.save(path);
-}
-
 /// What the loop's commands need.
 struct Loop<'a> {
     session: &'a Rc<RefCell<Session>>,
@@ -381,16 +378,11 @@ fn start_event_printer(
     });
     // The threads reading QMP must never block on the terminal: they hand the
     // lines to this thread.
-    let mut printer = editor.create_external_printer().ok();
+    let mut printer = AbovePrompt::new(editor);
     let _ = std::thread::Builder::new()
         .name("repl-events".into())
         .spawn(move || {
-            let mut print = |line: String| match printer.as_mut() {
-                Some(p) => {
-                    let _ = p.print(format!("{line}\n"));
-                }
-                None => println!("{line}"),
-            };
+            let mut print = |line: String| printer.print(line);
             // Machines started by the input running, and since when.
             let mut starting: Vec<(String, std::time::Instant)> = Vec::new();
             loop {
@@ -447,12 +439,10 @@ fn watch_signals(
     cleanup: Vec<PathBuf>,
 ) -> std::io::Result<signal_hook::iterator::Handle> {
     let terminal = saved_terminal();
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
-    let handle = signals.handle();
-    std::thread::Builder::new()
-        .name("repl-signals".into())
-        .stack_size(128 << 10)
-        .spawn(move || {
+    terminal::watch_signals(
+        &[SIGINT, SIGTERM, SIGHUP],
+        "repl-signals",
+        move |mut signals| {
             let mut interrupting = false;
             loop {
                 let batch: Vec<i32> = if interrupting {
@@ -487,6 +477,6 @@ fn watch_signals(
                     cancel.interrupt();
                 }
             }
-        })?;
-    Ok(handle)
+        },
+    )
 }

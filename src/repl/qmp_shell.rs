@@ -17,6 +17,7 @@ use rustyline::completion::Pair;
 
 use super::complete::{bounded, LIST_LIMIT};
 use super::schema::Schema;
+use super::terminal::{self, save_history, AbovePrompt};
 use crate::qmp::{self, Address, Client};
 
 /// One parsed input line.
@@ -390,7 +391,7 @@ pub fn run(opts: &ShellOptions) -> Result<Ended, ShellError> {
         match editor.readline(prompt) {
             Ok(line) => {
                 if let Some(h) = &opts.history {
-                    save_history(&mut editor, h);
+                    save_history(editor.history_mut(), h);
                 }
                 let message = if opts.hmp {
                     hmp_message(&line)
@@ -486,16 +487,6 @@ impl SessionLog {
     }
 }
 
-fn save_history(
-    editor: &mut rustyline::Editor<ShellHelper, rustyline::history::DefaultHistory>,
-    path: &std::path::Path,
-) {
-    if let Some(dir) = path.parent() {
-        let _ = std::fs::create_dir_all(dir);
-    }
-    let _ = editor.save_history(path);
-}
-
 /// Ctrl-C while a command runs interrupts the wait for its reply (the
 /// reply is dropped when it comes); at the prompt the line editor sees it.
 fn watch_interrupts(
@@ -506,21 +497,18 @@ fn watch_interrupts(
         what: "installing the Ctrl-C handler".into(),
         message: e.to_string(),
     };
-    let mut signals =
-        signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT]).map_err(io)?;
-    let handle = signals.handle();
-    std::thread::Builder::new()
-        .name("qmp-shell-signals".into())
-        .stack_size(64 << 10)
-        .spawn(move || {
+    terminal::watch_signals(
+        &[signal_hook::consts::SIGINT],
+        "qmp-shell-signals",
+        move |mut signals| {
             for _ in signals.forever() {
                 if executing.load(Ordering::SeqCst) {
                     interrupter.interrupt();
                 }
             }
-        })
-        .map_err(io)?;
-    Ok(handle)
+        },
+    )
+    .map_err(io)
 }
 
 /// What one line can fail with.
@@ -675,15 +663,18 @@ fn spawn_event_printer(
     client: Arc<Client>,
     stop: Arc<AtomicBool>,
 ) -> Option<std::thread::JoinHandle<()>> {
-    use rustyline::ExternalPrinter;
-    let mut printer = editor.create_external_printer().ok()?;
+    // Without a terminal the shell's output is its replies alone.
+    let mut printer = AbovePrompt::new(editor);
+    if !printer.is_live() {
+        return None;
+    }
     std::thread::Builder::new()
         .name("qmp-shell-events".into())
         .spawn(move || {
             while !stop.load(Ordering::Relaxed) {
                 match client.take_event(Duration::from_millis(500), |_| true) {
                     Ok(Some(ev)) => {
-                        let _ = printer.print(format!("{}\n", event_line(&ev)));
+                        printer.print(event_line(&ev));
                     }
                     Ok(None) => {}
                     Err(_) => break,

@@ -667,7 +667,7 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("oops") && !text.contains("throw"));
-        let api = script::api_functions().unwrap();
+        let api = script::api_functions();
         assert_eq!(
             script::check_file(&path, &api, &[]).unwrap(),
             Vec::<String>::new()

@@ -6,10 +6,9 @@
 //! Waits without a timeout argument last until the test's own timeout,
 //! as QEMU's functional tests rely on theirs.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use rhai::{Array, Dynamic, Engine, INT};
+use rhai::{Array, Dynamic, Engine, NativeCallContext, INT};
 
 use crate::machine::{self, Console};
 
@@ -32,9 +31,15 @@ impl ConsoleRef {
     }
 }
 
+/// The time left before the test's timeout: how long a wait without a
+/// timeout argument lasts.
+fn remaining(ctx: &NativeCallContext) -> ScriptResult<Duration> {
+    Run::of(ctx).map(|r| r.remaining())
+}
+
 /// Registers the `Console` type, its methods and the console helpers on
 /// `Machine`.
-pub fn register(e: &mut Engine, run: &Arc<Run>) {
+pub fn register(e: &mut Engine) {
     e.register_type_with_name::<ConsoleRef>("Console");
     func(
         "console_socket(vm: Machine) -> Console",
@@ -43,23 +48,26 @@ pub fn register(e: &mut Engine, run: &Arc<Run>) {
     .register_into_engine(e, |vm: &mut MachineRef| {
         vm.with(|m| m.console_socket()).map(ConsoleRef)
     });
-    let r = run.clone();
     func(
         "wait_for_console_pattern(vm: Machine, success: String) -> String",
         "Waits (up to the test's timeout) for `success` on the console; returns the output.",
     )
-    .register_into_engine(e, move |vm: &mut MachineRef, s: &str| {
-        vm.with(|m| m.wait_for_console_pattern(s, None, r.remaining()))
+    .register_into_engine(e, |ctx: NativeCallContext, vm: &mut MachineRef, s: &str| {
+        let t = remaining(&ctx)?;
+        vm.with(|m| m.wait_for_console_pattern(s, None, t))
     });
-    let r = run.clone();
     func(
         "wait_for_console_pattern(vm: Machine, success: String, failure: String) -> String",
         "Waits for `success`; seeing `failure` (or `()`: none) first throws ConsoleError.",
     )
-    .register_into_engine(e, move |vm: &mut MachineRef, s: &str, f: Dynamic| {
-        let f = opt_string(&f, "failure")?;
-        vm.with(|m| m.wait_for_console_pattern(s, f.as_deref(), r.remaining()))
-    });
+    .register_into_engine(
+        e,
+        |ctx: NativeCallContext, vm: &mut MachineRef, s: &str, f: Dynamic| {
+            let f = opt_string(&f, "failure")?;
+            let t = remaining(&ctx)?;
+            vm.with(|m| m.wait_for_console_pattern(s, f.as_deref(), t))
+        },
+    );
     func(
         concat!(
             "wait_for_console_pattern(vm: Machine, success: String, failure: String, ",
@@ -79,15 +87,17 @@ pub fn register(e: &mut Engine, run: &Arc<Run>) {
     .register_into_engine(e, |vm: &mut MachineRef, c: &str| {
         vm.with(|m| m.exec_command(c))
     });
-    let r = run.clone();
     func(
         "exec_command_and_wait_for_pattern(vm: Machine, cmd: String, success: String) -> String",
         "Types `cmd` and Enter, then waits for `success`.",
     )
-    .register_into_engine(e, move |vm: &mut MachineRef, c: &str, s: &str| {
-        vm.with(|m| m.exec_command_and_wait_for_pattern(c, s, None, r.remaining()))
-    });
-    let r = run.clone();
+    .register_into_engine(
+        e,
+        |ctx: NativeCallContext, vm: &mut MachineRef, c: &str, s: &str| {
+            let t = remaining(&ctx)?;
+            vm.with(|m| m.exec_command_and_wait_for_pattern(c, s, None, t))
+        },
+    );
     func(
         concat!(
             "exec_command_and_wait_for_pattern(vm: Machine, cmd: String, success: String, ",
@@ -97,20 +107,20 @@ pub fn register(e: &mut Engine, run: &Arc<Run>) {
     )
     .register_into_engine(
         e,
-        move |vm: &mut MachineRef, c: &str, s: &str, f: Dynamic| {
+        |ctx: NativeCallContext, vm: &mut MachineRef, c: &str, s: &str, f: Dynamic| {
             let f = opt_string(&f, "failure")?;
-            vm.with(|m| m.exec_command_and_wait_for_pattern(c, s, f.as_deref(), r.remaining()))
+            let t = remaining(&ctx)?;
+            vm.with(|m| m.exec_command_and_wait_for_pattern(c, s, f.as_deref(), t))
         },
     );
-    let r = run.clone();
     func(
         "interrupt_interactive_console_until_pattern(vm: Machine, pattern: String) -> String",
         "Sends \"\\r\" every second until `pattern` appears.",
     )
-    .register_into_engine(e, move |vm: &mut MachineRef, p: &str| {
-        vm.with(|m| m.interrupt_interactive_console_until_pattern(p, "\r", r.remaining()))
+    .register_into_engine(e, |ctx: NativeCallContext, vm: &mut MachineRef, p: &str| {
+        let t = remaining(&ctx)?;
+        vm.with(|m| m.interrupt_interactive_console_until_pattern(p, "\r", t))
     });
-    let r = run.clone();
     func(
         concat!(
             "interrupt_interactive_console_until_pattern(vm: Machine, pattern: String, ",
@@ -118,9 +128,13 @@ pub fn register(e: &mut Engine, run: &Arc<Run>) {
         ),
         "Sends `interrupt` every second until `pattern` appears.",
     )
-    .register_into_engine(e, move |vm: &mut MachineRef, p: &str, i: &str| {
-        vm.with(|m| m.interrupt_interactive_console_until_pattern(p, i, r.remaining()))
-    });
+    .register_into_engine(
+        e,
+        |ctx: NativeCallContext, vm: &mut MachineRef, p: &str, i: &str| {
+            let t = remaining(&ctx)?;
+            vm.with(|m| m.interrupt_interactive_console_until_pattern(p, i, t))
+        },
+    );
 
     func(
         "send(con: Console, text: String)",
@@ -144,13 +158,13 @@ pub fn register(e: &mut Engine, run: &Arc<Run>) {
         "The output since the last read or wait (lossy UTF-8).",
     )
     .register_into_engine(e, |c: &mut ConsoleRef| c.0.read());
-    let r = run.clone();
     func(
         "wait_for(con: Console, text: String) -> String",
         "Waits (until the test's timeout) for `text`; returns the output up to and including it.",
     )
-    .register_into_engine(e, move |c: &mut ConsoleRef, t: &str| {
-        c.with(|c| c.wait_for(t, r.remaining()))
+    .register_into_engine(e, |ctx: NativeCallContext, c: &mut ConsoleRef, t: &str| {
+        let left = remaining(&ctx)?;
+        c.with(|c| c.wait_for(t, left))
     });
     func(
         "wait_for(con: Console, text: String, timeout: secs) -> String",
@@ -165,15 +179,17 @@ pub fn register(e: &mut Engine, run: &Arc<Run>) {
             .map(|g| g.map_or(Dynamic::UNIT, Dynamic::from))
             .collect()
     };
-    let r = run.clone();
     func(
         "wait_for_regex(con: Console, re: String) -> Array",
         "Waits (up to the test's timeout) for a regex match; returns the captures (0: all).",
     )
-    .register_into_engine(e, move |c: &mut ConsoleRef, re: &str| {
-        c.with(|c| c.wait_for_regex(re, r.remaining()))
-            .map(captures)
-    });
+    .register_into_engine(
+        e,
+        move |ctx: NativeCallContext, c: &mut ConsoleRef, re: &str| {
+            let t = remaining(&ctx)?;
+            c.with(|c| c.wait_for_regex(re, t)).map(captures)
+        },
+    );
     func(
         "wait_for_regex(con: Console, re: String, timeout: secs) -> Array",
         "Waits up to `timeout` for a regex match; returns the captures (0: the whole match).",
@@ -187,14 +203,14 @@ pub fn register(e: &mut Engine, run: &Arc<Run>) {
         let p: Vec<&str> = p.iter().map(String::as_str).collect();
         c.with(|c| c.expect(&p, d)).map(|i| i as INT)
     };
-    let r = run.clone();
     func(
         "expect(con: Console, patterns: Array) -> int",
         "Waits (up to the test's timeout) for any of the texts; returns the first one's index.",
     )
-    .register_into_engine(e, move |c: &mut ConsoleRef, p: Array| {
-        expect(c, p, r.remaining())
-    });
+    .register_into_engine(
+        e,
+        move |ctx: NativeCallContext, c: &mut ConsoleRef, p: Array| expect(c, p, remaining(&ctx)?),
+    );
     func(
         "expect(con: Console, patterns: Array, timeout: secs) -> int",
         "Waits up to `timeout` for any of the texts; returns the index of the first to appear.",

@@ -16,7 +16,10 @@
 //! the assertions use.
 
 use rhai::{Array, Blob, Dynamic, Engine, ImmutableString, Map, INT};
+
 use serde_json::{Number, Value};
+
+use crate::machine;
 
 /// A JSON integer above `i64::MAX`, kept exact (see the module
 /// documentation).
@@ -129,11 +132,21 @@ pub fn json_map_to_rhai(map: &serde_json::Map<String, Value>) -> Map {
         .collect()
 }
 
+/// An `i32` that may be absent (an exit code, a pid) as INT or `()`.
+pub fn opt_int(v: Option<i32>) -> Dynamic {
+    v.map_or(Dynamic::UNIT, |v| Dynamic::from_int(v.into()))
+}
+
+/// Strings as a Rhai array of strings.
+pub fn string_array(v: &[String]) -> Array {
+    v.iter().map(|s| s.clone().into()).collect()
+}
+
 /// Equality as a test author means it: like `==` on JSON values, except
 /// that an INT and a FLOAT of the same value are equal (`1 == 1.0`).
 pub fn json_eq(a: &Value, b: &Value) -> bool {
     match (a, b) {
-        (Value::Number(x), Value::Number(y)) => x == y || x.as_f64() == y.as_f64(),
+        (Value::Number(x), Value::Number(y)) => machine::numbers_equal(x, y),
         (Value::Array(x), Value::Array(y)) => {
             x.len() == y.len() && x.iter().zip(y).all(|(x, y)| json_eq(x, y))
         }

@@ -244,14 +244,6 @@ fn cancelled(reason: &Reason, saw: Map) -> Box<EvalAltResult> {
     .into()
 }
 
-fn opt_int(v: Option<i32>) -> Dynamic {
-    v.map_or(Dynamic::UNIT, |c| Dynamic::from_int(c.into()))
-}
-
-fn strings(v: &[String]) -> Dynamic {
-    Dynamic::from_array(v.iter().map(|s| s.clone().into()).collect())
-}
-
 /// The fields of each error kind, as named by the API contract.
 pub fn machine_error_map(err: &machine::Error) -> Map {
     use machine::Error as E;
@@ -263,8 +255,8 @@ pub fn machine_error_map(err: &machine::Error) -> Map {
             command,
             output,
         } => vec![
-            ("exitcode", opt_int(*exitcode)),
-            ("command", strings(command)),
+            ("exitcode", convert::opt_int(*exitcode)),
+            ("command", convert::string_array(command).into()),
             ("output", output.clone().into()),
             ("cause", cause.clone().into()),
         ],
@@ -286,13 +278,13 @@ pub fn machine_error_map(err: &machine::Error) -> Map {
             log_tail,
         } => vec![
             ("what", what.clone().into()),
-            ("exitcode", opt_int(*code)),
+            ("exitcode", convert::opt_int(*code)),
             ("output", log_tail.clone().into()),
         ],
         E::Timeout { what, after, seen } => vec![
             ("what", what.clone().into()),
             ("after", secs(after)),
-            ("seen", strings(seen)),
+            ("seen", convert::string_array(seen).into()),
         ],
         E::Console(c) => console_fields(c),
         E::Host { what, .. } | E::NotRunning { what, .. } => vec![("what", what.clone().into())],

@@ -9,7 +9,6 @@ use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rhai::{Array, Dynamic, Engine, FnPtr, Map, NativeCallContext, FLOAT, INT};
@@ -662,13 +661,13 @@ fn now() -> FLOAT {
 }
 
 /// Registers the host helpers.
-pub fn register(e: &mut Engine, run: &Arc<Run>) {
-    register_assertions(e, run);
-    register_files(e, run);
-    register_processes(e, run);
+pub fn register(e: &mut Engine) {
+    register_assertions(e);
+    register_files(e);
+    register_processes(e);
 }
 
-fn register_assertions(e: &mut Engine, run: &Arc<Run>) {
+fn register_assertions(e: &mut Engine) {
     func(
         "assert(cond: bool)",
         "Fails with AssertionFailed unless `cond` is true.",
@@ -741,34 +740,34 @@ fn register_assertions(e: &mut Engine, run: &Arc<Run>) {
     .register_into_engine(e, |m: Dynamic| -> ScriptResult<()> {
         Err(errors::skipped(&text_of(&m)))
     });
-    let r = run.clone();
     func(
         "log(msg: String)",
         "Writes a timestamped line to the test's log (shown when it fails).",
     )
-    .register_into_engine(e, move |m: &str| r.log(m));
-    let r = run.clone();
+    .register_into_engine(e, |ctx: NativeCallContext, m: &str| {
+        Run::of(&ctx).map(|r| r.log(m))
+    });
     func("log(msg: Map)", "Logs a map as JSON.")
-        .register_into_engine(e, move |m: Map| r.log(&convert::show(&m.into())));
-    let r = run.clone();
+        .register_into_engine(e, |ctx: NativeCallContext, m: Map| {
+            Run::of(&ctx).map(|r| r.log(&convert::show(&m.into())))
+        });
     func(
         "param(key: String) -> String",
         "The value of KEY=VALUE given after `--` on the command line, or ().",
     )
-    .register_into_engine(e, move |k: &str| {
-        r.param(k).map_or(Dynamic::UNIT, |v| v.to_string().into())
+    .register_into_engine(e, |ctx: NativeCallContext, k: &str| {
+        Run::of(&ctx).map(|r| r.param(k).map_or(Dynamic::UNIT, |v| v.to_string().into()))
     });
-    let r = run.clone();
     func(
         "param(key: String, default: any) -> any",
         "The value of KEY=VALUE, or `default`.",
     )
-    .register_into_engine(e, move |k: &str, d: Dynamic| {
-        r.param(k).map_or(d, |v| v.to_string().into())
+    .register_into_engine(e, |ctx: NativeCallContext, k: &str, d: Dynamic| {
+        Run::of(&ctx).map(|r| r.param(k).map_or(d, |v| v.to_string().into()))
     });
 }
 
-fn register_files(e: &mut Engine, run: &Arc<Run>) {
+fn register_files(e: &mut Engine) {
     func(
         "env(name: String) -> String",
         "An environment variable, or ().",
@@ -776,18 +775,20 @@ fn register_files(e: &mut Engine, run: &Arc<Run>) {
     .register_into_engine(e, |n: &str| {
         std::env::var(n).map_or(Dynamic::UNIT, Dynamic::from)
     });
-    let r = run.clone();
     func(
         "temp_dir() -> String",
         "The test's own temp dir, removed when it ends.",
     )
-    .register_into_engine(e, move || r.temp_dir().display().to_string());
-    let r = run.clone();
+    .register_into_engine(e, |ctx: NativeCallContext| {
+        Run::of(&ctx).map(|r| r.temp_dir().display().to_string())
+    });
     func(
         "read_file(path: String) -> String",
         "A file's contents (lossy UTF-8).",
     )
-    .register_into_engine(e, move |p: &str| read_file(&r, p));
+    .register_into_engine(e, |ctx: NativeCallContext, p: &str| {
+        read_file(&*Run::of(&ctx)?, p)
+    });
     func(
         "write_file(path: String, text: String)",
         "Writes `text` to a file as UTF-8, replacing it (\"\\xff\" is ÿ, two bytes: write_blob writes raw bytes).",
@@ -860,64 +861,60 @@ fn register_files(e: &mut Engine, run: &Arc<Run>) {
     });
 }
 
-fn register_processes(e: &mut Engine, run: &Arc<Run>) {
+fn register_processes(e: &mut Engine) {
     // Typed, so that they are chosen over Rhai's own (blocking) sleep.
-    let r = run.clone();
     func(
         "sleep(secs: int)",
         "Sleeps for `secs` seconds; a timeout or Ctrl-C ends it early.",
     )
-    .register_into_engine(e, move |s: INT| {
-        r.sleep(args::plain_secs(&s.into(), "sleep")?)
+    .register_into_engine(e, |ctx: NativeCallContext, s: INT| {
+        Run::of(&ctx)?.sleep(args::plain_secs(&s.into(), "sleep")?)
     });
-    let r = run.clone();
     func(
         "sleep(secs: float)",
         "Sleeps for `secs` seconds; a timeout or Ctrl-C ends it early.",
     )
-    .register_into_engine(e, move |s: FLOAT| {
-        r.sleep(args::plain_secs(&s.into(), "sleep")?)
+    .register_into_engine(e, |ctx: NativeCallContext, s: FLOAT| {
+        Run::of(&ctx)?.sleep(args::plain_secs(&s.into(), "sleep")?)
     });
-    let r = run.clone();
     func(
         "run_host(argv: Array) -> Map",
         "Runs a host command (no shell); returns #{status, stdout, stderr} once it exits. What it leaves running in the background is killed when the test ends.",
     )
-    .register_into_engine(e, move |a: Array| {
+    .register_into_engine(e, |ctx: NativeCallContext, a: Array| {
+        let r = Run::of(&ctx)?;
         HostCommand::new(&r, a, &Map::new())?.run(&r)
     });
-    let r = run.clone();
     func(
         "run_host(argv: Array, options: Map) -> Map",
         "run_host with #{timeout: secs, cwd: String, env: Map}.",
     )
-    .register_into_engine(e, move |a: Array, o: Map| {
+    .register_into_engine(e, |ctx: NativeCallContext, a: Array, o: Map| {
+        let r = Run::of(&ctx)?;
         HostCommand::new(&r, a, &o)?.run(&r)
     });
-    let r = run.clone();
     func(
         "wait_until(f: FnPtr, timeout: secs)",
         "Calls `f` every 0.1s until it returns true; Timeout after `timeout`.",
     )
-    .register_into_engine(e, move |ctx: NativeCallContext, f: FnPtr, t: Dynamic| {
+    .register_into_engine(e, |ctx: NativeCallContext, f: FnPtr, t: Dynamic| {
         wait_until(
-            &r,
+            &*Run::of(&ctx)?,
             &ctx,
             &f,
             args::secs(&t, "timeout")?,
             WAIT_UNTIL_INTERVAL,
         )
     });
-    let r = run.clone();
     func(
         "wait_until(f: FnPtr, timeout: secs, interval: secs)",
         "Calls `f` every `interval` until it returns true; Timeout after `timeout`.",
     )
     .register_into_engine(
         e,
-        move |ctx: NativeCallContext, f: FnPtr, t: Dynamic, i: Dynamic| {
+        |ctx: NativeCallContext, f: FnPtr, t: Dynamic, i: Dynamic| {
             wait_until(
-                &r,
+                &*Run::of(&ctx)?,
                 &ctx,
                 &f,
                 args::secs(&t, "timeout")?,

@@ -368,7 +368,7 @@ mod tests {
         let mut engine = super::super::base_engine();
         engine.set_optimization_level(rhai::OptimizationLevel::None);
         let ast = engine.compile(text).unwrap();
-        let api = super::super::api_functions().unwrap();
+        let api = super::super::api_functions();
         let dir = tempfile::tempdir().unwrap();
         lint(
             &ast,

@@ -1,25 +1,27 @@
 //! The `Machine` script type and the global functions that make machines
 //! (`machine`, `qtest_machine`), match events and pass descriptors: one
 //! registration per API entry, each a one-liner over [`crate::machine`].
-//! The console, on `Machine` and as its own type, is in [`console_api`].
+//! The console, on `Machine` and as its own type, is in
+//! [`super::console_api`], which builds on this module's [`MachineRef`].
 //!
 //! A script's `Machine` is a [`MachineRef`], a shared handle: copies in a
 //! script name the same QEMU. Every machine is made through the [`Run`], so
-//! it gets the run's defaults and is shut down when the script ends.
+//! it gets the run's defaults and is shut down when the script ends; a
+//! binding finds the run in the call's context ([`Run::of`]).
 
 use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
-use rhai::{Array, Dynamic, Engine, FuncRegistration, ImmutableString, Map, INT};
+use rhai::{
+    Array, Dynamic, Engine, FuncRegistration, ImmutableString, Map, NativeCallContext, INT,
+};
 use serde_json::Value;
 
 use crate::machine::{self, EventWait, KillHandle, Machine, MachineOptions, DEFAULT_WAIT};
 use crate::qmp::Address;
 
 use super::args;
-use super::console_api;
 use super::convert;
 use super::docs::{func, getter};
 use super::errors::{self, ScriptResult};
@@ -87,14 +89,6 @@ fn or_option(launched: &Path, option: Option<&Path>) -> Dynamic {
     } else {
         path_or_unit(Some(launched))
     }
-}
-
-fn opt_int(v: Option<i32>) -> Dynamic {
-    v.map_or(Dynamic::UNIT, |v| Dynamic::from_int(v.into()))
-}
-
-fn string_array(v: &[String]) -> Array {
-    v.iter().map(|s| s.clone().into()).collect()
 }
 
 fn json_or_unit(v: Option<Value>) -> Dynamic {
@@ -213,10 +207,15 @@ fn monitor_address(v: &Dynamic) -> ScriptResult<Address> {
 
 /// `machine(binary, options)`: `binary` may be `()` for the default, and
 /// a lone map stands for the options.
-fn make_machine(run: &Run, binary: &Dynamic, options: Option<&Map>) -> ScriptResult<MachineRef> {
+fn make_machine(
+    ctx: &NativeCallContext,
+    binary: &Dynamic,
+    options: Option<&Map>,
+) -> ScriptResult<MachineRef> {
+    let run = Run::of(ctx)?;
     run.check_cancelled()?;
     if let (Some(m), None) = (binary.read_lock::<Map>(), options) {
-        return make_machine(run, &Dynamic::UNIT, Some(&m));
+        return make_machine(ctx, &Dynamic::UNIT, Some(&m));
     }
     let binary = opt_string(binary, "binary")?;
     let mut opts = run.machine_options(binary.as_deref())?;
@@ -226,9 +225,22 @@ fn make_machine(run: &Run, binary: &Dynamic, options: Option<&Map>) -> ScriptRes
     run.add_machine(opts).map(MachineRef::new)
 }
 
+/// As Python's `QEMUQtestMachine`: configured here, launched by the
+/// script, so `add_args` and `set_machine` still apply.
+fn qtest_machine(
+    ctx: &NativeCallContext,
+    binary: &Dynamic,
+    options: Option<&Map>,
+) -> ScriptResult<MachineRef> {
+    let vm = make_machine(ctx, binary, options)?;
+    vm.with(Machine::enable_qtest)?;
+    Ok(vm)
+}
+
 /// `vm.launch()`, refusing a cancelled run and killing a QEMU that came up
 /// while it was being cancelled.
-fn launch(run: &Run, vm: &MachineRef) -> ScriptResult<()> {
+fn launch(ctx: NativeCallContext, vm: &mut MachineRef) -> ScriptResult<()> {
+    let run = Run::of(&ctx)?;
     run.check_cancelled()?;
     vm.with(Machine::launch)?;
     if run.cancel().is_cancelled() {
@@ -283,61 +295,59 @@ fn send_fd_scm(vm: &MachineRef, options: &Map) -> ScriptResult<INT> {
 }
 
 /// Registers the `Machine` type and the machine functions.
-pub fn register(engine: &mut Engine, run: &Arc<Run>) {
+pub fn register(engine: &mut Engine) {
     engine.register_type_with_name::<MachineRef>("Machine");
-    register_constructors(engine, run);
+    register_constructors(engine);
     register_configuration(engine);
     register_properties(engine);
-    register_lifecycle(engine, run);
+    register_lifecycle(engine);
     register_qmp(engine);
-    register_events(engine, run);
-    console_api::register(engine, run);
+    register_events(engine);
 }
 
-fn register_constructors(e: &mut Engine, run: &Arc<Run>) {
-    let r = run.clone();
+fn register_constructors(e: &mut Engine) {
     func(
         "machine() -> Machine",
         "A machine using the default QEMU binary (--qemu, $VMSCRIPT_QEMU, qemu-system-<arch>).",
     )
-    .register_into_engine(e, move || make_machine(&r, &Dynamic::UNIT, None));
-    let r = run.clone();
+    .register_into_engine(e, |ctx: NativeCallContext| {
+        make_machine(&ctx, &Dynamic::UNIT, None)
+    });
     func(
         "machine(binary_or_options: String|Map) -> Machine",
         "A machine running QEMU from `binary` (`()` for the default), or machine(options) with the default binary.",
     )
-    .register_into_engine(e, move |b: Dynamic| make_machine(&r, &b, None));
-    let r = run.clone();
+    .register_into_engine(e, |ctx: NativeCallContext, b: Dynamic| {
+        make_machine(&ctx, &b, None)
+    });
     func(
         "machine(binary: String, options: Map) -> Machine",
         "A machine with options: args, wrapper, name, base_temp_dir, monitor_address (a socket path or [host, port]), sock_dir, log_dir, drain_console, console_log, qmp_timer (an unknown key is an error that lists the valid ones).",
     )
-    .register_into_engine(e, move |b: Dynamic, o: Map| make_machine(&r, &b, Some(&o)));
-    // As Python's `QEMUQtestMachine`: configured here, launched by the
-    // script, so `add_args` and `set_machine` still apply.
-    let qtest = |run: &Arc<Run>, b: &Dynamic, o: Option<&Map>| -> ScriptResult<MachineRef> {
-        let vm = make_machine(run, b, o)?;
-        vm.with(Machine::enable_qtest)?;
-        Ok(vm)
-    };
-    let r = run.clone();
+    .register_into_engine(e, |ctx: NativeCallContext, b: Dynamic, o: Map| {
+        make_machine(&ctx, &b, Some(&o))
+    });
     func(
         "qtest_machine(binary: String, options: Map) -> Machine",
         "A machine with a qtest socket, not yet launched: configure it, launch() it, then vm.qtest(line).",
     )
-    .register_into_engine(e, move |b: Dynamic, o: Map| qtest(&r, &b, Some(&o)));
-    let r = run.clone();
+    .register_into_engine(e, |ctx: NativeCallContext, b: Dynamic, o: Map| {
+        qtest_machine(&ctx, &b, Some(&o))
+    });
     func(
         "qtest_machine(binary: String) -> Machine",
         "A qtest machine without options. QEMUs without a qtest accelerator (Debian's 7.2) run it under TCG started with -S, so the guest never runs; clock_step is refused there.",
     )
-    .register_into_engine(e, move |b: Dynamic| qtest(&r, &b, None));
-    let r = run.clone();
+    .register_into_engine(e, |ctx: NativeCallContext, b: Dynamic| {
+        qtest_machine(&ctx, &b, None)
+    });
     func(
         "qtest_machine() -> Machine",
         "A qtest machine of the default QEMU binary.",
     )
-    .register_into_engine(e, move || qtest(&r, &Dynamic::UNIT, None));
+    .register_into_engine(e, |ctx: NativeCallContext| {
+        qtest_machine(&ctx, &Dynamic::UNIT, None)
+    });
     func(
         "event_match(event: Map, match: Map) -> bool",
         "True when `match` is a subset of `event`, recursively; `()` in `match` matches anything.",
@@ -348,18 +358,16 @@ fn register_constructors(e: &mut Engine, run: &Arc<Run>) {
             &json(&m, "match")?,
         ))
     });
-    let r = run.clone();
     func(
         "open_fd(path: String, mode: String) -> int",
         "Opens a file (\"r\", \"w\" or \"rw\"); its descriptor is closed when the script ends.",
     )
-    .register_into_engine(e, move |p: &str, mode: &str| {
-        r.open_fd(p, mode).map(INT::from)
+    .register_into_engine(e, |ctx: NativeCallContext, p: &str, mode: &str| {
+        Run::of(&ctx)?.open_fd(p, mode).map(INT::from)
     });
-    let r = run.clone();
     func("close_fd(fd: int)", "Closes a descriptor from open_fd.")
-        .register_into_engine(e, move |fd: INT| {
-            r.close_fd(i32::try_from(fd).unwrap_or(-1))
+        .register_into_engine(e, |ctx: NativeCallContext, fd: INT| {
+            Run::of(&ctx)?.close_fd(i32::try_from(fd).unwrap_or(-1))
         });
 }
 
@@ -470,7 +478,7 @@ fn register_properties(e: &mut Engine) {
         "Array",
         "The arguments added with add_args and the args option; assignable and editable before launch.",
     )
-    .register_into_engine(e, |vm: &mut MachineRef| vm.get(|m| string_array(m.args())));
+    .register_into_engine(e, |vm: &mut MachineRef| vm.get(|m| convert::string_array(m.args())));
     // A setter makes `vm.args = […]` and in-place edits such as
     // `vm.args.push(…)` or `vm.args[1] = …` reach the machine: Rhai writes
     // a property changed through its getter back with the setter.
@@ -488,7 +496,7 @@ fn register_properties(e: &mut Engine) {
         "The whole QEMU command line of the last launch.",
     )
     .register_into_engine(e, |vm: &mut MachineRef| {
-        vm.get(|m| string_array(m.full_args()))
+        vm.get(|m| convert::string_array(m.full_args()))
     });
     getter(
         "Machine",
@@ -571,13 +579,12 @@ fn register_properties(e: &mut Engine) {
     });
 }
 
-fn register_lifecycle(e: &mut Engine, run: &Arc<Run>) {
-    let r = run.clone();
+fn register_lifecycle(e: &mut Engine) {
     func(
         "launch(vm: Machine)",
         "Starts QEMU and negotiates QMP; VMLaunchFailure (exitcode, command, output) on failure.",
     )
-    .register_into_engine(e, move |vm: &mut MachineRef| launch(&r, vm));
+    .register_into_engine(e, launch);
     func(
         "shutdown(vm: Machine)",
         "Quits QEMU by QMP, waits up to 30s, then SIGKILL; cleans up. No-op when not launched.",
@@ -628,12 +635,16 @@ fn register_lifecycle(e: &mut Engine, run: &Arc<Run>) {
         "exitcode(vm: Machine) -> int",
         "QEMU's exit code (negative for a signal), or () while it runs.",
     )
-    .register_into_engine(e, |vm: &mut MachineRef| vm.get(|m| opt_int(m.exitcode())));
+    .register_into_engine(e, |vm: &mut MachineRef| {
+        vm.get(|m| convert::opt_int(m.exitcode()))
+    });
     func(
         "get_pid(vm: Machine) -> int",
         "QEMU's pid while it runs, else ().",
     )
-    .register_into_engine(e, |vm: &mut MachineRef| vm.get(|m| opt_int(m.get_pid())));
+    .register_into_engine(e, |vm: &mut MachineRef| {
+        vm.get(|m| convert::opt_int(m.get_pid()))
+    });
     func(
         "get_log(vm: Machine) -> String",
         "QEMU's output once it has exited, else ().",
@@ -720,7 +731,7 @@ fn register_qmp(e: &mut Engine) {
     .register_into_engine(e, |vm: &mut MachineRef, c: &str| vm.with(|m| m.hmp(c)));
 }
 
-fn register_events(e: &mut Engine, run: &Arc<Run>) {
+fn register_events(e: &mut Engine) {
     // As QEMUMachine's: a wait of some seconds that sees nothing throws
     // Timeout (a ported wait loop must not spin until the test's timeout);
     // no wait never throws.
@@ -773,51 +784,61 @@ fn register_events(e: &mut Engine, run: &Arc<Run>) {
             })
         },
     );
-    let r = run.clone();
-    let wait = move |vm: &MachineRef, name: &str, t: Duration, filter: Option<Value>| {
-        let _doing = r.cancel().doing(format!("waiting for event {name}"));
+    let wait = |ctx: &NativeCallContext,
+                vm: &MachineRef,
+                name: &str,
+                t: Duration,
+                filter: Option<Value>| {
+        let _doing = Run::of(ctx)?
+            .cancel()
+            .doing(format!("waiting for event {name}"));
         vm.with(|m| m.event_wait(name, t, filter.as_ref()))
             .map(json_or_unit)
     };
-    let w = wait.clone();
     func(
         "event_wait(vm: Machine, name: String) -> Map",
         "Waits up to 60s for event `name`; Timeout otherwise.",
     )
-    .register_into_engine(e, move |vm: &mut MachineRef, n: &str| {
-        w(vm, n, args::scaled(DEFAULT_WAIT), None)
-    });
-    let w = wait.clone();
+    .register_into_engine(
+        e,
+        move |ctx: NativeCallContext, vm: &mut MachineRef, n: &str| {
+            wait(&ctx, vm, n, args::scaled(DEFAULT_WAIT), None)
+        },
+    );
     func(
         "event_wait(vm: Machine, name: String, timeout: secs) -> Map",
         "Waits up to `timeout` for event `name`; timeout 0 returns () when none is queued.",
     )
-    .register_into_engine(e, move |vm: &mut MachineRef, n: &str, t: Dynamic| {
-        w(vm, n, args::secs(&t, "timeout")?, None)
-    });
-    let w = wait.clone();
+    .register_into_engine(
+        e,
+        move |ctx: NativeCallContext, vm: &mut MachineRef, n: &str, t: Dynamic| {
+            wait(&ctx, vm, n, args::secs(&t, "timeout")?, None)
+        },
+    );
     func(
         "event_wait(vm: Machine, name: String, match: Map) -> Map",
         "Waits up to 60s for event `name` matching `match`; others stay queued in order.",
     )
-    .register_into_engine(e, move |vm: &mut MachineRef, n: &str, f: Map| {
-        let filter = json(&Dynamic::from_map(f), "match")?;
-        w(vm, n, args::scaled(DEFAULT_WAIT), Some(filter))
-    });
-    let w = wait.clone();
+    .register_into_engine(
+        e,
+        move |ctx: NativeCallContext, vm: &mut MachineRef, n: &str, f: Map| {
+            let filter = json(&Dynamic::from_map(f), "match")?;
+            wait(&ctx, vm, n, args::scaled(DEFAULT_WAIT), Some(filter))
+        },
+    );
     func(
         "event_wait(vm: Machine, name: String, timeout: secs, match: Map) -> Map",
         "Waits for event `name` matching `match` (see event_match); others stay queued in order.",
     )
     .register_into_engine(
         e,
-        move |vm: &mut MachineRef, n: &str, t: Dynamic, f: Dynamic| {
+        move |ctx: NativeCallContext, vm: &mut MachineRef, n: &str, t: Dynamic, f: Dynamic| {
             let filter = if f.is_unit() {
                 None
             } else {
                 Some(json(&f, "match")?)
             };
-            w(vm, n, args::secs(&t, "timeout")?, filter)
+            wait(&ctx, vm, n, args::secs(&t, "timeout")?, filter)
         },
     );
     let many = |vm: &MachineRef, pairs: &Array, t: Duration| {

@@ -83,9 +83,26 @@ pub const MAX_CALL_LEVELS: usize = 128;
 /// The native stack a script thread needs for [`MAX_CALL_LEVELS`].
 pub const SCRIPT_STACK: usize = 64 << 20;
 
-/// A Rhai engine with the whole script API registered for `run`.
-pub fn engine(run: &Arc<Run>) -> Engine {
+/// An engine with the whole script API registered and no run: what
+/// `vmscript doc` and `vmscript check` read. Its bindings find the run
+/// they act on in the call's context ([`Run::of`]), which [`engine`]
+/// supplies as the engine's tag.
+pub fn api_engine() -> Engine {
     let mut engine = base_engine();
+    convert::register(&mut engine);
+    machine_api::register(&mut engine);
+    console_api::register(&mut engine);
+    host::register(&mut engine);
+    memory::register_growth(&mut engine);
+    parallel::register(&mut engine);
+    steps::register(&mut engine);
+    engine
+}
+
+/// A Rhai engine with the whole script API, running under `run`.
+pub fn engine(run: &Arc<Run>) -> Engine {
+    let mut engine = api_engine();
+    engine.set_default_tag(Dynamic::from(run.clone()));
     let r = run.clone();
     engine.on_print(move |s| r.print(s));
     let r = run.clone();
@@ -110,12 +127,6 @@ pub fn engine(run: &Arc<Run>) -> Engine {
     engine.set_module_resolver(modules::Resolver::new(modules::SearchPath::from_env(
         &run.config().lib_dirs,
     )));
-    convert::register(&mut engine);
-    machine_api::register(&mut engine, run);
-    host::register(&mut engine, run);
-    memory::register_growth(&mut engine);
-    parallel::register(&mut engine, run);
-    steps::register(&mut engine, run);
     engine
 }
 
@@ -154,8 +165,8 @@ pub fn check_file(
 
 /// Every function a script can call, with the argument counts of its
 /// overloads: the whole API and Rhai's standard library.
-pub fn api_functions() -> std::io::Result<lint::Arities> {
-    with_api_engine(lint::known_functions)
+pub fn api_functions() -> lint::Arities {
+    lint::known_functions(&api_engine())
 }
 
 /// Runs one script to its end and releases everything it made.
@@ -254,27 +265,8 @@ fn first_line(text: &str) -> &str {
 }
 
 /// The reference of every registered function, from the engine's metadata.
-pub fn reference() -> std::io::Result<Vec<docs::Entry>> {
-    with_api_engine(docs::reference)
-}
-
-/// Calls `f` with an engine holding the whole API, on a run that makes
-/// nothing (for `doc` and `check`).
-fn with_api_engine<T>(f: impl FnOnce(&Engine) -> T) -> std::io::Result<T> {
-    let artifacts = tempfile::tempdir()?;
-    let run = Arc::new(Run::new(
-        RunConfig {
-            script: "api".into(),
-            artifacts: artifacts.path().to_path_buf(),
-            timeout: Duration::from_secs(1),
-            qemu: QemuBinary::resolve(None),
-            params: Default::default(),
-            capture: true,
-            lib_dirs: Vec::new(),
-        },
-        Cancel::new(),
-    )?);
-    Ok(f(&engine(&run)))
+pub fn reference() -> Vec<docs::Entry> {
+    docs::reference(&api_engine())
 }
 
 /// The documentation of every stdlib module.

@@ -36,55 +36,51 @@ use super::SCRIPT_STACK;
 pub const MAX_BRANCHES: usize = 1024;
 
 /// Registers `parallel(fns)` and `parallel(items, f)`.
-pub fn register(e: &mut Engine, run: &std::sync::Arc<Run>) {
-    let r = run.clone();
+pub fn register(e: &mut Engine) {
     func(
         "parallel(fns: Array) -> Array",
         "Calls every function of `fns` (no arguments) at the same time, each on its own \
          thread; returns their results in order once all have returned. If some throw, \
          the first one's error (in order) is thrown after all have ended, with a `branch` key.",
     )
-    .register_into_engine(e, move |ctx: NativeCallContext, fns: Array| {
+    .register_into_engine(e, |ctx: NativeCallContext, fns: Array| {
         let calls = fns
             .iter()
             .map(|f| Ok((fn_ptr(f, "parallel(fns): every item")?, Vec::new())))
             .collect::<ScriptResult<Vec<_>>>()?;
-        parallel(&r, &ctx, calls)
+        parallel(&ctx, calls)
     });
-    let r = run.clone();
     func(
         "parallel(items: Array, f: FnPtr) -> Array",
         "Calls `f(item)` for every item at the same time, each on its own thread; returns \
          the results in order once all have returned (like `items.map(f)`, but at once). \
          Errors as for `parallel(fns)`.",
     )
-    .register_into_engine(e, move |ctx: NativeCallContext, items: Array, f: FnPtr| {
+    .register_into_engine(e, |ctx: NativeCallContext, items: Array, f: FnPtr| {
         let calls = items
             .into_iter()
             .map(|item| (f.clone(), vec![item.flatten_clone()]))
             .collect();
-        parallel(&r, &ctx, calls)
+        parallel(&ctx, calls)
     });
-    let r = run.clone();
     func(
         "parallel(range: Range, f: FnPtr) -> Array",
         "`parallel(items, f)` over the integers of `range` (`0..n`).",
     )
     .register_into_engine(
         e,
-        move |ctx: NativeCallContext, range: std::ops::Range<INT>, f: FnPtr| {
-            parallel(&r, &ctx, each_int(range, &f))
+        |ctx: NativeCallContext, range: std::ops::Range<INT>, f: FnPtr| {
+            parallel(&ctx, each_int(range, &f))
         },
     );
-    let r = run.clone();
     func(
         "parallel(range: RangeInclusive, f: FnPtr) -> Array",
         "`parallel(items, f)` over the integers of `range` (`0..=n`).",
     )
     .register_into_engine(
         e,
-        move |ctx: NativeCallContext, range: std::ops::RangeInclusive<INT>, f: FnPtr| {
-            parallel(&r, &ctx, each_int(range, &f))
+        |ctx: NativeCallContext, range: std::ops::RangeInclusive<INT>, f: FnPtr| {
+            parallel(&ctx, each_int(range, &f))
         },
     );
 }
@@ -104,12 +100,8 @@ fn fn_ptr(v: &Dynamic, what: &str) -> ScriptResult<FnPtr> {
         .ok_or_else(|| errors::bad_type(what, "a function (Fn or closure)", v))
 }
 
-fn parallel(
-    run: &Run,
-    ctx: &NativeCallContext,
-    calls: Vec<(FnPtr, Vec<Dynamic>)>,
-) -> ScriptResult<Array> {
-    run.check_cancelled()?;
+fn parallel(ctx: &NativeCallContext, calls: Vec<(FnPtr, Vec<Dynamic>)>) -> ScriptResult<Array> {
+    Run::of(ctx)?.check_cancelled()?;
     if calls.len() > MAX_BRANCHES {
         return Err(errors::misuse(format!(
             "parallel: {} branches; at most {MAX_BRANCHES} (each is a thread)",

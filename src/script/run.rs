@@ -23,6 +23,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant, SystemTime};
 
+use rhai::NativeCallContext;
+
 use crate::machine::{self, Machine, MachineOptions};
 
 use super::cancel::Cancel;
@@ -289,6 +291,17 @@ impl std::fmt::Debug for Run {
 }
 
 impl Run {
+    /// The run a script call belongs to. [`super::engine`] puts the run in
+    /// the engine's tag, so a binding takes it from the call instead of
+    /// capturing it; an engine without one (the bare API engine of
+    /// [`super::api_engine`]) has no run to act on.
+    pub fn of(ctx: &NativeCallContext) -> ScriptResult<Arc<Run>> {
+        ctx.tag()
+            .and_then(|t| t.read_lock::<Arc<Run>>())
+            .map(|r| Arc::clone(&r))
+            .ok_or_else(|| errors::host("this engine runs no script: it has no run to act on"))
+    }
+
     /// Makes the run's temp dir and opens its log.
     pub fn new(config: RunConfig, cancel: Cancel) -> std::io::Result<Run> {
         let temp = OwnedTempDir::new("vmscript-run-")?;
@@ -674,6 +687,24 @@ mod tests {
             capture: true,
             lib_dirs: Vec::new(),
         }
+    }
+
+    #[test]
+    fn bindings_take_the_run_from_the_engine_and_a_bare_engine_has_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = Arc::new(Run::new(config(dir.path()), Cancel::new()).unwrap());
+        let name = super::super::engine(&run).eval::<String>("test_name()");
+        assert_eq!(name.unwrap(), run.test_name());
+        let err = super::super::api_engine()
+            .eval::<String>("test_name()")
+            .unwrap_err();
+        let rhai::EvalAltResult::ErrorRuntime(v, _) = *err else {
+            panic!("{err}");
+        };
+        let (kind, message, _) = errors::thrown_kind_and_message(&v);
+        assert_eq!(kind, "HostError");
+        assert!(message.contains("no run"), "{message}");
+        run.finish();
     }
 
     #[test]

@@ -4,8 +4,6 @@
 //! which every report shows, and remembers the step an error happened in
 //! so that the failure says "in step NAME".
 
-use std::sync::Arc;
-
 use rhai::{Dynamic, Engine, FnPtr, NativeCallContext};
 
 use super::docs::func;
@@ -13,27 +11,26 @@ use super::errors::{Failure, ScriptResult};
 use super::run::Run;
 
 /// Registers `step` and `test_name`.
-pub fn register(e: &mut Engine, run: &Arc<Run>) {
-    let r = run.clone();
+pub fn register(e: &mut Engine) {
     func(
         "step(name: String, f: FnPtr) -> any",
         "Runs `f` as a named step of the test and returns its value; its start, duration and outcome are in every report, and an error inside it is reported as \"in step NAME\".",
     )
-    .register_into_engine(e, move |ctx: NativeCallContext, name: &str, f: FnPtr| {
-        step(&r, &ctx, name, &f)
-    });
-    let r = run.clone();
+    .register_into_engine(e, step);
     func(
         "test_name() -> String",
         "The running test's name: the script's path, or `FILE::test_case` inside a case.",
     )
-    .register_into_engine(e, move || r.test_name());
+    .register_into_engine(e, |ctx: NativeCallContext| {
+        Run::of(&ctx).map(|r| r.test_name())
+    });
 }
 
-fn step(run: &Run, ctx: &NativeCallContext, name: &str, f: &FnPtr) -> ScriptResult<Dynamic> {
+fn step(ctx: NativeCallContext, name: &str, f: FnPtr) -> ScriptResult<Dynamic> {
+    let run = Run::of(&ctx)?;
     let token = run.step_begin(name);
     let _doing = run.cancel().doing(format!("in step {name}"));
-    let result: ScriptResult<Dynamic> = f.call_within_context(ctx, ());
+    let result: ScriptResult<Dynamic> = f.call_within_context(&ctx, ());
     let failure = result
         .as_ref()
         .err()

@@ -121,6 +121,16 @@ impl World {
         }
     }
 
+    /// Everything in `$TMPDIR`, sorted, artifacts folders included.
+    pub fn tmp_entries(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.tmp())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
     /// What is left in `$TMPDIR`, artifacts folders aside.
     pub fn leftovers(&self) -> Vec<String> {
         std::fs::read_dir(self.tmp())

@@ -2,70 +2,12 @@
 //! test, error reports, the cleanup guarantee under errors, timeouts and
 //! SIGTERM, and the `check` and `doc` commands.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::world::{is_qemu_process, printed_pids, sockets_below, stderr, stdout};
-
-const VMSCRIPT: &str = env!("CARGO_BIN_EXE_vmscript");
-
-/// A temp folder holding the scripts of one test, also used as `$TMPDIR`
-/// so that whatever vmscript leaves behind shows up there.
-struct World {
-    dir: tempfile::TempDir,
-}
-
-impl World {
-    fn new() -> World {
-        World {
-            dir: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn script(&self, name: &str, text: &str) -> PathBuf {
-        let p = self.path().join(name);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(&p, text).unwrap();
-        p
-    }
-
-    fn tmp(&self) -> PathBuf {
-        let t = self.path().join("tmp");
-        std::fs::create_dir_all(&t).unwrap();
-        t
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(VMSCRIPT);
-        c.args(args)
-            .current_dir(self.path())
-            .env("TMPDIR", self.tmp())
-            .env_remove("VMSCRIPT_QEMU")
-            .stdin(Stdio::null());
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.command(args).output().unwrap()
-    }
-
-    /// What is left in `$TMPDIR`, artifacts folders aside.
-    fn leftovers(&self) -> Vec<String> {
-        std::fs::read_dir(self.tmp())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|n| !n.starts_with("vmscript-artifacts-"))
-            .collect()
-    }
-}
+use crate::common::world::{is_qemu_process, printed_pids, sockets_below, stderr, stdout, World};
 
 const THREE_MACHINES: &str = r#"
 for i in 0..3 {

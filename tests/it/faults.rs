@@ -1,12 +1,10 @@
 //! Injected faults: a QEMU that dies, hangs, or breaks its monitor at
 //! every stage. Each must end in a clear error, in time, with nothing left.
 
-mod common;
-
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use vmscript::machine::{Error, Machine, MachineOptions};
 
 fn fake(mode: &str) -> MachineOptions {
@@ -209,7 +207,7 @@ fn a_crash_before_shutdown_is_reported_and_our_own_kill_is_not() {
 /// script, fails the test with the machine and the signal named.
 #[test]
 fn a_crash_found_by_the_cleanup_fails_the_test() {
-    use common::world::{stdout, World};
+    use crate::common::world::{stdout, World};
     let w = World::new();
     let script = w.script(
         "crash.rhai",

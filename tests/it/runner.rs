@@ -4,73 +4,12 @@
 //! the progress line on a terminal, and Ctrl-C/SIGTERM with machines
 //! running.
 
-mod common;
-
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::world::{is_qemu_process, sockets_below, stderr, stdout};
-
-const VMSCRIPT: &str = env!("CARGO_BIN_EXE_vmscript");
-
-/// A temp folder holding one test's scripts, also `$TMPDIR` (below
-/// `tmp/`) so that whatever vmscript leaves behind shows up there.
-struct World {
-    dir: tempfile::TempDir,
-}
-
-impl World {
-    fn new() -> World {
-        let w = World {
-            dir: tempfile::tempdir().unwrap(),
-        };
-        std::fs::create_dir_all(w.tmp()).unwrap();
-        w
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn tmp(&self) -> PathBuf {
-        self.path().join("tmp")
-    }
-
-    fn script(&self, name: &str, text: &str) {
-        let p = self.path().join(name);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, text).unwrap();
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(VMSCRIPT);
-        c.args(args)
-            .current_dir(self.path())
-            .env("TMPDIR", self.tmp())
-            .env_remove("VMSCRIPT_QEMU")
-            .env_remove("NO_COLOR")
-            .env_remove("CLICOLOR")
-            .env_remove("CLICOLOR_FORCE")
-            .stdin(Stdio::null());
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.command(args).output().unwrap()
-    }
-
-    /// Everything in `$TMPDIR`.
-    fn leftovers(&self) -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(self.tmp())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        v.sort();
-        v
-    }
-}
+use crate::common::world::{is_qemu_process, sockets_below, stderr, stdout, World, VMSCRIPT};
 
 /// The JSON lines of `--format json`: the tests, then the summary.
 fn json_lines(o: &Output) -> (Vec<serde_json::Value>, serde_json::Value) {
@@ -185,7 +124,7 @@ fn tests_with_several_machines_run_at_once_and_keep_their_artifacts_apart() {
             .any(|l| l["dir"] == "received" && l["msg"]["return"]["status"] == "running"));
     }
     // Kept artifacts are all that is left.
-    let left = w.leftovers();
+    let left = w.tmp_entries();
     assert_eq!(left.len(), 1, "{left:?}");
     assert!(left[0].starts_with("vmscript-artifacts-"), "{left:?}");
 }
@@ -224,7 +163,7 @@ fn a_timeout_kills_the_machines_and_says_what_the_test_was_waiting_for() {
         .unwrap();
     assert!(!is_qemu_process(pid), "QEMU {pid} outlived its test");
     // A timed-out test keeps its artifacts, and nothing else is left.
-    let left = w.leftovers();
+    let left = w.tmp_entries();
     assert_eq!(left.len(), 1, "{left:?}");
     assert!(left[0].starts_with("vmscript-artifacts-"));
     assert!(sockets_below(&w.tmp()).is_empty());
@@ -688,7 +627,7 @@ fn signal_stops_the_run_cleanly(sig: i32, name: &str) {
         assert!(dir.join("vm0.console.log").is_file(), "{}", dir.display());
     }
     let root = kept[0].parent().unwrap().file_name().unwrap();
-    assert_eq!(w.leftovers(), [root.to_string_lossy()]);
+    assert_eq!(w.tmp_entries(), [root.to_string_lossy()]);
     // JUnit lists the tests that never ran, as skipped with the reason.
     let xml = std::fs::read_to_string(&junit).unwrap();
     let report = quick_junit::Report::deserialize_from_str(&xml).unwrap();
@@ -752,7 +691,7 @@ fn a_second_signal_exits_at_once_and_leaves_nothing() {
         assert!(!is_qemu_process(p), "QEMU {p} outlived vmscript");
     }
     // Only the interrupted tests' logs stay.
-    let left = w.leftovers();
+    let left = w.tmp_entries();
     assert!(
         left.len() <= 1 && left.iter().all(|n| n.starts_with("vmscript-artifacts-")),
         "{left:?}"

@@ -1,9 +1,7 @@
 //! The real test guest: boot to the shell on the serial console, run
 //! commands, power off.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 use vmscript::machine::Machine;
 
@@ -66,7 +64,7 @@ fn a_console_wait_fails_at_once_when_qemu_dies() {
 /// every later `guest::run` timed out.
 #[test]
 fn an_invalid_utf8_byte_on_the_console_breaks_no_later_wait() {
-    use common::world::{stderr, stdout, World};
+    use crate::common::world::{stderr, stdout, World};
     let w = World::new();
     let script = w.script(
         "binary.rhai",

@@ -4,13 +4,11 @@
 //! with SIGKILL, test output and file names holding terminal control
 //! sequences or newlines; and colours, on a terminal only.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::world::{signal, stderr, stdout, World};
+use crate::common::world::{signal, stderr, stdout, World};
 
 /// A stdout that cannot be written: `/dev/full` (ENOSPC), or a pipe whose
 /// reader has gone (EPIPE).
@@ -259,7 +257,7 @@ fn colours_on_a_terminal_or_when_forced_and_never_when_piped_or_with_no_color() 
         return;
     }
     let on_terminal = |env: &[(&str, &str)]| {
-        let cmd = format!("{} run -j 1 .", common::world::VMSCRIPT);
+        let cmd = format!("{} run -j 1 .", crate::common::world::VMSCRIPT);
         let o = Command::new("script")
             .args(["-qfec", &cmd, "/dev/null"])
             .current_dir(w.path())

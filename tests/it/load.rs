@@ -1,11 +1,9 @@
 //! Many machines in one script: 32 `-M none` QEMUs at once, all
 //! commanded and shut down, or all left to the cleanup by an error.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::world::*;
+use crate::common::world::*;
 
 const THIRTY_TWO: &str = r#"
 let base = vmscript_fds();

@@ -2,12 +2,10 @@
 //! for: nothing goes through a shell, and every folder holding sockets or
 //! temp files is private (0700) with an unpredictable name.
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use common::world::*;
+use crate::common::world::*;
 
 /// Strings a shell would expand or split.
 const NASTY: &[&str] = &[

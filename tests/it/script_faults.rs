@@ -3,15 +3,13 @@
 //! all the memory, artifacts on a full or read-only disk. Each test checks
 //! what the report says, that the other tests of the same run were not
 //! affected, and that no process, temp folder, socket or descriptor was
-//! left. (tests/faults.rs does the same for the machine layer.)
-
-mod common;
+//! left. (tests/it/faults.rs does the same for the machine layer.)
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::secs;
-use common::world::*;
+use crate::common::secs;
+use crate::common::world::*;
 
 /// The line number (1-based) of the first line of `script` that contains `needle`.
 fn line_of(script: &str, needle: &str) -> usize {

@@ -1,13 +1,11 @@
 //! `vmscript run --report FILE.html`, rendered in a real browser: Debian's
 //! chromium, headless, runs the page's script and prints the DOM it built.
 
-mod common;
-
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use common::world::{stdout, World};
+use crate::common::world::{stdout, World};
 
 /// The DOM of `page` after its scripts ran, as chromium renders it.
 fn rendered(page: &Path, profile: &Path) -> String {

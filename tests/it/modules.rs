@@ -3,55 +3,20 @@
 //! relative imports, refused names, the missing-module message, compiling
 //! a module once per run, and `vmscript doc` with `docs/reference.md`.
 
-mod common;
-
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::world::stdout;
+use crate::common::world::{stdout, World, VMSCRIPT};
 
-const VMSCRIPT: &str = env!("CARGO_BIN_EXE_vmscript");
-
-/// A temp folder of scripts and modules.
-struct World {
-    dir: tempfile::TempDir,
-}
-
-impl World {
-    fn new() -> World {
-        World {
-            dir: tempfile::tempdir().unwrap(),
-        }
+/// `vmscript ARGS` in the world, with `$VMSCRIPT_PATH` set to `env`.
+fn run(w: &World, args: &[&str], env: Option<&str>) -> Output {
+    let mut c = w.command(args);
+    c.env_remove("VMSCRIPT_PATH");
+    if let Some(e) = env {
+        c.env("VMSCRIPT_PATH", e);
     }
-
-    fn path(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
-    }
-
-    fn file(&self, rel: &str, text: &str) -> PathBuf {
-        let p = self.path(rel);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(&p, text).unwrap();
-        p
-    }
-
-    fn remove(&self, rel: &str) {
-        std::fs::remove_file(self.path(rel)).unwrap();
-    }
-
-    /// `vmscript ARGS` in the world, with `$VMSCRIPT_PATH` set to `env`.
-    fn run(&self, args: &[&str], env: Option<&str>) -> Output {
-        let mut c = Command::new(VMSCRIPT);
-        c.args(args)
-            .current_dir(self.dir.path())
-            .env_remove("VMSCRIPT_PATH")
-            .stdin(Stdio::null());
-        if let Some(e) = env {
-            c.env("VMSCRIPT_PATH", e);
-        }
-        c.output().unwrap()
-    }
+    c.output().unwrap()
 }
 
 /// Every line the run printed with `print` (`--no-capture`), test lines
@@ -67,50 +32,54 @@ fn printed(o: &Output) -> Vec<String> {
 #[test]
 fn the_script_folder_beats_lib_which_beats_vmscript_path_which_beats_the_stdlib() {
     let w = World::new();
-    w.file(
+    w.script(
         "t/t.rhai",
         "import \"retry\" as m;\nprint(m::poll(|| \"stdlib\", 1));\n",
     );
     for place in ["t", "lib", "env"] {
-        w.file(
+        w.script(
             &format!("{place}/retry.rhai"),
             &format!("fn poll(f, t) {{ \"{place}\" }}\n"),
         );
     }
     let args = ["run", "--no-capture", "--lib", "lib", "t/t.rhai"];
     let env = Some("/nonexistent:env");
-    assert_eq!(printed(&w.run(&args, env)), ["t"]);
-    w.remove("t/retry.rhai");
-    assert_eq!(printed(&w.run(&args, env)), ["lib"]);
-    w.remove("lib/retry.rhai");
-    assert_eq!(printed(&w.run(&args, env)), ["env"]);
-    w.remove("env/retry.rhai");
-    assert_eq!(printed(&w.run(&args, env)), ["stdlib"]);
+    assert_eq!(printed(&run(&w, &args, env)), ["t"]);
+    std::fs::remove_file(w.path().join("t/retry.rhai")).unwrap();
+    assert_eq!(printed(&run(&w, &args, env)), ["lib"]);
+    std::fs::remove_file(w.path().join("lib/retry.rhai")).unwrap();
+    assert_eq!(printed(&run(&w, &args, env)), ["env"]);
+    std::fs::remove_file(w.path().join("env/retry.rhai")).unwrap();
+    assert_eq!(printed(&run(&w, &args, env)), ["stdlib"]);
 }
 
 #[test]
 fn folder_modules_and_relative_imports_resolve_from_the_modules_own_folder() {
     let w = World::new();
-    w.file(
+    w.script(
         "t/t.rhai",
         "import \"pkg\" as p;\nimport \"sub/deep\" as d;\nprint(p::who());\nprint(d::who());\n",
     );
     // A folder module whose imports are found beside its mod.rhai, not
     // beside the script.
-    w.file(
+    w.script(
         "lib/pkg/mod.rhai",
         "import \"inner\" as i;\nfn who() { \"pkg+\" + i::who() }\n",
     );
-    w.file("lib/pkg/inner.rhai", "fn who() { \"lib/pkg/inner\" }\n");
-    w.file("t/inner.rhai", "fn who() { \"t/inner\" }\n");
+    w.script("lib/pkg/inner.rhai", "fn who() { \"lib/pkg/inner\" }\n");
+    w.script("t/inner.rhai", "fn who() { \"t/inner\" }\n");
     // ./ and ../ are relative to the importing module's folder.
-    w.file(
+    w.script(
         "t/sub/deep.rhai",
         "import \"../common\" as c;\nimport \"./near\" as n;\nfn who() { c::who() + \"+\" + n::who() }\n",
     );
-    w.file("t/common.rhai", "fn who() { \"t/common\" }\n");
-    w.file("t/sub/near.rhai", "fn who() { \"t/sub/near\" }\n");
-    let o = w.run(&["run", "--no-capture", "--lib", "lib", "t/t.rhai"], None);
+    w.script("t/common.rhai", "fn who() { \"t/common\" }\n");
+    w.script("t/sub/near.rhai", "fn who() { \"t/sub/near\" }\n");
+    let o = run(
+        &w,
+        &["run", "--no-capture", "--lib", "lib", "t/t.rhai"],
+        None,
+    );
     assert_eq!(
         printed(&o),
         ["pkg+lib/pkg/inner", "t/common+t/sub/near"],
@@ -122,8 +91,8 @@ fn folder_modules_and_relative_imports_resolve_from_the_modules_own_folder() {
 #[test]
 fn a_missing_module_lists_every_place_searched_in_order() {
     let w = World::new();
-    w.file("t/t.rhai", "let x = 1;\nimport \"nothere\" as m;\n");
-    let o = w.run(&["run", "--lib", "lib", "t/t.rhai"], Some("env"));
+    w.script("t/t.rhai", "let x = 1;\nimport \"nothere\" as m;\n");
+    let o = run(&w, &["run", "--lib", "lib", "t/t.rhai"], Some("env"));
     assert_eq!(o.status.code(), Some(1));
     let out = stdout(&o);
     let want = "    t/t.rhai:2:8: HostError: module \"nothere\" not found; searched, in order:\n\
@@ -140,15 +109,15 @@ fn a_missing_module_lists_every_place_searched_in_order() {
 #[test]
 fn names_cannot_escape_the_listed_folders() {
     let w = World::new();
-    w.file("secret.rhai", "fn who() { \"secret\" }\n");
-    w.file("t/x.rhai", "fn who() { \"x\" }\n");
+    w.script("secret.rhai", "fn who() { \"secret\" }\n");
+    w.script("t/x.rhai", "fn who() { \"x\" }\n");
     for (name, why) in [
         ("/etc/passwd", "absolute names are refused"),
         ("sub/../../secret", "`.` and `..` may only start a name"),
         ("a//b", "empty component"),
     ] {
-        w.file("t/t.rhai", &format!("import {name:?} as m;\n"));
-        let out = stdout(&w.run(&["run", "t/t.rhai"], None));
+        w.script("t/t.rhai", &format!("import {name:?} as m;\n"));
+        let out = stdout(&run(&w, &["run", "t/t.rhai"], None));
         assert!(
             out.contains("HostError: invalid module name"),
             "{name}: {out}"
@@ -158,29 +127,29 @@ fn names_cannot_escape_the_listed_folders() {
     // A module in a --lib folder asking for a plain name never gets the
     // script's parent folder; `../` names are looked up beside the
     // importer only, never in the other folders.
-    w.file("lib/m.rhai", "import \"secret\" as s;\n");
-    w.file("t/t.rhai", "import \"m\" as m;\n");
-    let out = stdout(&w.run(&["run", "--lib", "lib", "t/t.rhai"], None));
+    w.script("lib/m.rhai", "import \"secret\" as s;\n");
+    w.script("t/t.rhai", "import \"m\" as m;\n");
+    let out = stdout(&run(&w, &["run", "--lib", "lib", "t/t.rhai"], None));
     assert!(out.contains("module \"secret\" not found"), "{out}");
-    w.file("t/t.rhai", "import \"../x\" as m;\n");
-    let out = stdout(&w.run(&["run", "--lib", "t", "t/t.rhai"], None));
+    w.script("t/t.rhai", "import \"../x\" as m;\n");
+    let out = stdout(&run(&w, &["run", "--lib", "t", "t/t.rhai"], None));
     assert!(out.contains("module \"../x\" not found"), "{out}");
     assert!(
         out.contains("t/../x.rhai") && !out.contains("stdlib"),
         "{out}"
     );
     // The importer's own relative path is honoured.
-    w.file("t/t.rhai", "import \"../secret\" as s;\nprint(s::who());\n");
-    let o = w.run(&["run", "--no-capture", "t/t.rhai"], None);
+    w.script("t/t.rhai", "import \"../secret\" as s;\nprint(s::who());\n");
+    let o = run(&w, &["run", "--no-capture", "t/t.rhai"], None);
     assert_eq!(printed(&o), ["secret"], "{}", stdout(&o));
 }
 
 #[test]
 fn errors_inside_modules_point_at_the_test_and_say_where_they_were_raised() {
     let w = World::new();
-    w.file("t.rhai", "import \"m\" as m;\nm::boom();\n");
-    w.file("m.rhai", "fn boom() {\n    fail(\"inside\");\n}\n");
-    let out = stdout(&w.run(&["run", "t.rhai"], None));
+    w.script("t.rhai", "import \"m\" as m;\nm::boom();\n");
+    w.script("m.rhai", "fn boom() {\n    fail(\"inside\");\n}\n");
+    let out = stdout(&run(&w, &["run", "t.rhai"], None));
     assert!(
         out.contains("    t.rhai:2:4: AssertionFailed: inside\n      raised at m.rhai:2:5\n"),
         "{out}"
@@ -189,14 +158,14 @@ fn errors_inside_modules_point_at_the_test_and_say_where_they_were_raised() {
         out.contains("in function boom called at t.rhai:2:4"),
         "{out}"
     );
-    let o = w.run(&["run", "--format", "json", "t.rhai"], None);
+    let o = run(&w, &["run", "--format", "json", "t.rhai"], None);
     let first: serde_json::Value =
         serde_json::from_str(stdout(&o).lines().next().unwrap()).unwrap();
     assert_eq!(first["error"]["file"], "t.rhai", "{first}");
     assert_eq!(first["error"]["line"], 2, "{first}");
 
-    w.file("m.rhai", "fn broken( {\n");
-    let out = stdout(&w.run(&["run", "t.rhai"], None));
+    w.script("m.rhai", "fn broken( {\n");
+    let out = stdout(&run(&w, &["run", "t.rhai"], None));
     assert!(out.contains("t.rhai:1:8: SyntaxError"), "{out}");
     assert!(out.contains("raised at m.rhai:1:12"), "{out}");
     assert!(
@@ -204,9 +173,9 @@ fn errors_inside_modules_point_at_the_test_and_say_where_they_were_raised() {
         "{out}"
     );
 
-    w.file("m.rhai", "import \"t2\" as t;\n");
-    w.file("t2.rhai", "import \"m\" as m;\n");
-    let out = stdout(&w.run(&["run", "t.rhai"], None));
+    w.script("m.rhai", "import \"t2\" as t;\n");
+    w.script("t2.rhai", "import \"m\" as m;\n");
+    let out = stdout(&run(&w, &["run", "t.rhai"], None));
     assert!(
         out.contains("import cycle: m.rhai -> t2.rhai -> m.rhai"),
         "{out}"
@@ -220,14 +189,14 @@ fn a_module_imported_by_many_tests_at_once_is_compiled_once() {
     use vmscript::script::modules::{self, Folder, SearchPath};
     use vmscript::script::{self, Cancel, QemuBinary, RunConfig, Status};
     let w = World::new();
-    w.file("lib/shared.rhai", "fn one() { 1 }\n");
-    w.file(
+    w.script("lib/shared.rhai", "fn one() { 1 }\n");
+    w.script(
         "lib/other.rhai",
         "import \"shared\" as s;\nfn two() { s::one() + 1 }\n",
     );
     let tests: Vec<_> = (0..8)
         .map(|t| {
-            w.file(
+            w.script(
                 &format!("t/{t}.rhai"),
                 "import \"shared\" as s;\nimport \"other\" as o;\nimport \"retry\" as r;\n\
                  assert_eq(s::one() + o::two(), 3);\n",
@@ -235,7 +204,7 @@ fn a_module_imported_by_many_tests_at_once_is_compiled_once() {
         })
         .collect();
     let start = std::sync::Barrier::new(tests.len());
-    let lib = w.path("lib");
+    let lib = w.path().join("lib");
     std::thread::scope(|s| {
         for path in &tests {
             let (start, lib) = (&start, &lib);
@@ -268,7 +237,7 @@ fn a_module_imported_by_many_tests_at_once_is_compiled_once() {
 #[test]
 fn doc_lists_the_stdlib_modules_and_documents_one() {
     let w = World::new();
-    let out = stdout(&w.run(&["doc"], None));
+    let out = stdout(&run(&w, &["doc"], None));
     for want in [
         "module guest (<stdlib>/guest.rhai)\n",
         "guest::run(vm, cmd, timeout)\n",
@@ -278,7 +247,7 @@ fn doc_lists_the_stdlib_modules_and_documents_one() {
     ] {
         assert!(out.contains(want), "{want} missing");
     }
-    let o = w.run(&["doc", "jobs"], None);
+    let o = run(&w, &["doc", "jobs"], None);
     assert!(o.status.success());
     let out = stdout(&o);
     assert!(
@@ -288,16 +257,16 @@ fn doc_lists_the_stdlib_modules_and_documents_one() {
     assert!(!out.contains("event_wait"), "{out}");
 
     // A team's own module, found like an import, with its doc comments.
-    w.file(
+    w.script(
         "lib/team.rhai",
         "//! Our helpers.\n\n/// Doubles `x`.\nfn double(x) { x * 2 }\nprivate fn hidden() {}\n",
     );
-    let out = stdout(&w.run(&["doc", "--lib", "lib", "team"], None));
+    let out = stdout(&run(&w, &["doc", "--lib", "lib", "team"], None));
     assert_eq!(
         out,
         "module team (lib/team.rhai)\n    Our helpers.\n\nteam::double(x)\n    Doubles `x`.\n\n"
     );
-    let o = w.run(&["doc", "nope"], None);
+    let o = run(&w, &["doc", "nope"], None);
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("module \"nope\" not found"));
 }

@@ -1,13 +1,11 @@
 //! QEMU never outlives vmscript: a process that launched machines is
 //! SIGKILLed, and the parent-death signal takes every QEMU down with it.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 /// Run in a child process by the test below: launches four machines,
 /// prints their pids and waits to be killed.
@@ -32,7 +30,7 @@ fn qemu_dies_with_a_sigkilled_parent() {
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
-            "helper_launch_four_and_wait",
+            "parent_death::helper_launch_four_and_wait",
             "--ignored",
             "--nocapture",
             "--test-threads=1",
@@ -73,7 +71,7 @@ fn qemu_dies_with_a_sigkilled_parent() {
 /// left, but not the folder of a run still alive.
 #[test]
 fn the_next_run_removes_what_a_sigkilled_run_left() {
-    use common::world::{is_qemu, signal, World};
+    use crate::common::world::{is_qemu, signal, World};
     let w = World::new();
     w.script(
         "hold.rhai",
@@ -113,7 +111,7 @@ fn the_next_run_removes_what_a_sigkilled_run_left() {
     assert_eq!(run_dirs().len(), 2, "a killed run removed its own folder");
 
     let o = w.run(&["run", "ok"]);
-    assert!(o.status.success(), "{}", common::world::stdout(&o));
+    assert!(o.status.success(), "{}", crate::common::world::stdout(&o));
     assert_eq!(run_dirs(), live_dir, "the sweep took the wrong folders");
 
     // The live run is unharmed and cleans up after itself.

@@ -3,11 +3,9 @@
 //! once every branch has ended, and whatever the branches made is cleaned
 //! up however the script ends.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::world::*;
+use crate::common::world::*;
 
 /// Concurrency is shown by a rendezvous, not by timing: each branch waits
 /// for a file only a later branch writes, so run one after the other they

@@ -1,10 +1,8 @@
 //! The machine layer against a real QEMU.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::{json, Map, Value};
 use vmscript::machine::{Error, EventWait, Machine};
 
@@ -466,7 +464,7 @@ fn deep_argument_then_three_commands() -> Result<(), Error> {
 /// became a FLOAT and QEMU refused it ("expects uint64").
 #[test]
 fn a_uint64_above_i64_max_round_trips_through_a_script_exactly() {
-    use common::world::{stdout, World};
+    use crate::common::world::{stdout, World};
     let w = World::new();
     let script = w.script(
         "u64.rhai",
@@ -497,7 +495,7 @@ vm.shutdown();
 /// qtest socket and for a monitor socket path alike.
 #[test]
 fn a_comma_in_tmpdir_breaks_neither_qtest_nor_a_monitor_path() {
-    use common::world::{stdout, World};
+    use crate::common::world::{stdout, World};
     let w = World::new();
     let tmp = w.dir("tmp,with,commas");
     let script = w.script(
@@ -521,7 +519,11 @@ print("both ok");
         .output()
         .unwrap();
     let out = stdout(&o);
-    assert!(o.status.success(), "{out}{}", common::world::stderr(&o));
+    assert!(
+        o.status.success(),
+        "{out}{}",
+        crate::common::world::stderr(&o)
+    );
     assert!(out.contains("both ok"), "{out}");
     w.assert_clean();
     let left: Vec<_> = std::fs::read_dir(&tmp)

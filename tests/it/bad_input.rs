@@ -4,15 +4,13 @@
 //! malformed scripts. Each must give one clear error with a position, and
 //! nothing may panic.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::world::*;
+use crate::common::world::*;
 use rhai::{Engine, Scope};
 use vmscript::script::{self, Cancel, Failure, QemuBinary, Run, RunConfig};
 

@@ -2,14 +2,12 @@
 //! in a pseudo-terminal, `send-keys` types, `capture-pane` reads the
 //! screen, and the tests assert on what a person would see.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{pid_exists, QEMU};
+use crate::common::{pid_exists, QEMU};
 
 /// How long the screen may take to show something (a debug build on a
 /// busy machine).
@@ -655,7 +653,7 @@ fn repl_tab_on_a_stopped_qemu_does_not_freeze_the_prompt() {
 #[test]
 fn repl_says_a_machine_is_booting_while_boot_waits() {
     let state = tempfile::tempdir().unwrap();
-    let guest = common::guest_dir();
+    let guest = crate::common::guest_dir();
     let t = Terminal::start(
         &[vmscript(), "repl", "--qemu", QEMU],
         &[("XDG_STATE_HOME", state.path()), ("VMSCRIPT_GUEST", &guest)],
