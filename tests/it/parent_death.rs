@@ -145,11 +145,11 @@ fn still_alive_after_5s(pids: &[i32]) -> Vec<i32> {
 /// then SIGKILLs it; the pids it printed, and `with_pids` run on them
 /// first (before the kill).
 fn sigkill_when_ready(
-    w: &common::world::World,
+    w: &crate::common::world::World,
     script: &str,
     with_pids: impl FnOnce(&[i32]) -> Vec<i32>,
 ) -> Vec<i32> {
-    use common::world::signal;
+    use crate::common::world::signal;
     w.script("hold.rhai", script);
     let mut run = w.spawn(&["run", "--no-capture", "hold.rhai"]);
     run.until("ready");
@@ -161,10 +161,10 @@ fn sigkill_when_ready(
 
 /// Runs a passing script, whose start removes the temp folder of the
 /// killed run, then checks that nothing of either run is left.
-fn assert_clean_after_next_run(w: &common::world::World) {
+fn assert_clean_after_next_run(w: &crate::common::world::World) {
     w.script("ok/t.rhai", "assert(true);\n");
     let o = w.run(&["run", "ok"]);
-    assert!(o.status.success(), "{}", common::world::stdout(&o));
+    assert!(o.status.success(), "{}", crate::common::world::stdout(&o));
     w.assert_clean();
 }
 
@@ -173,7 +173,7 @@ fn assert_clean_after_next_run(w: &common::world::World) {
 /// in the wrapper's process group, must be killed with that group.
 #[test]
 fn a_qemu_forked_by_its_wrapper_dies_with_a_sigkilled_vmscript() {
-    use common::world::{children_of, is_qemu, World};
+    use crate::common::world::{children_of, is_qemu, World};
     let w = World::new();
     let qemu = sigkill_when_ready(
         &w,
@@ -204,7 +204,7 @@ sleep(60);
 /// it is in the command's process group, which must die with vmscript.
 #[test]
 fn what_run_host_left_in_the_background_dies_with_a_sigkilled_vmscript() {
-    let w = common::world::World::new();
+    let w = crate::common::world::World::new();
     let sleep = sigkill_when_ready(
         &w,
         r#"
