@@ -21,6 +21,7 @@ pub mod console;
 mod error;
 mod events;
 mod guest_io;
+pub mod keys;
 mod launch;
 mod lifecycle;
 mod monitor;

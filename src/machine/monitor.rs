@@ -142,6 +142,50 @@ impl Machine {
         Ok(r.as_str().unwrap_or_default().to_string())
     }
 
+    /// Saves the display as a PNG at `path` (QMP `screendump`).
+    pub fn screendump(&mut self, path: &Path) -> Result<()> {
+        let mut args = Map::new();
+        args.insert("filename".into(), Value::from(path.display().to_string()));
+        args.insert("format".into(), Value::from("png"));
+        self.command("screendump", Some(&args), false).map(drop)
+    }
+
+    /// Presses the keys of `combination` (`"ctrl-alt-delete"`, `"ret"`)
+    /// together, then releases them (QMP `send-key`).
+    pub fn send_key(&mut self, combination: &str) -> Result<()> {
+        let keys = super::keys::combination(combination)
+            .map_err(|e| Error::Machine(format!("send_key: {e}")))?;
+        self.send_keys(&keys)
+    }
+
+    /// Types `text` key by key as on a US keyboard. Errors name the first
+    /// character no key types, before any key is sent.
+    pub fn type_text(&mut self, text: &str) -> Result<()> {
+        let mut presses = Vec::with_capacity(text.len());
+        for c in text.chars() {
+            let keys = super::keys::for_char(c).ok_or_else(|| {
+                Error::Machine(format!(
+                    "type_text: no key types {c:?}; use send_key for other keys"
+                ))
+            })?;
+            presses.push(keys);
+        }
+        for keys in presses {
+            self.send_keys(&keys)?;
+        }
+        Ok(())
+    }
+
+    fn send_keys<S: AsRef<str>>(&mut self, keys: &[S]) -> Result<()> {
+        let keys: Vec<Value> = keys
+            .iter()
+            .map(|k| serde_json::json!({ "type": "qcode", "data": k.as_ref() }))
+            .collect();
+        let mut args = Map::new();
+        args.insert("keys".into(), Value::from(keys));
+        self.command("send-key", Some(&args), false).map(drop)
+    }
+
     /// Passes a descriptor to QEMU over the monitor (SCM_RIGHTS).
     pub fn send_fd_scm(&mut self, fd: std::os::fd::BorrowedFd<'_>) -> Result<()> {
         self.client("send_fd_scm")?

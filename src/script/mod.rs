@@ -214,6 +214,9 @@ pub fn run_program(
         f
     });
     drop(engine);
+    if matches!(&result, Err(f) if f.kind != errors::SKIPPED) && !cancel.is_cancelled() {
+        run.screenshot_machines();
+    }
     let report = run.finish();
     drop(watchdog);
     let status = match result {

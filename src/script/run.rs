@@ -571,6 +571,20 @@ impl Run {
         fd >= 0 && unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0
     }
 
+    /// Saves a screenshot of every running machine that has a display, as
+    /// `NAME-failure.png` in its artifacts, when a test has failed and
+    /// before its machines are stopped. A machine without a display
+    /// answers with an error, which is no problem.
+    pub fn screenshot_machines(&self) {
+        for m in lock(&self.machines).iter() {
+            let Ok(mut m) = m.try_lock() else { continue };
+            if m.is_running() && !m.log_dir().as_os_str().is_empty() {
+                let path = screenshot_path(&m, "failure");
+                let _ = m.screendump(&path);
+            }
+        }
+    }
+
     /// Releases everything: every machine still running is shut down
     /// (killed at once if the run was cancelled), descriptors are closed,
     /// the temp dir is removed. Idempotent.
@@ -668,6 +682,22 @@ impl Drop for Run {
     fn drop(&mut self) {
         self.finish();
     }
+}
+
+/// The path of a screenshot named `name` of machine `m`: in its artifacts
+/// folder, `NAME-name.png`, with what cannot be in a file name replaced.
+pub fn screenshot_path(m: &Machine, name: &str) -> PathBuf {
+    let name: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    m.log_dir().join(format!("{}-{name}.png", m.name()))
 }
 
 #[cfg(test)]

@@ -68,6 +68,10 @@ fn the_html_report_shows_tests_errors_steps_events_and_consoles_in_a_browser() {
          \x20   assert_eq(st.status, \"paused\", \"not paused\");\n\
          });\n",
     );
+    w.script(
+        "t/screen.rhai",
+        "let vm = machine();\nvm.add_args(\"-M\", \"pc\", \"-vga\", \"std\");\nvm.launch();\nvm.screenshot(\"start\");\nfail(\"look at the screen\");\n",
+    );
     let page = w.path().join("report.html");
     let o = w.run(&["run", "--report", page.to_str().unwrap(), "t"]);
     assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
@@ -79,7 +83,7 @@ fn the_html_report_shows_tests_errors_steps_events_and_consoles_in_a_browser() {
     let dom = rendered(&page, &w.dir("profile"));
     let text = |needle: &str| assert!(dom.contains(needle), "{needle:?} not in the page:\n{dom}");
     text("1 passed");
-    text("1 failed");
+    text("2 failed");
     text("t/ok.rhai");
     text("t/bad.rhai");
     // The failing test comes first, with its error at its own line.
@@ -100,6 +104,13 @@ fn the_html_report_shows_tests_errors_steps_events_and_consoles_in_a_browser() {
         .match_indices("vms")
         .any(|(i, _)| dom[i + 3..].starts_with(|c: char| c.is_ascii_digit()));
     assert!(!marker, "guest::run's markers are shown:\n{dom}");
+    // Screenshots, taken by the test and on its failure, inline.
+    text("vm0-start.png");
+    text("vm0-failure.png");
+    assert!(
+        dom.matches("<img src=\"data:image/png;base64,").count() >= 2,
+        "{dom}"
+    );
     // The passing test is listed, its details closed.
     assert!(!dom.contains("<b>not bold</b>"), "{dom}");
 }

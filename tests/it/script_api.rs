@@ -620,3 +620,99 @@ vm.lanch();
     assert!(!out.contains("fine.rhai"), "{out}");
     assert!(out.ends_with("1 ok, 1 with errors\n"), "{out}");
 }
+
+/// The width and height of the PNG at `path`, from its IHDR chunk.
+fn png_size(path: &Path) -> (u32, u32) {
+    let b = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(
+        &b[..8],
+        b"\x89PNG\r\n\x1a\n",
+        "{} is not a PNG",
+        path.display()
+    );
+    let be = |i: usize| u32::from_be_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+    (be(16), be(20))
+}
+
+#[test]
+fn screenshots_keys_and_a_screenshot_of_every_display_when_a_test_fails() {
+    let w = World::new();
+    w.script(
+        "shot.rhai",
+        "let vm = machine();\n\
+         vm.add_args(\"-M\", \"pc\", \"-vga\", \"std\");\n\
+         vm.launch();\n\
+         let quiet = machine();\n\
+         quiet.add_args(\"-M\", \"none\");\n\
+         quiet.launch();\n\
+         print(vm.screenshot());\n\
+         print(vm.screenshot(\"after boot/1\"));\n\
+         vm.send_key(\"ctrl-alt-delete\");\n\
+         vm.type_text(\"Hi!\\n\");\n\
+         try { vm.send_key(\"ctrl-hyper\"); } catch (e) { print(e.message); }\n\
+         try { vm.type_text(\"aé\"); } catch (e) { print(e.message); }\n\
+         try { quiet.screenshot(); } catch (e) { print(e.kind); }\n\
+         fail(\"on purpose\");\n",
+    );
+    let art = w.path().join("art");
+    let o = w.run(&[
+        "run",
+        "--no-capture",
+        "--artifacts",
+        art.to_str().unwrap(),
+        "shot.rhai",
+    ]);
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    let dir = art.join("shot");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines[0],
+        dir.join("vm0-screenshot-1.png").display().to_string(),
+        "{out}"
+    );
+    assert_eq!(
+        lines[1],
+        dir.join("vm0-after_boot_1.png").display().to_string(),
+        "{out}"
+    );
+    assert_eq!(
+        lines[2], "send_key: \"hyper\" in \"ctrl-hyper\" is not a key",
+        "{out}"
+    );
+    assert_eq!(
+        lines[3], "type_text: no key types 'é'; use send_key for other keys",
+        "{out}"
+    );
+    assert_eq!(lines[4], "MonitorResponseError", "{out}");
+    for png in [
+        "vm0-screenshot-1.png",
+        "vm0-after_boot_1.png",
+        "vm0-failure.png",
+    ] {
+        assert_eq!(png_size(&dir.join(png)), (640, 480), "{png}");
+    }
+    // Only machines with a display are screenshotted on failure.
+    assert!(!dir.join("vm1-failure.png").exists());
+    // The keys went out as QMP send-key: the combination together, each
+    // character as its keys (with shift where a US keyboard needs it),
+    // and nothing of a text with a character no key types.
+    let qmp = std::fs::read_to_string(dir.join("vm0.qmp.jsonl")).unwrap();
+    let sent: Vec<String> = qmp
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|m| m["msg"]["execute"] == "send-key")
+        .map(|m| {
+            let keys = m["msg"]["arguments"]["keys"].as_array().unwrap().clone();
+            keys.iter()
+                .map(|k| k["data"].as_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+                .join("+")
+        })
+        .collect();
+    assert_eq!(
+        sent,
+        ["ctrl+alt+delete", "shift+h", "i", "shift+1", "ret"],
+        "{qmp}"
+    );
+}

@@ -24,6 +24,9 @@ pub const MAX_MESSAGES: usize = 5000;
 const MAX_MESSAGE_CHARS: usize = 4000;
 /// Lines of each console tail kept.
 const CONSOLE_LINES: usize = 200;
+/// Bytes of screenshots put inline per test; past it, later ones are
+/// named but not shown.
+const MAX_SCREENSHOT_BYTES: u64 = 4 << 20;
 /// Lines of source shown above and below the error's line.
 const SOURCE_CONTEXT: usize = 3;
 
@@ -67,9 +70,12 @@ fn test(r: &TestResult) -> Value {
     }
     v["log"] = json!(last.outcome.report.output);
     let mut machines = Vec::new();
+    let mut budget = MAX_SCREENSHOT_BYTES;
     if let Some(dir) = &last.artifacts {
         for m in &last.outcome.report.machines {
-            machines.push(machine(dir, &m.name, m.console_log.as_deref()));
+            let mut lane = machine(dir, &m.name, m.console_log.as_deref());
+            lane["screenshots"] = screenshots(dir, &m.name, &mut budget);
+            machines.push(lane);
         }
     }
     v["machines"] = json!(machines);
@@ -87,6 +93,45 @@ fn source(file: &str, line: Option<usize>) -> Option<Value> {
         .take(line + SOURCE_CONTEXT + 1 - first)
         .collect();
     (!lines.is_empty()).then(|| json!({ "first": first, "line": line, "lines": lines }))
+}
+
+/// The screenshots of machine `name` in `dir` (`NAME-*.png`, by name), as
+/// `{name, src}` with the PNG inline as a data URL while `budget` lasts,
+/// else `{name, src: null}`.
+fn screenshots(dir: &Path, name: &str, budget: &mut u64) -> Value {
+    use base64::Engine;
+    let prefix = format!("{name}-");
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.extension().is_some_and(|x| x == "png")
+                && p.file_name()
+                    .is_some_and(|f| f.to_string_lossy().starts_with(&prefix))
+        })
+        .collect();
+    files.sort();
+    let shots: Vec<Value> = files
+        .iter()
+        .map(|p| {
+            let file = p.file_name().unwrap_or_default().to_string_lossy();
+            let size = p.metadata().map_or(u64::MAX, |m| m.len());
+            let src = (size <= *budget)
+                .then(|| std::fs::read(p).ok())
+                .flatten()
+                .map(|png| {
+                    *budget -= size;
+                    format!(
+                        "data:image/png;base64,{}",
+                        base64::engine::general_purpose::STANDARD.encode(png)
+                    )
+                });
+            json!({ "name": file, "src": src })
+        })
+        .collect();
+    json!(shots)
 }
 
 /// A machine's lane: its QMP transcript (bounded) and its console tail.

@@ -407,9 +407,6 @@ fn tail_raw(path: &Path) -> String {
 pub fn without_guest_run_plumbing(text: &str) -> String {
     use regex::{Captures, Regex};
     use std::sync::LazyLock;
-    static ECHO: LazyLock<Regex> = LazyLock::new(|| {
-        Regex::new(r#"M=vms\d+; (?:[^\n]|\r\r\n)*?wc -l\)"\r*\n"#).expect("a valid pattern")
-    });
     static COMMAND: LazyLock<Regex> = LazyLock::new(|| {
         Regex::new(r"(?s)^M=vms\d+; mkdir -p .*? sh -c '(.*)' </dev/null >")
             .expect("a valid pattern")
@@ -418,19 +415,51 @@ pub fn without_guest_run_plumbing(text: &str) -> String {
         Regex::new(r"(?m)^(?:\r?\n)?vms\d+(?:\|(.*?)|-rc \d+|-len \d+ \d+)\r*\n")
             .expect("a valid pattern")
     });
-    let text = ECHO.replace_all(text, |c: &Captures| {
-        let echo = c[0].replace("\r\r\n", "");
-        match COMMAND.captures(&echo) {
-            Some(cmd) => format!("{}\r\n", cmd[1].replace(r"'\''", "'")),
-            // Reading the output again after noise: nothing the user typed.
-            None => String::new(),
+    // The echo of the command ends with `wc -l)"`; the terminal may have
+    // broken it into lines anywhere, so it is looked for over a bounded
+    // span, past which the text is left as it is.
+    const ECHO_END: &str = "wc -l)\"";
+    const MAX_ECHO: usize = 4096;
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("M=vms") {
+        let (before, from) = rest.split_at(at);
+        out.push_str(before);
+        let window = &from[..floor_char_boundary(from, MAX_ECHO)];
+        let Some(end) = window.find(ECHO_END) else {
+            out.push_str("M=vms");
+            rest = &from[5..];
+            continue;
+        };
+        let mut after = &from[end + ECHO_END.len()..];
+        after = after.trim_start_matches('\r');
+        after = after.strip_prefix('\n').unwrap_or(after);
+        let echo: String = from[..end]
+            .chars()
+            .filter(|&c| c != '\r' && c != '\n')
+            .collect();
+        if let Some(cmd) = COMMAND.captures(&echo) {
+            out.push_str(&cmd[1].replace(r"'\''", "'"));
+            out.push_str("\r\n");
         }
-    });
-    LINE.replace_all(&text, |c: &Captures| match c.get(1) {
+        // Else the output read again after noise: nothing the user typed.
+        rest = after;
+    }
+    out.push_str(rest);
+    LINE.replace_all(&out, |c: &Captures| match c.get(1) {
         Some(line) => format!("{}\r\n", line.as_str()),
         None => String::new(),
     })
     .into_owned()
+}
+
+/// The largest char boundary of `s` at or below `i`.
+fn floor_char_boundary(s: &str, i: usize) -> usize {
+    let mut i = i.min(s.len());
+    while !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
 }
 
 #[cfg(test)]
@@ -508,6 +537,16 @@ pub(crate) mod tests {
         assert!(text.starts_with("BusyBox v1.35.0"), "{text}");
         let other = "vmsX|not a marker\r\nM=vms1 is not a command\r\n";
         assert_eq!(without_guest_run_plumbing(other), other);
+        // Typed ahead before the shell runs, the echo is the terminal's,
+        // broken into lines elsewhere.
+        let early = "READYM=vms95; mkdir -p ${TMPDIR:-/tmp}/.vmscript; rm -f ${TMPDIR:-/tmp}/.vmscript/vms*; \
+                     sh -c 'echo hi' </dev/null >${TMPDIR:-/tmp}/.vmscript/vms95 2>&1; echo \"$M-rc $?\";\r\n \
+                     sed \"s/^/$M|/\" x; echo; echo \"$M-len $(wc -c <x) $(tail -c 1 x | wc -l)\"\r\n\
+                     vms95-rc 0\r\nvms95|hi\r\n\r\nvms95-len 3 1\r\n/ # ";
+        assert_eq!(
+            without_guest_run_plumbing(early),
+            "READYecho hi\r\nhi\r\n/ # "
+        );
     }
 
     #[test]
