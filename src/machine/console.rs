@@ -51,13 +51,16 @@ use std::io::{Read, Write};
 use std::net::Shutdown;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, TryLockError};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{recv, send, MsgFlags};
+
+pub use crate::sync::Interrupter;
+use crate::sync::{lock, try_lock, Guard, Interruptible, Look, Stop, Stopped, Waitable};
 
 /// The most transcript kept in memory; see the module documentation.
 const TRANSCRIPT_CAP: usize = 64 << 20;
@@ -216,11 +219,6 @@ struct State {
     ended: Option<Ended>,
     /// The first error writing a log file; the log stopped there.
     log_error: Option<String>,
-    /// Waiters asleep on the condvar; with none, a chunk wakes nobody (a
-    /// syscall saved per chunk on the drain thread's hot path).
-    sleepers: usize,
-    /// Bumped by [`Interrupter::interrupt`]: a wait that sees it change ends.
-    interrupts: u64,
 }
 
 impl State {
@@ -336,15 +334,18 @@ fn decode_lossy(mut bytes: &[u8], out: &mut String, partial: &mut Vec<u8>) {
 }
 
 struct Shared {
-    state: Mutex<State>,
-    cond: Condvar,
+    state: Waitable<State>,
+}
+
+impl Interruptible for Shared {
+    fn interrupt(&self) {
+        self.state.interrupt();
+    }
 }
 
 impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // A poisoned lock means a panic elsewhere already; every update
-        // leaves the transcript consistent.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> Guard<'_, State> {
+        self.state.lock()
     }
 
     /// Logs one chunk, appends it to the transcript and wakes the waiters.
@@ -356,10 +357,12 @@ impl Shared {
             st.log_error.get_or_insert(e);
         }
         st.append(bytes);
-        let anyone = st.sleepers > 0;
+        // With nobody asleep, a chunk wakes nobody: a syscall saved per
+        // chunk on the drain thread's hot path.
+        let anyone = st.has_sleepers();
         drop(st);
         if anyone {
-            self.cond.notify_all();
+            self.state.notify_all();
         }
     }
 
@@ -369,7 +372,7 @@ impl Shared {
         st.end_input();
         st.ended.get_or_insert(why);
         drop(st);
-        self.cond.notify_all();
+        self.state.notify_all();
     }
 }
 
@@ -428,23 +431,6 @@ fn poll_until(fd: BorrowedFd<'_>, events: PollFlags, until: Option<Instant>) -> 
         Err(Errno::EINTR) => Ok(false),
         Err(e) => Err(e),
     }
-}
-
-/// The earlier of two optional instants (`None` is "never").
-fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, None) => a,
-        (None, b) => b,
-    }
-}
-
-/// What a wait's matcher found on one look at the transcript.
-enum Step<T> {
-    Done(T),
-    NotYet,
-    /// Not searched this time; look again by then even without new output.
-    LookAgainAt(Instant),
 }
 
 /// Finds a plain text, searching each byte about once across repeated looks.
@@ -528,7 +514,7 @@ impl Console {
     ) -> std::io::Result<Console> {
         stream.set_nonblocking(false)?;
         let shared = Arc::new(Shared {
-            state: Mutex::new(State {
+            state: Waitable::new(State {
                 buf: String::new(),
                 base: 0,
                 cursor: 0,
@@ -537,10 +523,7 @@ impl Console {
                 cap,
                 ended: None,
                 log_error: None,
-                sleepers: 0,
-                interrupts: 0,
             }),
-            cond: Condvar::new(),
         });
         let reader = Reader::new(log, extra_log);
         let mode = if drain {
@@ -592,7 +575,7 @@ impl Console {
     /// The output since the last read or wait, consumed. A character
     /// whose last bytes have not arrived yet is left for the next read.
     pub fn read(&self) -> String {
-        self.inner.pump_now();
+        self.inner.read_arrived();
         let mut st = self.inner.shared.lock();
         let end = st.end();
         st.take_to(end)
@@ -605,8 +588,8 @@ impl Console {
         let mut finder = Finder::new(text)?;
         self.inner.wait(&what, timeout, |st, _| {
             Ok(match finder.find(st) {
-                Some(end) => Step::Done(st.take_to(end)),
-                None => Step::NotYet,
+                Some(end) => Look::Done(st.take_to(end)),
+                None => Look::NotYet,
             })
         })
     }
@@ -643,12 +626,12 @@ impl Console {
             {
                 let due = at + Duration::from_nanos(window as u64 * REGEX_RESCAN_NS_PER_BYTE);
                 if end - searched_end < window / 16 && now < due {
-                    return Ok(Step::LookAgainAt(due));
+                    return Ok(Look::LookAgainAt(due));
                 }
             }
             searched = Some((now, end));
             let Some(caps) = regex.captures(st.from(start)) else {
-                return Ok(Step::NotYet);
+                return Ok(Look::NotYet);
             };
             let match_end = start + caps.get(0).map_or(0, |m| m.end());
             if match_end == end && !final_look {
@@ -658,7 +641,7 @@ impl Console {
                 };
                 at_end_since = Some((since, end));
                 if now < since + REGEX_SETTLE {
-                    return Ok(Step::LookAgainAt(since + REGEX_SETTLE));
+                    return Ok(Look::LookAgainAt(since + REGEX_SETTLE));
                 }
             }
             let groups = caps
@@ -666,7 +649,7 @@ impl Console {
                 .map(|g| g.map(|m| m.as_str().to_string()))
                 .collect();
             st.cursor = match_end;
-            Ok(Step::Done(groups))
+            Ok(Look::Done(groups))
         })
     }
 
@@ -683,9 +666,9 @@ impl Console {
             Ok(match first_complete(&mut finders, st) {
                 Some((i, end)) => {
                     st.cursor = end;
-                    Step::Done(i)
+                    Look::Done(i)
                 }
-                None => Step::NotYet,
+                None => Look::NotYet,
             })
         })
     }
@@ -708,7 +691,7 @@ impl Console {
         }
         self.inner.wait(&what, timeout, |st, _| {
             match first_complete(&mut finders, st) {
-                Some((0, end)) => Ok(Step::Done(st.take_to(end))),
+                Some((0, end)) => Ok(Look::Done(st.take_to(end))),
                 Some((_, end)) => {
                     st.cursor = end;
                     Err(ConsoleError::Failure {
@@ -716,26 +699,26 @@ impl Console {
                         tail: st.tail(ERROR_TAIL),
                     })
                 }
-                None => Ok(Step::NotYet),
+                None => Ok(Look::NotYet),
             }
         })
     }
 
     /// The whole transcript kept in memory; consumes nothing.
     pub fn output(&self) -> String {
-        self.inner.pump_now();
+        self.inner.read_arrived();
         self.inner.shared.lock().buf.clone()
     }
 
     /// The last `max_bytes` of the transcript; consumes nothing.
     pub fn tail(&self, max_bytes: usize) -> String {
-        self.inner.pump_now();
+        self.inner.read_arrived();
         self.inner.shared.lock().tail(max_bytes)
     }
 
     /// Whether the peer hung up or the console was closed.
     pub fn is_closed(&self) -> bool {
-        self.inner.pump_now();
+        self.inner.read_arrived();
         self.inner.shared.lock().ended.is_some()
     }
 
@@ -752,35 +735,11 @@ impl Console {
         self.inner.close();
     }
 
-    /// A handle that interrupts this console's waits from any thread.
+    /// A handle that interrupts this console's waits from any thread:
+    /// every wait under way returns [`ConsoleError::Interrupted`],
+    /// consuming nothing.
     pub fn interrupter(&self) -> Interrupter {
-        Interrupter {
-            shared: Arc::downgrade(&self.inner.shared),
-        }
-    }
-}
-
-/// Ends the waits of a [`Console`] in progress from another thread (a
-/// Ctrl-C handler), leaving the console as it was.
-///
-/// Every wait under way when [`Interrupter::interrupt`] is called returns
-/// [`ConsoleError::Interrupted`], consuming nothing; waits that start
-/// afterwards are not affected. Holds the console weakly, so it never keeps
-/// it open.
-#[derive(Debug, Clone)]
-pub struct Interrupter {
-    shared: std::sync::Weak<Shared>,
-}
-
-impl Interrupter {
-    /// Wakes every wait in progress with [`ConsoleError::Interrupted`].
-    pub fn interrupt(&self) {
-        if let Some(shared) = self.shared.upgrade() {
-            let mut st = shared.lock();
-            st.interrupts = st.interrupts.wrapping_add(1);
-            drop(st);
-            shared.cond.notify_all();
-        }
+        Interrupter::new(&self.inner.shared)
     }
 }
 
@@ -793,7 +752,7 @@ impl Inner {
                 return Err(st.closed_error(WHAT));
             }
         }
-        let _turn = self.send_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _turn = lock(&self.send_lock);
         let deadline = Instant::now() + SEND_TIMEOUT;
         let fd = self.stream.as_fd();
         let io = |e: Errno| ConsoleError::Io {
@@ -838,99 +797,78 @@ impl Inner {
         &self,
         what: &str,
         timeout: Duration,
-        mut matcher: impl FnMut(&mut State, bool) -> Result<Step<T>, ConsoleError>,
+        mut matcher: impl FnMut(&mut State, bool) -> Result<Look<T>, ConsoleError>,
     ) -> Result<T, ConsoleError> {
         // `None`: a timeout too large to represent, i.e. no deadline.
         let deadline = Instant::now().checked_add(timeout);
-        self.pump_now();
-        let mut st = self.shared.lock();
-        let interrupts = st.interrupts;
-        loop {
-            let expired = deadline.is_some_and(|d| Instant::now() >= d);
-            let final_look = expired || st.ended.is_some();
-            let look_again = match matcher(&mut st, final_look)? {
-                Step::Done(v) => return Ok(v),
-                Step::NotYet => None,
-                Step::LookAgainAt(t) => Some(t),
-            };
-            if st.ended.is_some() {
-                return Err(st.closed_error(what));
-            }
-            if st.interrupts != interrupts {
-                return Err(ConsoleError::Interrupted {
-                    what: what.to_string(),
-                });
-            }
-            if expired {
-                return Err(ConsoleError::Timeout {
-                    what: what.to_string(),
-                    after: timeout,
-                    tail: st.tail(ERROR_TAIL),
-                });
-            }
-            st = self.block(st, earliest(deadline, look_again));
+        self.read_arrived();
+        let looked = self.shared.state.wait_until_with(
+            deadline,
+            |st, last| {
+                let ended = st.ended.is_some();
+                match matcher(st, last || ended) {
+                    Ok(Look::Done(v)) => Look::Done(Ok(v)),
+                    Err(e) => Look::Done(Err(e)),
+                    Ok(_) if ended => Look::Done(Err(st.closed_error(what))),
+                    Ok(Look::NotYet) => Look::NotYet,
+                    Ok(Look::LookAgainAt(t)) => Look::LookAgainAt(t),
+                }
+            },
+            |st, until| self.block(st, until),
+        );
+        match looked {
+            Ok(result) => result,
+            Err(Stopped {
+                why: Stop::Interrupted,
+                ..
+            }) => Err(ConsoleError::Interrupted {
+                what: what.to_string(),
+            }),
+            Err(Stopped {
+                why: Stop::Deadline,
+                state,
+            }) => Err(ConsoleError::Timeout {
+                what: what.to_string(),
+                after: timeout,
+                tail: state.tail(ERROR_TAIL),
+            }),
         }
     }
 
     /// Sleeps until new output, the read side ending, or `until`. In direct
     /// mode the first waiter to get here reads the socket for everyone.
-    fn block<'a>(
-        &'a self,
-        mut st: MutexGuard<'a, State>,
-        until: Option<Instant>,
-    ) -> MutexGuard<'a, State> {
+    fn block<'a>(&'a self, st: Guard<'a, State>, until: Option<Instant>) -> Guard<'a, State> {
         if let Mode::Direct { reader } = &self.mode {
-            let reader = match reader.try_lock() {
-                Ok(r) => Some(r),
-                Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
-                Err(TryLockError::WouldBlock) => None,
-            };
-            if let Some(mut reader) = reader {
+            if let Some(mut reader) = try_lock(reader) {
                 drop(st);
                 // In slices, so that an interrupt is seen soon.
                 let slice = Instant::now() + DIRECT_SLICE;
-                self.pump(&mut reader, earliest(until, Some(slice)));
+                let until = Some(until.map_or(slice, |t| t.min(slice)));
+                self.read_socket(&mut reader, until);
                 drop(reader);
                 // Taking the state lock before notifying: a waiter that
                 // found the reader busy is then already asleep on the
                 // condvar, and wakes up to take over reading.
                 let st = self.shared.lock();
-                self.shared.cond.notify_all();
+                self.shared.state.notify_all();
                 return st;
             }
         }
-        let cond = &self.shared.cond;
-        st.sleepers += 1;
-        let mut st = match until {
-            None => cond.wait(st).unwrap_or_else(|e| e.into_inner()),
-            Some(t) => {
-                let left = t.saturating_duration_since(Instant::now());
-                cond.wait_timeout(st, left)
-                    .unwrap_or_else(|e| e.into_inner())
-                    .0
-            }
-        };
-        st.sleepers -= 1;
-        st
+        st.sleep(until)
     }
 
     /// In direct mode, takes in what has arrived, without waiting (and not
     /// at all while someone else is reading).
-    fn pump_now(&self) {
+    fn read_arrived(&self) {
         if let Mode::Direct { reader } = &self.mode {
-            let reader = match reader.try_lock() {
-                Ok(r) => Some(r),
-                Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
-                Err(TryLockError::WouldBlock) => None,
-            };
-            if let Some(mut reader) = reader {
-                self.pump(&mut reader, Some(Instant::now()));
+            if let Some(mut reader) = try_lock(reader) {
+                self.read_socket(&mut reader, Some(Instant::now()));
             }
         }
     }
 
     /// Direct mode: waits until `until` for output, then reads what is there.
-    fn pump(&self, reader: &mut Reader, until: Option<Instant>) {
+    fn read_socket(&self, reader: &mut Reader, until: Option<Instant>) {
         let fd = self.stream.as_fd();
         match poll_until(fd, PollFlags::POLLIN, until) {
             Ok(true) => {}
@@ -965,14 +903,14 @@ impl Inner {
 
     fn close(&self) {
         // Direct mode: what already arrived still goes to the log.
-        self.pump_now();
+        self.read_arrived();
         // Wakes the drain thread's read with end-of-file; errors mean the
         // socket is already down.
         let _ = self.stream.shutdown(Shutdown::Both);
         if let Mode::Drained { thread } = &self.mode {
             // Held while joining, so a concurrent close returns only once
             // the thread is gone too.
-            let mut thread = thread.lock().unwrap_or_else(|e| e.into_inner());
+            let mut thread = lock(thread);
             if let Some(handle) = thread.take() {
                 // A panic in the thread was already recorded by its guard.
                 let _ = handle.join();
@@ -1504,8 +1442,6 @@ mod tests {
                     cap: TRANSCRIPT_CAP,
                     ended: None,
                     log_error: None,
-                    sleepers: 0,
-                    interrupts: 0,
                 };
                 st.append(&stream[..i]);
                 st.append(&stream[i..j]);

@@ -33,6 +33,7 @@ pub use events::event_match;
 use process::Process;
 
 use crate::qmp::{self, Address};
+use crate::sync::lock;
 
 /// How long a default wait lasts where `QEMUMachine` has no timeout.
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(60);
@@ -124,11 +125,7 @@ pub struct KillHandle {
 impl KillHandle {
     /// SIGKILLs QEMU if it runs; every wait on the machine then ends.
     pub fn kill(&self) {
-        let p = self
-            .process
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let p = lock(&self.process).clone();
         if let Some(p) = p {
             p.kill();
         }
@@ -136,14 +133,14 @@ impl KillHandle {
 
     /// The pid of the running QEMU.
     pub fn pid(&self) -> Option<i32> {
-        let p = self.process.lock().unwrap_or_else(|e| e.into_inner());
+        let p = lock(&self.process);
         p.as_ref()
             .filter(|p| p.exit_code().is_none())
             .map(|p| p.pid())
     }
 
     fn set(&self, p: Option<Arc<Process>>) {
-        *self.process.lock().unwrap_or_else(|e| e.into_inner()) = p;
+        *lock(&self.process) = p;
     }
 }
 
@@ -167,7 +164,7 @@ struct Interrupters {
 impl InterruptHandle {
     /// Ends every wait in progress on the machine with [`Error::Interrupted`].
     pub fn interrupt(&self) {
-        let t = self.targets.lock().unwrap_or_else(|e| e.into_inner());
+        let t = lock(&self.targets);
         if let Some(q) = &t.qmp {
             q.interrupt();
         }
@@ -177,7 +174,7 @@ impl InterruptHandle {
     }
 
     fn set(&self, targets: Interrupters) {
-        *self.targets.lock().unwrap_or_else(|e| e.into_inner()) = targets;
+        *lock(&self.targets) = targets;
     }
 }
 
@@ -816,7 +813,7 @@ impl Machine {
         self.transcript = Some(w.clone());
         let start = Instant::now();
         Some(Arc::new(move |dir: qmp::Direction, bytes: &[u8]| {
-            let mut w = w.lock().unwrap_or_else(|e| e.into_inner());
+            let mut w = lock(&w);
             let dir = match dir {
                 qmp::Direction::Sent => "sent",
                 qmp::Direction::Received => "received",
@@ -975,7 +972,7 @@ impl Machine {
         }
         running.qtest.take();
         if let Some(w) = self.transcript.take() {
-            if let Some(e) = w.lock().unwrap_or_else(|e| e.into_inner()).flush() {
+            if let Some(e) = lock(&w).flush() {
                 let path = self.qmp_transcript_path();
                 self.artifact_errors
                     .push(format!("writing {}: {e}", path.display()));

@@ -22,8 +22,10 @@ use std::os::unix::ffi::OsStringExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
+
+use crate::sync::{lock, Look, Waitable};
 
 /// What the spawner thread needs to start one child.
 struct Request {
@@ -38,13 +40,12 @@ struct Request {
 pub struct Process {
     pid: i32,
     pidfd: OwnedFd,
-    status: Mutex<Option<i32>>,
+    status: Waitable<Option<i32>>,
     /// The signals sent to the child (bit N: signal N), so that a death
     /// by another signal is known for a crash.
     sent: std::sync::atomic::AtomicU64,
     /// Why the log is missing or incomplete.
     log_error: Mutex<Option<String>>,
-    exited: Condvar,
 }
 
 impl Process {
@@ -81,8 +82,7 @@ impl Process {
             Mutex::new(tx)
         });
         let (reply, rx) = mpsc::channel();
-        tx.lock()
-            .unwrap_or_else(|e| e.into_inner())
+        lock(tx)
             .send(Request {
                 argv,
                 log,
@@ -107,27 +107,17 @@ impl Process {
 
     /// The exit code once reaped: the code, or minus the signal number.
     pub fn exit_code(&self) -> Option<i32> {
-        *self.status.lock().unwrap_or_else(|e| e.into_inner())
+        *self.status.lock()
     }
 
     /// Waits up to `timeout` for the child to exit; its exit code if it did.
     pub fn wait_timeout(&self, timeout: Duration) -> Option<i32> {
         let deadline = Instant::now() + timeout;
-        let mut st = self.status.lock().unwrap_or_else(|e| e.into_inner());
-        loop {
-            if let Some(code) = *st {
-                return Some(code);
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return None;
-            }
-            st = self
-                .exited
-                .wait_timeout(st, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
+        let exited = self.status.wait_until(Some(deadline), |st, _| match *st {
+            Some(code) => Look::Done(code),
+            None => Look::NotYet,
+        });
+        exited.ok()
     }
 
     /// Sends `signal` to the child's whole process group, unless it has
@@ -135,7 +125,7 @@ impl Process {
     pub fn signal(&self, signal: i32) {
         // While the lock is held and no status is recorded, the child is
         // not reaped, so its pid and process group id are still its own.
-        let st = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        let st = self.status.lock();
         if st.is_none() {
             if (0..64).contains(&signal) {
                 self.sent.fetch_or(1u64 << signal, Ordering::SeqCst);
@@ -162,10 +152,7 @@ impl Process {
     /// Why the log file is missing or incomplete (it could not be made or
     /// written), once the child has exited.
     pub fn log_error(&self) -> Option<String> {
-        self.log_error
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        lock(&self.log_error).clone()
     }
 
     /// SIGKILL to the process group, then waits for the reaper.
@@ -179,7 +166,7 @@ impl Process {
     fn reap(&self, pump: Option<Pump>) {
         if let Some(pump) = pump {
             if let Some(e) = pump.run(self.pidfd.as_raw_fd()) {
-                *self.log_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
+                *lock(&self.log_error) = Some(e);
             }
         }
         // SAFETY: waitid on our own child, then waitpid to reap it.
@@ -196,7 +183,7 @@ impl Process {
                     break;
                 }
             }
-            let mut st = self.status.lock().unwrap_or_else(|e| e.into_inner());
+            let mut st = self.status.lock();
             // Anything else left in the group dies with QEMU.
             libc::kill(-self.pid, libc::SIGKILL);
             let mut status = 0;
@@ -209,7 +196,7 @@ impl Process {
                 libc::WEXITSTATUS(status)
             });
         }
-        self.exited.notify_all();
+        self.status.notify_all();
     }
 }
 
@@ -249,10 +236,9 @@ fn spawn_here(
     let process = Arc::new(Process {
         pid,
         pidfd,
-        status: Mutex::new(None),
+        status: Waitable::new(None),
         sent: std::sync::atomic::AtomicU64::new(0),
         log_error: Mutex::new(None),
-        exited: Condvar::new(),
     });
     Ok((process, Pump { out, path: log }))
 }
@@ -269,7 +255,7 @@ fn start_reaper(p: Arc<Process>, pump: Pump) {
         .stack_size(64 << 10)
         .spawn(move || reaper.reap(Some(pump)));
     if let Err(e) = spawned {
-        *p.log_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!(
+        *lock(&p.log_error) = Some(format!(
             "writing {path}: no thread to copy QEMU's output ({e})"
         ));
         p.signal(libc::SIGKILL);

@@ -23,6 +23,7 @@ use super::cancel::{Cancel, Reason};
 use super::convert;
 use crate::machine::{self, ConsoleError};
 use crate::qmp;
+use crate::sync::lock;
 
 /// What every binding returns.
 pub type ScriptResult<T> = Result<T, Box<EvalAltResult>>;
@@ -157,7 +158,7 @@ type Shifts = std::collections::HashMap<String, Vec<(usize, usize, usize)>>;
 fn lock_shifts() -> std::sync::MutexGuard<'static, Shifts> {
     static SHIFTS: std::sync::LazyLock<std::sync::Mutex<Shifts>> =
         std::sync::LazyLock::new(Default::default);
-    SHIFTS.lock().unwrap_or_else(|e| e.into_inner())
+    lock(&SHIFTS)
 }
 
 /// The column `col` of `line` in `file` as the author wrote it, before

@@ -20,6 +20,7 @@ use super::docs::func;
 use super::errors::{self, ScriptResult};
 use super::memory;
 use super::run::Run;
+use crate::sync::lock;
 
 /// How often `wait_until` calls its closure by default.
 const WAIT_UNTIL_INTERVAL: Duration = Duration::from_millis(100);
@@ -397,10 +398,7 @@ impl HostProcesses {
     }
 
     fn started(&self, pgid: i32) {
-        self.groups
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(pgid);
+        lock(&self.groups).push(pgid);
     }
 
     /// SIGKILLs every live process of the run's commands; with `reap`,
@@ -408,11 +406,7 @@ impl HostProcesses {
     /// adopted as subreaper), dead ones included. Nothing to do, and no
     /// look at /proc, when the run never called `run_host`.
     pub fn kill_all(&self, reap: bool) {
-        let groups = self
-            .groups
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let groups = lock(&self.groups).clone();
         if groups.is_empty() {
             return;
         }
