@@ -66,11 +66,11 @@ impl Process {
                 .spawn(move || {
                     for req in rx {
                         match spawn_here(req.argv, req.log, &req.keep_fds) {
-                            Ok((p, pump)) => {
+                            Ok((p, output)) => {
                                 let _ = req.reply.send(Ok(p.clone()));
                                 // After the reply: the caller goes on to
                                 // wait for QEMU while its reaper starts.
-                                start_reaper(p, pump);
+                                start_reaper(p, output);
                             }
                             Err(e) => {
                                 let _ = req.reply.send(Err(e));
@@ -163,9 +163,9 @@ impl Process {
 
     /// Copies the child's output into its log until it exits, then
     /// records its status and reaps it.
-    fn reap(&self, pump: Option<Pump>) {
-        if let Some(pump) = pump {
-            if let Some(e) = pump.run(self.pidfd.as_raw_fd()) {
+    fn reap(&self, output: Option<OutputToLog>) {
+        if let Some(output) = output {
+            if let Some(e) = output.copy_until_exit(self.pidfd.as_raw_fd()) {
                 *lock(&self.log_error) = Some(e);
             }
         }
@@ -204,7 +204,7 @@ fn spawn_here(
     argv: Vec<String>,
     log: PathBuf,
     keep_fds: &[RawFd],
-) -> std::io::Result<(Arc<Process>, Pump)> {
+) -> std::io::Result<(Arc<Process>, OutputToLog)> {
     let mut ends = [0; 2];
     // SAFETY: pipe2 fills `ends` with two new descriptors we then own.
     if unsafe { libc::pipe2(ends.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -240,20 +240,20 @@ fn spawn_here(
         sent: std::sync::atomic::AtomicU64::new(0),
         log_error: Mutex::new(None),
     });
-    Ok((process, Pump { out, path: log }))
+    Ok((process, OutputToLog { out, path: log }))
 }
 
 /// Starts the thread that copies `p`'s output into its log, reaps it and
 /// records its exit. Without one (no thread could start), `p` is killed
 /// and reaped at once, so that its exit is still recorded and nothing
 /// waits for it in vain.
-fn start_reaper(p: Arc<Process>, pump: Pump) {
+fn start_reaper(p: Arc<Process>, output: OutputToLog) {
     let reaper = p.clone();
-    let path = pump.path.display().to_string();
+    let path = output.path.display().to_string();
     let spawned = std::thread::Builder::new()
         .name("qemu-reaper".into())
         .stack_size(64 << 10)
-        .spawn(move || reaper.reap(Some(pump)));
+        .spawn(move || reaper.reap(Some(output)));
     if let Err(e) = spawned {
         *lock(&p.log_error) = Some(format!(
             "writing {path}: no thread to copy QEMU's output ({e})"
@@ -264,16 +264,16 @@ fn start_reaper(p: Arc<Process>, pump: Pump) {
 }
 
 /// The read end of a child's output pipe and the log it goes to.
-struct Pump {
+struct OutputToLog {
     out: OwnedFd,
     path: PathBuf,
 }
 
-impl Pump {
+impl OutputToLog {
     /// Makes the log, then copies the pipe into it until the child (its
     /// pidfd) has exited and the pipe is empty. The first error, after
     /// which the rest is read and dropped so that the child never blocks.
-    fn run(self, pidfd: RawFd) -> Option<String> {
+    fn copy_until_exit(self, pidfd: RawFd) -> Option<String> {
         let mut error = None;
         let mut file = match File::create(&self.path) {
             Ok(f) => Some(f),
