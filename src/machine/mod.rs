@@ -361,8 +361,7 @@ impl Machine {
     /// Passes `fd` to QEMU as `-add-fd fd=…,set=…,opaque=…`.
     pub fn add_fd(&mut self, fd: RawFd, fdset: i64, opaque: &str, opts: &str) -> Result<()> {
         self.configurable("add_fd")?;
-        // SAFETY: F_GETFD only inspects the descriptor.
-        if fd < 0 || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        if !process::fd_is_open(fd) {
             return Err(Error::AddDevice(format!(
                 "add_fd: {fd} is not an open file descriptor"
             )));

@@ -17,7 +17,7 @@
 use std::ffi::{CString, OsString};
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStringExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -215,11 +215,7 @@ fn spawn_here(
     let pid = vfork_exec(&argv, theirs.as_raw_fd(), keep_fds)?;
     // Our copy of the write end goes now, so that the pipe ends with QEMU.
     drop(theirs);
-    // SAFETY: fcntl on our own descriptor.
-    unsafe {
-        let flags = libc::fcntl(out.as_raw_fd(), libc::F_GETFL);
-        libc::fcntl(out.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK);
-    }
+    set_nonblocking(&out);
     // SAFETY: pidfd_open on our own unreaped child.
     let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as RawFd;
     if raw < 0 {
@@ -241,6 +237,59 @@ fn spawn_here(
         log_error: Mutex::new(None),
     });
     Ok((process, OutputToLog { out, path: log }))
+}
+
+/// Makes reads of `fd` return at once when there is nothing to read.
+pub fn set_nonblocking(fd: &impl AsRawFd) {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    // A failure leaves the descriptor blocking, as it was.
+    if let Ok(flags) = fcntl(fd.as_raw_fd(), FcntlArg::F_GETFL) {
+        let flags = OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK;
+        let _ = fcntl(fd.as_raw_fd(), FcntlArg::F_SETFL(flags));
+    }
+}
+
+/// Whether `fd` is an open descriptor of this process.
+pub fn fd_is_open(fd: RawFd) -> bool {
+    fd >= 0 && nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD).is_ok()
+}
+
+/// Calls `f` with `fd` borrowed, if `fd` is an open descriptor of this
+/// process (a number a script names); `None` when it is not.
+pub fn with_open_fd<T>(fd: RawFd, f: impl FnOnce(BorrowedFd<'_>) -> T) -> Option<T> {
+    if !fd_is_open(fd) {
+        return None;
+    }
+    // SAFETY: the descriptor is open (checked above) and is only borrowed
+    // while `f` runs.
+    Some(f(unsafe { BorrowedFd::borrow_raw(fd) }))
+}
+
+/// Makes the child `cmd` starts die with vmscript (SIGKILL when its parent
+/// exits), like every QEMU [`vfork_exec`] starts.
+pub fn die_with_parent(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            // vmscript may have died before the prctl took effect.
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
 }
 
 /// Starts the thread that copies `p`'s output into its log, reaps it and

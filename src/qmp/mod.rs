@@ -33,12 +33,13 @@ mod wire;
 
 use std::io::Write;
 use std::net::TcpStream;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use nix::sys::eventfd::{EfdFlags, EventFd};
 use serde_json::{Map, Value};
 
 pub use crate::sync::Interrupter;
@@ -110,11 +111,13 @@ impl Stream {
             Stream::Tcp(s) => s.shutdown(std::net::Shutdown::Both),
         };
     }
+}
 
-    fn raw_fd(&self) -> RawFd {
+impl AsFd for Stream {
+    fn as_fd(&self) -> BorrowedFd<'_> {
         match self {
-            Stream::Unix(s) => s.as_raw_fd(),
-            Stream::Tcp(s) => s.as_raw_fd(),
+            Stream::Unix(s) => s.as_fd(),
+            Stream::Tcp(s) => s.as_fd(),
         }
     }
 }
@@ -218,8 +221,8 @@ struct Shared {
     state: Waitable<State>,
     /// Locked only by the thread whose `reading` flag is set.
     read: Mutex<reader::ReadSide>,
-    /// An eventfd that wakes the thread waiting in `poll` (interrupts).
-    wake: OwnedFd,
+    /// Wakes the thread waiting in `poll` (interrupts).
+    wake: EventFd,
 }
 
 impl State {
@@ -322,7 +325,7 @@ impl Shared {
     ) -> (Guard<'a, State>, bool) {
         st.reading = true;
         drop(st);
-        let r = lock(&self.read).read_once(self, self.wake.as_raw_fd(), timeout);
+        let r = lock(&self.read).read_once(self, &self.wake, timeout);
         let mut st = self.lock();
         st.reading = false;
         let progress = match r {
@@ -358,10 +361,8 @@ impl Shared {
 
     /// Wakes the thread waiting in `poll`, if any.
     fn poke(&self) {
-        let one = 1u64.to_ne_bytes();
-        // SAFETY: writing 8 bytes to our own eventfd; a full counter
-        // (EAGAIN) already means "wake up".
-        unsafe { libc::write(self.wake.as_raw_fd(), one.as_ptr().cast(), 8) };
+        // A full counter (EAGAIN) already means "wake up".
+        let _ = self.wake.write(1);
     }
 }
 
@@ -416,16 +417,8 @@ impl Client {
         let read_side = stream
             .try_clone()
             .map_err(|e| Error::io("cloning the socket", e))?;
-        // SAFETY: eventfd returns a new descriptor we then own.
-        let wake = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if wake < 0 {
-            return Err(Error::io(
-                "creating an eventfd",
-                std::io::Error::last_os_error(),
-            ));
-        }
-        // SAFETY: a fresh descriptor from eventfd that nothing else owns.
-        let wake = unsafe { OwnedFd::from_raw_fd(wake) };
+        let wake = EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
+            .map_err(|e| Error::io("creating an eventfd", e.into()))?;
         let shared = Arc::new(Shared {
             state: Waitable::new(State::default()),
             read: Mutex::new(reader::ReadSide::new(read_side, limits, observer.clone())),
@@ -713,7 +706,7 @@ impl Client {
         let cmsg = [ControlMessage::ScmRights(&fds)];
         // QEMU's JSON parser skips whitespace, so one space carries the fd.
         let iov = [std::io::IoSlice::new(b" ")];
-        sendmsg::<()>(w.raw_fd(), &iov, &cmsg, MsgFlags::empty(), None)
+        sendmsg::<()>(w.as_fd().as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None)
             .map_err(|e| Error::io("sending a file descriptor", e.into()))?;
         Ok(())
     }

@@ -551,8 +551,7 @@ impl Run {
 
     /// Whether `fd` is open in this process.
     pub fn fd_is_open(fd: i32) -> bool {
-        // SAFETY: F_GETFD only inspects the descriptor table.
-        fd >= 0 && unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0
+        crate::machine::process::fd_is_open(fd)
     }
 
     /// Releases everything: every machine still running is shut down
