@@ -17,13 +17,19 @@
 use std::ffi::{CString, OsString};
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStringExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{killpg, Signal};
+use nix::sys::wait::waitpid;
+use nix::unistd::Pid;
 
 use crate::sync::{lock, Look, Waitable};
 
@@ -101,7 +107,6 @@ impl Process {
 
     /// A descriptor that polls readable once the child has exited.
     pub fn pidfd(&self) -> std::os::fd::BorrowedFd<'_> {
-        use std::os::fd::AsFd;
         self.pidfd.as_fd()
     }
 
@@ -165,7 +170,7 @@ impl Process {
     /// records its status and reaps it.
     fn reap(&self, output: Option<OutputToLog>) {
         if let Some(output) = output {
-            if let Some(e) = output.copy_until_exit(self.pidfd.as_raw_fd()) {
+            if let Some(e) = output.copy_until_exit(self.pidfd.as_fd()) {
                 *lock(&self.log_error) = Some(e);
             }
         }
@@ -205,13 +210,7 @@ fn spawn_here(
     log: PathBuf,
     keep_fds: &[RawFd],
 ) -> std::io::Result<(Arc<Process>, OutputToLog)> {
-    let mut ends = [0; 2];
-    // SAFETY: pipe2 fills `ends` with two new descriptors we then own.
-    if unsafe { libc::pipe2(ends.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: fresh descriptors from pipe2 that nothing else owns.
-    let (out, theirs) = unsafe { (OwnedFd::from_raw_fd(ends[0]), OwnedFd::from_raw_fd(ends[1])) };
+    let (out, theirs) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     let pid = vfork_exec(&argv, theirs.as_raw_fd(), keep_fds)?;
     // Our copy of the write end goes now, so that the pipe ends with QEMU.
     drop(theirs);
@@ -220,11 +219,9 @@ fn spawn_here(
     let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as RawFd;
     if raw < 0 {
         let err = std::io::Error::last_os_error();
-        // SAFETY: the child is ours and unreaped.
-        unsafe {
-            libc::kill(-pid, libc::SIGKILL);
-            libc::waitpid(pid, std::ptr::null_mut(), 0);
-        }
+        // The child is ours and unreaped.
+        let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+        let _ = waitpid(Pid::from_raw(pid), None);
         return Err(err);
     }
     // SAFETY: a fresh fd from pidfd_open that nothing else owns.
@@ -322,7 +319,7 @@ impl OutputToLog {
     /// Makes the log, then copies the pipe into it until the child (its
     /// pidfd) has exited and the pipe is empty. The first error, after
     /// which the rest is read and dropped so that the child never blocks.
-    fn copy_until_exit(self, pidfd: RawFd) -> Option<String> {
+    fn copy_until_exit(self, pidfd: BorrowedFd<'_>) -> Option<String> {
         let mut error = None;
         let mut file = match File::create(&self.path) {
             Ok(f) => Some(f),
@@ -335,29 +332,19 @@ impl OutputToLog {
         let mut open = true;
         loop {
             let mut fds = [
-                libc::pollfd {
-                    fd: pidfd,
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-                libc::pollfd {
-                    fd: self.out.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
+                PollFd::new(pidfd, PollFlags::POLLIN),
+                PollFd::new(self.out.as_fd(), PollFlags::POLLIN),
             ];
             let n = if open { 2 } else { 1 };
-            // SAFETY: `fds` holds `n` valid pollfds.
-            let r = unsafe { libc::poll(fds.as_mut_ptr(), n, -1) };
-            if r < 0 {
-                if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
-                    continue;
-                }
+            match nix::poll::poll(&mut fds[..n], PollTimeout::NONE) {
+                Ok(_) => {}
+                Err(Errno::EINTR) => continue,
                 // Cannot wait for output any more: only for the exit.
-                break;
+                Err(_) => break,
             }
-            let exited = fds[0].revents != 0;
-            if open && (exited || fds[1].revents != 0) {
+            let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
+            let exited = ready(&fds[0]);
+            if open && (exited || ready(&fds[1])) {
                 open = self.copy(&mut buf, &mut file, &mut error);
             }
             if exited {
@@ -370,20 +357,15 @@ impl OutputToLog {
     /// Copies what the pipe holds now; false at its end.
     fn copy(&self, buf: &mut [u8], file: &mut Option<File>, error: &mut Option<String>) -> bool {
         loop {
-            // SAFETY: reading into `buf`, which is `buf.len()` bytes long.
-            let n = unsafe { libc::read(self.out.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-            if n == 0 {
-                return false;
-            }
-            if n < 0 {
-                match std::io::Error::last_os_error().raw_os_error() {
-                    Some(libc::EINTR) => continue,
-                    Some(libc::EAGAIN) => return true,
-                    _ => return false,
-                }
-            }
+            let n = match nix::unistd::read(self.out.as_raw_fd(), buf) {
+                Ok(0) => return false,
+                Ok(n) => n,
+                Err(Errno::EINTR) => continue,
+                Err(Errno::EAGAIN) => return true,
+                Err(_) => return false,
+            };
             if let Some(f) = file {
-                if let Err(e) = f.write_all(&buf[..n as usize]) {
+                if let Err(e) = f.write_all(&buf[..n]) {
                     error.get_or_insert(format!("writing {}: {e}", self.path.display()));
                     *file = None;
                 }
