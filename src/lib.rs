@@ -10,10 +10,13 @@
 //! - [`repl`]: `vmscript repl` (a script session, line by line) and
 //!   `vmscript qmp` (a QMP shell for a QEMU started elsewhere).
 //!
-//! The first two are usable from Rust without Rhai.
+//! The first two are usable from Rust without Rhai. Beneath them all,
+//! [`sync`] holds the one way every layer waits (a deadline, an interrupt,
+//! several waiters).
 
 pub mod machine;
 pub mod qmp;
 pub mod repl;
 pub mod runner;
 pub mod script;
+pub mod sync;

@@ -18,6 +18,7 @@ use super::process::Process;
 use super::qtest::Qtest;
 use super::{Console, Error, Interrupters, Machine, Result};
 use crate::qmp;
+use crate::sync::lock;
 
 /// Where a machine is in its lifecycle.
 pub(super) enum State {
@@ -284,7 +285,7 @@ impl Machine {
         }
         running.qtest.take();
         if let Some(w) = running.transcript.take() {
-            if let Some(e) = w.lock().unwrap_or_else(|e| e.into_inner()).flush() {
+            if let Some(e) = lock(&w).flush() {
                 let path = self.log_file(log_dir, "qmp.jsonl");
                 self.artifact_errors
                     .push(format!("writing {}: {e}", path.display()));

@@ -43,6 +43,7 @@ use lifecycle::State;
 use process::Process;
 
 use crate::qmp::{self, Address};
+use crate::sync::lock;
 
 /// How long a default wait lasts where `QEMUMachine` has no timeout.
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(60);
@@ -134,11 +135,7 @@ pub struct KillHandle {
 impl KillHandle {
     /// SIGKILLs QEMU if it runs; every wait on the machine then ends.
     pub fn kill(&self) {
-        let p = self
-            .process
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let p = lock(&self.process).clone();
         if let Some(p) = p {
             p.kill();
         }
@@ -146,14 +143,14 @@ impl KillHandle {
 
     /// The pid of the running QEMU.
     pub fn pid(&self) -> Option<i32> {
-        let p = self.process.lock().unwrap_or_else(|e| e.into_inner());
+        let p = lock(&self.process);
         p.as_ref()
             .filter(|p| p.exit_code().is_none())
             .map(|p| p.pid())
     }
 
     fn set(&self, p: Option<Arc<Process>>) {
-        *self.process.lock().unwrap_or_else(|e| e.into_inner()) = p;
+        *lock(&self.process) = p;
     }
 }
 
@@ -177,7 +174,7 @@ struct Interrupters {
 impl InterruptHandle {
     /// Ends every wait in progress on the machine with [`Error::Interrupted`].
     pub fn interrupt(&self) {
-        let t = self.targets.lock().unwrap_or_else(|e| e.into_inner());
+        let t = lock(&self.targets);
         if let Some(q) = &t.qmp {
             q.interrupt();
         }
@@ -187,7 +184,7 @@ impl InterruptHandle {
     }
 
     fn set(&self, targets: Interrupters) {
-        *self.targets.lock().unwrap_or_else(|e| e.into_inner()) = targets;
+        *lock(&self.targets) = targets;
     }
 }
 
@@ -312,8 +309,7 @@ impl Machine {
     /// Passes `fd` to QEMU as `-add-fd fd=…,set=…,opaque=…`.
     pub fn add_fd(&mut self, fd: RawFd, fdset: i64, opaque: &str, opts: &str) -> Result<()> {
         self.configurable("add_fd")?;
-        // SAFETY: F_GETFD only inspects the descriptor.
-        if fd < 0 || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        if !process::fd_is_open(fd) {
             return Err(Error::AddDevice(format!(
                 "add_fd: {fd} is not an open file descriptor"
             )));

@@ -17,6 +17,7 @@ use serde_json::{Map, Value};
 use super::lifecycle::{Running, State};
 use super::{events, last_lines, Error, EventWait, Machine, Result, DEFAULT_WAIT};
 use crate::qmp;
+use crate::sync::lock;
 
 /// The QMP transcript file and the first error writing it, after which
 /// it stops (so it never ends in half a line written later).
@@ -72,7 +73,7 @@ impl Machine {
         let writer = w.clone();
         let start = Instant::now();
         let observer: qmp::Observer = Arc::new(move |dir: qmp::Direction, bytes: &[u8]| {
-            let mut w = writer.lock().unwrap_or_else(|e| e.into_inner());
+            let mut w = lock(&writer);
             let dir = match dir {
                 qmp::Direction::Sent => "sent",
                 qmp::Direction::Received => "received",

@@ -23,13 +23,21 @@
 use std::ffi::{CString, OsString};
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStringExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{killpg, Signal};
+use nix::sys::wait::waitpid;
+use nix::unistd::Pid;
+
+use crate::sync::{lock, Look, Waitable};
 
 /// What the spawner thread needs to start one child.
 struct Request {
@@ -44,13 +52,12 @@ struct Request {
 pub struct Process {
     pid: i32,
     pidfd: OwnedFd,
-    status: Mutex<Option<i32>>,
+    status: Waitable<Option<i32>>,
     /// The signals sent to the child (bit N: signal N), so that a death
     /// by another signal is known for a crash.
     sent: std::sync::atomic::AtomicU64,
     /// Why the log is missing or incomplete.
     log_error: Mutex<Option<String>>,
-    exited: Condvar,
 }
 
 impl Process {
@@ -71,11 +78,11 @@ impl Process {
                 .spawn(move || {
                     for req in rx {
                         match spawn_here(req.argv, req.log, &req.keep_fds) {
-                            Ok((p, pump)) => {
+                            Ok((p, output)) => {
                                 let _ = req.reply.send(Ok(p.clone()));
                                 // After the reply: the caller goes on to
                                 // wait for QEMU while its reaper starts.
-                                start_reaper(p, pump);
+                                start_reaper(p, output);
                             }
                             Err(e) => {
                                 let _ = req.reply.send(Err(e));
@@ -87,8 +94,7 @@ impl Process {
             Mutex::new(tx)
         });
         let (reply, rx) = mpsc::channel();
-        tx.lock()
-            .unwrap_or_else(|e| e.into_inner())
+        lock(tx)
             .send(Request {
                 argv,
                 log,
@@ -107,33 +113,22 @@ impl Process {
 
     /// A descriptor that polls readable once the child has exited.
     pub fn pidfd(&self) -> std::os::fd::BorrowedFd<'_> {
-        use std::os::fd::AsFd;
         self.pidfd.as_fd()
     }
 
     /// The exit code once reaped: the code, or minus the signal number.
     pub fn exit_code(&self) -> Option<i32> {
-        *self.status.lock().unwrap_or_else(|e| e.into_inner())
+        *self.status.lock()
     }
 
     /// Waits up to `timeout` for the child to exit; its exit code if it did.
     pub fn wait_timeout(&self, timeout: Duration) -> Option<i32> {
         let deadline = Instant::now() + timeout;
-        let mut st = self.status.lock().unwrap_or_else(|e| e.into_inner());
-        loop {
-            if let Some(code) = *st {
-                return Some(code);
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return None;
-            }
-            st = self
-                .exited
-                .wait_timeout(st, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
+        let exited = self.status.wait_until(Some(deadline), |st, _| match *st {
+            Some(code) => Look::Done(code),
+            None => Look::NotYet,
+        });
+        exited.ok()
     }
 
     /// Sends `signal` to the child's whole process group, unless it has
@@ -141,7 +136,7 @@ impl Process {
     pub fn signal(&self, signal: i32) {
         // While the lock is held and no status is recorded, the child is
         // not reaped, so its pid and process group id are still its own.
-        let st = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        let st = self.status.lock();
         if st.is_none() {
             if (0..64).contains(&signal) {
                 self.sent.fetch_or(1u64 << signal, Ordering::SeqCst);
@@ -168,10 +163,7 @@ impl Process {
     /// Why the log file is missing or incomplete (it could not be made or
     /// written), once the child has exited.
     pub fn log_error(&self) -> Option<String> {
-        self.log_error
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        lock(&self.log_error).clone()
     }
 
     /// SIGKILL to the process group, then waits for the reaper.
@@ -182,10 +174,10 @@ impl Process {
 
     /// Copies the child's output into its log until it exits, then
     /// records its status and reaps it.
-    fn reap(&self, pump: Option<Pump>) {
-        if let Some(pump) = pump {
-            if let Some(e) = pump.run(self.pidfd.as_raw_fd()) {
-                *self.log_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
+    fn reap(&self, output: Option<OutputToLog>) {
+        if let Some(output) = output {
+            if let Some(e) = output.copy_until_exit(self.pidfd.as_fd()) {
+                *lock(&self.log_error) = Some(e);
             }
         }
         // SAFETY: waitid on our own child, then waitpid to reap it.
@@ -202,7 +194,7 @@ impl Process {
                     break;
                 }
             }
-            let mut st = self.status.lock().unwrap_or_else(|e| e.into_inner());
+            let mut st = self.status.lock();
             // Anything else left in the group dies with QEMU.
             libc::kill(-self.pid, libc::SIGKILL);
             // Before the reap, while the group's id cannot be anyone
@@ -220,7 +212,7 @@ impl Process {
                 libc::WEXITSTATUS(status)
             });
         }
-        self.exited.notify_all();
+        self.status.notify_all();
     }
 }
 
@@ -228,34 +220,22 @@ fn spawn_here(
     argv: Vec<String>,
     log: PathBuf,
     keep_fds: &[RawFd],
-) -> std::io::Result<(Arc<Process>, Pump)> {
-    let mut ends = [0; 2];
-    // SAFETY: pipe2 fills `ends` with two new descriptors we then own.
-    if unsafe { libc::pipe2(ends.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: fresh descriptors from pipe2 that nothing else owns.
-    let (out, theirs) = unsafe { (OwnedFd::from_raw_fd(ends[0]), OwnedFd::from_raw_fd(ends[1])) };
+) -> std::io::Result<(Arc<Process>, OutputToLog)> {
+    let (out, theirs) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     let pid = vfork_exec(&argv, theirs.as_raw_fd(), keep_fds)?;
     // Our copy of the write end goes now, so that the pipe ends with QEMU.
     drop(theirs);
-    // SAFETY: fcntl on our own descriptor.
-    unsafe {
-        let flags = libc::fcntl(out.as_raw_fd(), libc::F_GETFL);
-        libc::fcntl(out.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK);
-    }
+    set_nonblocking(&out);
     // SAFETY: pidfd_open on our own unreaped child.
     let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as RawFd;
     if raw < 0 {
         let err = std::io::Error::last_os_error();
-        // SAFETY: the child is ours and unreaped.
-        unsafe {
-            libc::kill(-pid, libc::SIGKILL);
-            if let Some(w) = Watchdog::get() {
-                w.forget(pid);
-            }
-            libc::waitpid(pid, std::ptr::null_mut(), 0);
+        // The child is ours and unreaped.
+        let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+        if let Some(w) = Watchdog::get() {
+            w.forget(pid);
         }
+        let _ = waitpid(Pid::from_raw(pid), None);
         return Err(err);
     }
     // SAFETY: a fresh fd from pidfd_open that nothing else owns.
@@ -263,27 +243,79 @@ fn spawn_here(
     let process = Arc::new(Process {
         pid,
         pidfd,
-        status: Mutex::new(None),
+        status: Waitable::new(None),
         sent: std::sync::atomic::AtomicU64::new(0),
         log_error: Mutex::new(None),
-        exited: Condvar::new(),
     });
-    Ok((process, Pump { out, path: log }))
+    Ok((process, OutputToLog { out, path: log }))
+}
+
+/// Makes reads of `fd` return at once when there is nothing to read.
+pub fn set_nonblocking(fd: &impl AsRawFd) {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    // A failure leaves the descriptor blocking, as it was.
+    if let Ok(flags) = fcntl(fd.as_raw_fd(), FcntlArg::F_GETFL) {
+        let flags = OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK;
+        let _ = fcntl(fd.as_raw_fd(), FcntlArg::F_SETFL(flags));
+    }
+}
+
+/// Whether `fd` is an open descriptor of this process.
+pub fn fd_is_open(fd: RawFd) -> bool {
+    fd >= 0 && nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD).is_ok()
+}
+
+/// Calls `f` with `fd` borrowed, if `fd` is an open descriptor of this
+/// process (a number a script names); `None` when it is not.
+pub fn with_open_fd<T>(fd: RawFd, f: impl FnOnce(BorrowedFd<'_>) -> T) -> Option<T> {
+    if !fd_is_open(fd) {
+        return None;
+    }
+    // SAFETY: the descriptor is open (checked above) and is only borrowed
+    // while `f` runs.
+    Some(f(unsafe { BorrowedFd::borrow_raw(fd) }))
+}
+
+/// Makes the child `cmd` starts die with vmscript (SIGKILL when its parent
+/// exits), like every QEMU [`vfork_exec`] starts.
+pub fn die_with_parent(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            // vmscript may have died before the prctl took effect.
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
 }
 
 /// Starts the thread that copies `p`'s output into its log, reaps it and
 /// records its exit. Without one (no thread could start), `p` is killed
 /// and reaped at once, so that its exit is still recorded and nothing
 /// waits for it in vain.
-fn start_reaper(p: Arc<Process>, pump: Pump) {
+fn start_reaper(p: Arc<Process>, output: OutputToLog) {
     let reaper = p.clone();
-    let path = pump.path.display().to_string();
+    let path = output.path.display().to_string();
     let spawned = std::thread::Builder::new()
         .name("qemu-reaper".into())
         .stack_size(64 << 10)
-        .spawn(move || reaper.reap(Some(pump)));
+        .spawn(move || reaper.reap(Some(output)));
     if let Err(e) = spawned {
-        *p.log_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!(
+        *lock(&p.log_error) = Some(format!(
             "writing {path}: no thread to copy QEMU's output ({e})"
         ));
         p.signal(libc::SIGKILL);
@@ -292,16 +324,16 @@ fn start_reaper(p: Arc<Process>, pump: Pump) {
 }
 
 /// The read end of a child's output pipe and the log it goes to.
-struct Pump {
+struct OutputToLog {
     out: OwnedFd,
     path: PathBuf,
 }
 
-impl Pump {
+impl OutputToLog {
     /// Makes the log, then copies the pipe into it until the child (its
     /// pidfd) has exited and the pipe is empty. The first error, after
     /// which the rest is read and dropped so that the child never blocks.
-    fn run(self, pidfd: RawFd) -> Option<String> {
+    fn copy_until_exit(self, pidfd: BorrowedFd<'_>) -> Option<String> {
         let mut error = None;
         let mut file = match File::create(&self.path) {
             Ok(f) => Some(f),
@@ -314,29 +346,19 @@ impl Pump {
         let mut open = true;
         loop {
             let mut fds = [
-                libc::pollfd {
-                    fd: pidfd,
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-                libc::pollfd {
-                    fd: self.out.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
+                PollFd::new(pidfd, PollFlags::POLLIN),
+                PollFd::new(self.out.as_fd(), PollFlags::POLLIN),
             ];
             let n = if open { 2 } else { 1 };
-            // SAFETY: `fds` holds `n` valid pollfds.
-            let r = unsafe { libc::poll(fds.as_mut_ptr(), n, -1) };
-            if r < 0 {
-                if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
-                    continue;
-                }
+            match nix::poll::poll(&mut fds[..n], PollTimeout::NONE) {
+                Ok(_) => {}
+                Err(Errno::EINTR) => continue,
                 // Cannot wait for output any more: only for the exit.
-                break;
+                Err(_) => break,
             }
-            let exited = fds[0].revents != 0;
-            if open && (exited || fds[1].revents != 0) {
+            let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
+            let exited = ready(&fds[0]);
+            if open && (exited || ready(&fds[1])) {
                 open = self.copy(&mut buf, &mut file, &mut error);
             }
             if exited {
@@ -349,20 +371,15 @@ impl Pump {
     /// Copies what the pipe holds now; false at its end.
     fn copy(&self, buf: &mut [u8], file: &mut Option<File>, error: &mut Option<String>) -> bool {
         loop {
-            // SAFETY: reading into `buf`, which is `buf.len()` bytes long.
-            let n = unsafe { libc::read(self.out.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-            if n == 0 {
-                return false;
-            }
-            if n < 0 {
-                match std::io::Error::last_os_error().raw_os_error() {
-                    Some(libc::EINTR) => continue,
-                    Some(libc::EAGAIN) => return true,
-                    _ => return false,
-                }
-            }
+            let n = match nix::unistd::read(self.out.as_raw_fd(), buf) {
+                Ok(0) => return false,
+                Ok(n) => n,
+                Err(Errno::EINTR) => continue,
+                Err(Errno::EAGAIN) => return true,
+                Err(_) => return false,
+            };
             if let Some(f) = file {
-                if let Err(e) = f.write_all(&buf[..n as usize]) {
+                if let Err(e) = f.write_all(&buf[..n]) {
                     error.get_or_insert(format!("writing {}: {e}", self.path.display()));
                     *file = None;
                 }

@@ -33,16 +33,20 @@ mod wire;
 
 use std::io::Write;
 use std::net::TcpStream;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use nix::sys::eventfd::{EfdFlags, EventFd};
 use serde_json::{Map, Value};
 
+pub use crate::sync::Interrupter;
 pub use reader::Limits;
 pub use wire::{command_bytes, Direction};
+
+use crate::sync::{lock, Guard, Interruptible, Look, Stop, Waitable};
 
 /// Where a QMP server is, or where we listen for QEMU to connect.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,11 +111,13 @@ impl Stream {
             Stream::Tcp(s) => s.shutdown(std::net::Shutdown::Both),
         };
     }
+}
 
-    fn raw_fd(&self) -> RawFd {
+impl AsFd for Stream {
+    fn as_fd(&self) -> BorrowedFd<'_> {
         match self {
-            Stream::Unix(s) => s.as_raw_fd(),
-            Stream::Tcp(s) => s.as_raw_fd(),
+            Stream::Unix(s) => s.as_fd(),
+            Stream::Tcp(s) => s.as_fd(),
         }
     }
 }
@@ -209,19 +215,14 @@ struct State {
     ended: Option<Error>,
     /// A thread holds the read side and is reading for everyone.
     reading: bool,
-    /// Threads inside [`Shared::wait_for`].
-    waiters: usize,
-    /// Bumped by [`Interrupter::interrupt`]: a wait that sees it change ends.
-    interrupts: u64,
 }
 
 struct Shared {
-    state: Mutex<State>,
-    cond: Condvar,
+    state: Waitable<State>,
     /// Locked only by the thread whose `reading` flag is set.
     read: Mutex<reader::ReadSide>,
-    /// An eventfd that wakes the thread waiting in `poll` (interrupts).
-    wake: OwnedFd,
+    /// Wakes the thread waiting in `poll` (interrupts).
+    wake: EventFd,
 }
 
 impl State {
@@ -268,10 +269,8 @@ enum Heard {
 }
 
 impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // A poisoned lock means a panic elsewhere already; the queue data
-        // itself is still consistent (every update is a single push/pop).
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> Guard<'_, State> {
+        self.state.lock()
     }
 
     /// Waits until `ready` yields a value, the connection ends, the
@@ -284,64 +283,49 @@ impl Shared {
         deadline: Instant,
         mut ready: impl FnMut(&mut State) -> Option<T>,
     ) -> std::result::Result<Option<T>, Error> {
-        let mut st = self.lock();
-        let interrupts = st.interrupts;
-        let mut tried = false;
-        st.waiters += 1;
-        let out = loop {
-            if let Some(v) = ready(&mut st) {
-                break Ok(Some(v));
-            }
-            if let Some(err) = &st.ended {
-                break Err(err.clone());
-            }
-            if st.interrupts != interrupts {
-                break Err(Error::Interrupted {
-                    what: "waiting".into(),
-                });
-            }
-            let now = Instant::now();
-            if st.reading {
-                // Another thread reads for us and wakes us when it files
-                // something or stops reading.
-                if now >= deadline {
-                    break Ok(None);
+        let looked = self.state.wait_until_with(
+            Some(deadline),
+            |st, _| match ready(st) {
+                Some(v) => Look::Done(Ok(Some(v))),
+                None => match &st.ended {
+                    Some(err) => Look::Done(Err(err.clone())),
+                    None => Look::NotYet,
+                },
+            },
+            |st, until| {
+                if st.reading {
+                    // Another thread reads for us and wakes us when it
+                    // files something or stops reading.
+                    return st.sleep(until);
                 }
-                st = self
-                    .cond
-                    .wait_timeout(st, deadline - now)
-                    .unwrap_or_else(|e| e.into_inner())
-                    .0;
-                continue;
-            }
-            if now >= deadline && tried {
-                break Ok(None);
-            }
-            st = self
-                .read_once(st, deadline.saturating_duration_since(now), true)
-                .0;
-            tried = true;
-        };
-        st.waiters -= 1;
-        out
+                let left = until.map_or(Duration::MAX, |t| {
+                    t.saturating_duration_since(Instant::now())
+                });
+                self.read_once(st, left).0
+            },
+        );
+        match looked {
+            Ok(out) => out,
+            Err(stopped) => match stopped.why {
+                Stop::Deadline => Ok(None),
+                Stop::Interrupted => Err(Error::Interrupted {
+                    what: "waiting".into(),
+                }),
+            },
+        }
     }
 
     /// Takes the read side for one read of up to `timeout`; gives it back,
-    /// recording the end of the connection, and wakes the other waiters
-    /// (`waiting`: the caller is one of them). True when bytes were read.
+    /// recording the end of the connection, and wakes the waiters. True
+    /// when bytes were read.
     fn read_once<'a>(
         &'a self,
-        mut st: MutexGuard<'a, State>,
+        mut st: Guard<'a, State>,
         timeout: Duration,
-        waiting: bool,
-    ) -> (MutexGuard<'a, State>, bool) {
+    ) -> (Guard<'a, State>, bool) {
         st.reading = true;
         drop(st);
-        let r = self
-            .read
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .read_once(self, self.wake.as_raw_fd(), timeout);
+        let r = lock(&self.read).read_once(self, &self.wake, timeout);
         let mut st = self.lock();
         st.reading = false;
         let progress = match r {
@@ -352,22 +336,22 @@ impl Shared {
             }
         };
         // They wait for what was filed, or to read in turn.
-        if st.waiters > usize::from(waiting) {
-            self.cond.notify_all();
+        if st.has_sleepers() {
+            self.state.notify_all();
         }
         (st, progress)
     }
 
     /// Reads whatever has arrived, without waiting, unless another thread
     /// is reading already (then it files it).
-    fn pump(&self) {
+    fn read_arrived(&self) {
         let mut st = self.lock();
         // Bounded, so that a peer sending without pause cannot keep us.
         for _ in 0..64 {
             if st.reading || st.ended.is_some() {
                 return;
             }
-            let (next, progress) = self.read_once(st, Duration::ZERO, false);
+            let (next, progress) = self.read_once(st, Duration::ZERO);
             st = next;
             if !progress {
                 return;
@@ -377,10 +361,8 @@ impl Shared {
 
     /// Wakes the thread waiting in `poll`, if any.
     fn poke(&self) {
-        let one = 1u64.to_ne_bytes();
-        // SAFETY: writing 8 bytes to our own eventfd; a full counter
-        // (EAGAIN) already means "wake up".
-        unsafe { libc::write(self.wake.as_raw_fd(), one.as_ptr().cast(), 8) };
+        // A full counter (EAGAIN) already means "wake up".
+        let _ = self.wake.write(1);
     }
 }
 
@@ -435,19 +417,10 @@ impl Client {
         let read_side = stream
             .try_clone()
             .map_err(|e| Error::io("cloning the socket", e))?;
-        // SAFETY: eventfd returns a new descriptor we then own.
-        let wake = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if wake < 0 {
-            return Err(Error::io(
-                "creating an eventfd",
-                std::io::Error::last_os_error(),
-            ));
-        }
-        // SAFETY: a fresh descriptor from eventfd that nothing else owns.
-        let wake = unsafe { OwnedFd::from_raw_fd(wake) };
+        let wake = EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
+            .map_err(|e| Error::io("creating an eventfd", e.into()))?;
         let shared = Arc::new(Shared {
-            state: Mutex::new(State::default()),
-            cond: Condvar::new(),
+            state: Waitable::new(State::default()),
             read: Mutex::new(reader::ReadSide::new(read_side, limits, observer.clone())),
             wake,
         });
@@ -604,7 +577,7 @@ impl Client {
         encode: impl FnOnce(u64) -> Vec<u8>,
     ) -> Result<Value> {
         let deadline = Instant::now() + timeout;
-        let _turn = self.command_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _turn = lock(&self.command_lock);
         let id = self.shared.lock().new_id();
         if let Err(e) = self.send_bytes(&encode(id), what) {
             self.shared.lock().give_up(id);
@@ -690,7 +663,7 @@ impl Client {
         if let Some(obs) = &self.observer {
             obs(Direction::Sent, bytes);
         }
-        let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let mut w = lock(&self.writer);
         match w.write_all(bytes) {
             Ok(()) => Ok(()),
             Err(e)
@@ -717,7 +690,7 @@ impl Client {
     /// Passes a file descriptor to QEMU with SCM_RIGHTS (for `getfd`/`add-fd`).
     pub fn send_fd_scm(&self, fd: impl AsFd) -> Result<()> {
         use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
-        let w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let w = lock(&self.writer);
         if !matches!(&*w, Stream::Unix(_)) {
             return Err(Error::NotUnix {
                 what: "send_fd_scm".into(),
@@ -727,7 +700,7 @@ impl Client {
         let cmsg = [ControlMessage::ScmRights(&fds)];
         // QEMU's JSON parser skips whitespace, so one space carries the fd.
         let iov = [std::io::IoSlice::new(b" ")];
-        sendmsg::<()>(w.raw_fd(), &iov, &cmsg, MsgFlags::empty(), None)
+        sendmsg::<()>(w.as_fd().as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None)
             .map_err(|e| Error::io("sending a file descriptor", e.into()))?;
         Ok(())
     }
@@ -768,20 +741,20 @@ impl Client {
     /// Removes and returns every queued event (and every one that has
     /// arrived).
     pub fn drain_events(&self) -> Vec<Value> {
-        self.shared.pump();
+        self.shared.read_arrived();
         self.shared.lock().take_events()
     }
 
     /// A copy of the queued events (and of every one that has arrived),
     /// oldest first.
     pub fn queued_events(&self) -> Vec<Value> {
-        self.shared.pump();
+        self.shared.read_arrived();
         self.shared.lock().events.iter().cloned().collect()
     }
 
     /// Empties the event queue, of every event that has arrived.
     pub fn clear_events(&self) {
-        self.shared.pump();
+        self.shared.read_arrived();
         self.shared.lock().take_events();
     }
 
@@ -804,16 +777,17 @@ impl Client {
     }
 
     /// A handle that interrupts this client's waits from any thread.
+    /// Every wait under way then returns [`Error::Interrupted`]; a command
+    /// whose reply was being awaited still gets its reply, which is then
+    /// discarded.
     pub fn interrupter(&self) -> Interrupter {
-        Interrupter {
-            shared: Arc::downgrade(&self.shared),
-        }
+        Interrupter::new(&self.shared)
     }
 
     /// Why the connection ended, if it has (as far as what has arrived
     /// shows).
     pub fn ended(&self) -> Option<Error> {
-        self.shared.pump();
+        self.shared.read_arrived();
         self.shared.lock().ended.clone()
     }
 
@@ -829,11 +803,8 @@ impl Client {
     /// Closes the connection, first filing the events that have arrived.
     /// A wait in progress on another thread ends with [`Error::Closed`].
     pub fn close(&mut self) {
-        self.shared.pump();
-        self.writer
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .shutdown();
+        self.shared.read_arrived();
+        lock(&self.writer).shutdown();
         self.shared.poke();
     }
 }
@@ -844,28 +815,12 @@ impl Drop for Client {
     }
 }
 
-/// Ends the waits of a [`Client`] in progress from another thread (a
-/// Ctrl-C handler), leaving the connection usable.
-///
-/// Every wait under way when [`Interrupter::interrupt`] is called returns
-/// [`Error::Interrupted`]; waits that start afterwards are not affected. A
-/// command whose reply was being awaited still gets its reply, which is
-/// then discarded. Holds the client weakly: once it is gone, nothing happens.
-#[derive(Debug, Clone)]
-pub struct Interrupter {
-    shared: std::sync::Weak<Shared>,
-}
-
-impl Interrupter {
-    /// Wakes every wait in progress with [`Error::Interrupted`].
-    pub fn interrupt(&self) {
-        if let Some(shared) = self.shared.upgrade() {
-            let mut st = shared.lock();
-            st.interrupts = st.interrupts.wrapping_add(1);
-            drop(st);
-            shared.cond.notify_all();
-            shared.poke();
-        }
+impl Interruptible for Shared {
+    /// Wakes every wait in progress with [`Error::Interrupted`], the one
+    /// in `poll` too.
+    fn interrupt(&self) {
+        self.state.interrupt();
+        self.poke();
     }
 }
 

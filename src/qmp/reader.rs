@@ -2,9 +2,12 @@
 //! as replies, events or the greeting.
 
 use std::io::Read;
-use std::os::fd::RawFd;
+use std::os::fd::AsFd;
 use std::time::Duration;
 
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::sys::eventfd::EventFd;
 use serde_json::Value;
 
 use super::{Direction, Error, Observer, Shared, Stream};
@@ -62,38 +65,30 @@ impl ReadSide {
     pub(super) fn read_once(
         &mut self,
         shared: &Shared,
-        wake: RawFd,
+        wake: &EventFd,
         timeout: Duration,
     ) -> Result<bool, Error> {
-        let mut fds = [
-            libc::pollfd {
-                fd: self.stream.raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: wake,
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
         // Rounded up, so that a wait never ends just before its deadline.
         let ms = timeout.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as i32;
-        // SAFETY: `fds` holds two valid pollfds.
-        let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) };
-        if r < 0 {
-            let e = std::io::Error::last_os_error();
-            return match e.kind() {
-                std::io::ErrorKind::Interrupted => Ok(false),
-                _ => Err(Error::io("waiting for the socket", e)),
-            };
+        let ms = PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX);
+        let (socket, woken) = {
+            let mut fds = [
+                PollFd::new(self.stream.as_fd(), PollFlags::POLLIN),
+                PollFd::new(wake.as_fd(), PollFlags::POLLIN),
+            ];
+            match nix::poll::poll(&mut fds, ms) {
+                Ok(_) => {}
+                Err(Errno::EINTR) => return Ok(false),
+                Err(e) => return Err(Error::io("waiting for the socket", e.into())),
+            }
+            let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
+            (ready(&fds[0]), ready(&fds[1]))
+        };
+        if woken {
+            // Resets the counter; nonblocking, so it never waits.
+            let _ = wake.read();
         }
-        if fds[1].revents != 0 {
-            let mut count = [0u8; 8];
-            // SAFETY: reading the eventfd's 8-byte counter into `count`.
-            unsafe { libc::read(wake, count.as_mut_ptr().cast(), 8) };
-        }
-        if fds[0].revents == 0 {
+        if !socket {
             return Ok(false);
         }
         let n = match read(&mut self.stream, &mut self.buf) {

@@ -2,6 +2,7 @@
 
 use super::*;
 use std::io::Write;
+use std::os::fd::RawFd;
 use std::os::unix::net::UnixStream;
 use std::thread;
 
@@ -425,8 +426,7 @@ fn send_fd_scm_delivers_a_descriptor() {
         .collect();
     assert_eq!(fds.len(), 1);
     assert_eq!(msg.bytes, 1);
-    // SAFETY: the descriptor was just received and is ours.
-    unsafe { libc::close(fds[0]) };
+    nix::unistd::close(fds[0]).unwrap();
 }
 
 #[test]

@@ -33,6 +33,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
+use nix::sys::termios::{self, SetArg, Termios};
 use rhai::Engine;
 use rustyline::completion::{Completer, FilenameCompleter, Pair};
 use rustyline::error::ReadlineError;
@@ -421,15 +422,12 @@ fn start_event_printer(
 
 /// The terminal settings at start, put back when a signal ends the REPL
 /// while the line editor has the terminal in raw mode.
-fn saved_terminal() -> Option<libc::termios> {
-    if !std::io::stdin().is_terminal() {
+fn saved_terminal() -> Option<Termios> {
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
         return None;
     }
-    // SAFETY: tcgetattr writes a termios for an open descriptor (stdin).
-    unsafe {
-        let mut t: libc::termios = std::mem::zeroed();
-        (libc::tcgetattr(0, &mut t) == 0).then_some(t)
-    }
+    termios::tcgetattr(stdin).ok()
 }
 
 /// Receives SIGINT, SIGTERM and SIGHUP; see the module documentation.
@@ -463,8 +461,7 @@ fn watch_signals(
                     }
                     cancel.cancel(Reason::Signal(sig));
                     if let Some(t) = &terminal {
-                        // SAFETY: puts back settings read from the same descriptor.
-                        unsafe { libc::tcsetattr(0, libc::TCSANOW, t) };
+                        let _ = termios::tcsetattr(std::io::stdin(), SetArg::TCSANOW, t);
                     }
                     for dir in &cleanup {
                         let _ = std::fs::remove_dir_all(dir);

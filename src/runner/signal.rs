@@ -18,6 +18,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::script::{Cancel, Reason};
+use crate::sync::lock;
 
 /// A running test, as a signal sees it.
 struct Tracked {
@@ -36,7 +37,7 @@ struct Shared {
 
 impl Shared {
     fn running(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Tracked>> {
-        self.running.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.running)
     }
 }
 
@@ -94,11 +95,7 @@ impl SignalWatch {
 
     /// A folder to remove, when empty, if a second signal exits at once.
     pub fn remove_if_empty_on_exit(&self, dir: PathBuf) {
-        self.shared
-            .remove_if_empty
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(dir);
+        lock(&self.shared.remove_if_empty).push(dir);
     }
 
     /// The first signal received, if any.
@@ -123,12 +120,7 @@ fn exit_now(shared: &Shared, sig: i32) -> ! {
             let _ = std::fs::remove_dir_all(d);
         }
     }
-    for d in shared
-        .remove_if_empty
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .iter()
-    {
+    for d in lock(&shared.remove_if_empty).iter() {
         super::artifacts::release_temp_root(d);
     }
     let mut err = std::io::stderr().lock();

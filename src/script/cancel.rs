@@ -17,11 +17,12 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::machine::{InterruptHandle, KillHandle};
+use crate::sync::{lock, Guard, Look, Waitable};
 
 use super::host::HostProcesses;
 
@@ -77,8 +78,7 @@ struct State {
 #[derive(Default)]
 struct Inner {
     cancelled: AtomicBool,
-    state: Mutex<State>,
-    wake: Condvar,
+    state: Waitable<State>,
     machines: Mutex<Vec<KillHandle>>,
     temp_dirs: Mutex<Vec<PathBuf>>,
     interrupted: AtomicBool,
@@ -98,12 +98,7 @@ pub struct Doing {
 
 impl Drop for Doing {
     fn drop(&mut self) {
-        self.cancel
-            .inner
-            .activity
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|(id, _)| *id != self.id);
+        lock(&self.cancel.inner.activity).retain(|(id, _)| *id != self.id);
     }
 }
 
@@ -141,7 +136,7 @@ impl Cancel {
             }
             self.inner.cancelled.store(true, Ordering::SeqCst);
         }
-        self.inner.wake.notify_all();
+        self.inner.state.notify_all();
         self.kill_machines();
         self.inner.host.kill_all(false);
     }
@@ -153,12 +148,7 @@ impl Cancel {
 
     /// SIGKILLs every machine of the run that is running.
     pub fn kill_machines(&self) {
-        let handles = self
-            .inner
-            .machines
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let handles = lock(&self.inner.machines).clone();
         for h in handles {
             h.kill();
         }
@@ -166,11 +156,7 @@ impl Cancel {
 
     /// Records the run's temp dir, for [`Cancel::abandon`].
     pub fn register_temp_dir(&self, path: PathBuf) {
-        self.inner
-            .temp_dirs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(path);
+        lock(&self.inner.temp_dirs).push(path);
     }
 
     /// For a process that exits without waiting for the script: SIGKILLs
@@ -178,12 +164,7 @@ impl Cancel {
     pub fn abandon(&self) {
         self.kill_machines();
         self.inner.host.kill_all(false);
-        let dirs = self
-            .inner
-            .temp_dirs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let dirs = lock(&self.inner.temp_dirs).clone();
         for d in dirs {
             let _ = std::fs::remove_dir_all(d);
         }
@@ -202,11 +183,7 @@ impl Cancel {
     /// Adds a machine to kill on cancellation; killed at once when the run
     /// is already cancelled.
     pub fn register(&self, handle: KillHandle) {
-        self.inner
-            .machines
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(handle.clone());
+        lock(&self.inner.machines).push(handle.clone());
         if self.is_cancelled() {
             handle.kill();
         }
@@ -217,11 +194,7 @@ impl Cancel {
     /// test running long can be announced with what it is doing.
     pub fn doing(&self, what: impl Into<String>) -> Doing {
         let id = self.inner.next_activity.fetch_add(1, Ordering::Relaxed);
-        self.inner
-            .activity
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push((id, what.into()));
+        lock(&self.inner.activity).push((id, what.into()));
         Doing {
             cancel: self.clone(),
             id,
@@ -230,10 +203,7 @@ impl Cancel {
 
     /// What the script is doing now, outermost first.
     pub fn activity(&self) -> Vec<String> {
-        self.inner
-            .activity
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        lock(&self.inner.activity)
             .iter()
             .map(|(_, w)| w.clone())
             .collect()
@@ -241,11 +211,7 @@ impl Cancel {
 
     /// Adds a machine whose waits [`Cancel::interrupt`] ends.
     pub fn register_interrupt(&self, handle: InterruptHandle) {
-        self.inner
-            .waits
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(handle);
+        lock(&self.inner.waits).push(handle);
     }
 
     /// Interrupts the script without cancelling the run: the waits in
@@ -259,13 +225,8 @@ impl Cancel {
             st.interrupted = true;
             self.inner.interrupted.store(true, Ordering::SeqCst);
         }
-        self.inner.wake.notify_all();
-        let handles = self
-            .inner
-            .waits
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        self.inner.state.notify_all();
+        let handles = lock(&self.inner.waits).clone();
         for h in handles {
             h.interrupt();
         }
@@ -295,55 +256,38 @@ impl Cancel {
     /// meanwhile.
     pub fn sleep(&self, d: Duration) -> Result<(), Reason> {
         let deadline = Instant::now() + d;
-        let mut st = self.lock();
-        loop {
-            if let Some(r) = &st.reason {
-                return Err(r.clone());
+        let stopped = self.inner.state.wait_until(Some(deadline), |st, _| {
+            match (&st.reason, st.interrupted) {
+                (Some(r), _) => Look::Done(r.clone()),
+                (None, true) => Look::Done(Reason::Interrupt),
+                (None, false) => Look::NotYet,
             }
-            if st.interrupted {
-                return Err(Reason::Interrupt);
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return Ok(());
-            }
-            st = self
-                .inner
-                .wake
-                .wait_timeout(st, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+        });
+        match stopped {
+            Ok(reason) => Err(reason),
+            // The deadline: an interrupt here is the `interrupted` flag,
+            // which lasts, not a wake-up of the waits under way.
+            Err(_) => Ok(()),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> Guard<'_, State> {
+        self.inner.state.lock()
     }
 
     fn finish(&self) {
         self.lock().done = true;
-        self.inner.wake.notify_all();
+        self.inner.state.notify_all();
     }
 
     /// Waits until `deadline`, the run's end, or a cancellation; true when
     /// the deadline came first.
     fn wait_until(&self, deadline: Instant) -> bool {
-        let mut st = self.lock();
-        loop {
-            if st.done || st.reason.is_some() {
-                return false;
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return true;
-            }
-            st = self
-                .inner
-                .wake
-                .wait_timeout(st, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
+        let over = |st: &mut State, _| match st.done || st.reason.is_some() {
+            true => Look::Done(()),
+            false => Look::NotYet,
+        };
+        self.inner.state.wait_until(Some(deadline), over).is_err()
     }
 }
 

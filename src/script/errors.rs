@@ -22,6 +22,7 @@ use rhai::{Dynamic, EvalAltResult, Map, Position};
 use super::cancel::{Cancel, Reason};
 use super::convert;
 use crate::machine::{self, ConsoleError};
+use crate::sync::lock;
 
 /// What every binding returns.
 pub type ScriptResult<T> = Result<T, Box<EvalAltResult>>;
@@ -173,7 +174,7 @@ type Shifts = std::collections::HashMap<String, Vec<(usize, usize, usize)>>;
 fn lock_shifts() -> std::sync::MutexGuard<'static, Shifts> {
     static SHIFTS: std::sync::LazyLock<std::sync::Mutex<Shifts>> =
         std::sync::LazyLock::new(Default::default);
-    SHIFTS.lock().unwrap_or_else(|e| e.into_inner())
+    lock(&SHIFTS)
 }
 
 /// Per closure (`anon$…`, named by a hash of its body), the source it was
@@ -184,7 +185,7 @@ type Closures = std::collections::HashMap<String, String>;
 fn lock_closures() -> std::sync::MutexGuard<'static, Closures> {
     static CLOSURES: std::sync::LazyLock<std::sync::Mutex<Closures>> =
         std::sync::LazyLock::new(Default::default);
-    CLOSURES.lock().unwrap_or_else(|e| e.into_inner())
+    lock(&CLOSURES)
 }
 
 /// The column `col` of `line` in `file` as the author wrote it, before

@@ -6,11 +6,15 @@
 //! the run's cancellation token, so a timeout or a signal ends it at once.
 
 use std::io::Read;
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use nix::poll::{PollFd, PollFlags};
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::sys::wait::waitpid;
+use nix::unistd::Pid;
 use rhai::{Array, Dynamic, Engine, FnPtr, Map, NativeCallContext, FLOAT, INT};
 
 use super::args;
@@ -20,6 +24,7 @@ use super::errors::{self, ScriptResult};
 use super::memory;
 use super::run::Run;
 use crate::machine::process::Watchdog;
+use crate::sync::lock;
 
 /// How often `wait_until` calls its closure by default.
 const WAIT_UNTIL_INTERVAL: Duration = Duration::from_millis(100);
@@ -145,27 +150,7 @@ impl HostCommand {
         // adopted as vmscript's child.
         Watchdog::get();
         adopt_orphans();
-        let parent = std::process::id() as libc::pid_t;
-        // SAFETY: only async-signal-safe calls between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::prctl(
-                    libc::PR_SET_PDEATHSIG,
-                    libc::SIGKILL as libc::c_ulong,
-                    0,
-                    0,
-                    0,
-                ) != 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
-                // vmscript may have died before the prctl took effect.
-                if libc::getppid() != parent {
-                    libc::_exit(1);
-                }
-                Ok(())
-            });
-        }
+        crate::machine::process::die_with_parent(&mut cmd);
         let child = cmd
             .spawn()
             .map_err(|e| errors::host(format!("run_host: starting {program}: {e}")))?;
@@ -196,10 +181,9 @@ const LINGER: Duration = Duration::from_millis(200);
 /// vmscript instead of init, so the run can still find, kill and reap it.
 fn adopt_orphans() {
     static ONCE: std::sync::Once = std::sync::Once::new();
-    // SAFETY: a process attribute; failure leaves orphans to init, and
-    // they are still found by their mark.
-    ONCE.call_once(|| unsafe {
-        libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+    // Failure leaves orphans to init, and they are still found by their mark.
+    ONCE.call_once(|| {
+        let _ = nix::sys::prctl::set_child_subreaper(true);
     });
 }
 
@@ -213,11 +197,7 @@ impl Capture {
     fn new(pipe: Option<impl Into<std::os::fd::OwnedFd>>) -> Capture {
         let pipe = pipe.map(Into::into);
         if let Some(p) = &pipe {
-            // SAFETY: fcntl on a descriptor we own.
-            unsafe {
-                let flags = libc::fcntl(p.as_raw_fd(), libc::F_GETFL);
-                libc::fcntl(p.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK);
-            }
+            crate::machine::process::set_nonblocking(p);
         }
         Capture {
             pipe,
@@ -346,30 +326,24 @@ impl HostRun<'_> {
     /// been given to anyone else.
     fn kill(&mut self) {
         let pgid = self.child.id() as i32;
-        // SAFETY: signals our own, not yet reaped, child's process group.
-        unsafe { libc::kill(-pgid, libc::SIGKILL) };
+        let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
         let _ = self.child.wait();
     }
 }
 
 /// Waits until one of the open pipes has something to read, or `d`.
 fn wait_readable(captures: &[&Capture], d: Duration) {
-    let mut fds: Vec<libc::pollfd> = captures
+    let mut fds: Vec<PollFd> = captures
         .iter()
         .filter_map(|c| c.pipe.as_ref())
-        .map(|p| libc::pollfd {
-            fd: p.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        })
+        .map(|p| PollFd::new(p.as_fd(), PollFlags::POLLIN))
         .collect();
-    let ms = d.as_millis().clamp(1, 1000) as libc::c_int;
+    let ms = d.as_millis().clamp(1, 1000) as u16;
     if fds.is_empty() {
-        std::thread::sleep(Duration::from_millis(ms as u64));
+        std::thread::sleep(Duration::from_millis(u64::from(ms)));
         return;
     }
-    // SAFETY: poll on descriptors that live as long as `captures`.
-    unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+    let _ = nix::poll::poll(&mut fds, ms);
 }
 
 /// The processes a run's `run_host` calls started, found again by the
@@ -413,16 +387,10 @@ impl HostProcesses {
     /// before its `exec`, which may fail after the telling, when the
     /// group's id is no longer the command's.)
     fn started(&self, pgid: i32) {
-        self.groups
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(pgid);
+        lock(&self.groups).push(pgid);
         if let Some(w) = Watchdog::get() {
             w.watch(pgid);
-            self.watched
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(pgid);
+            lock(&self.watched).push(pgid);
         }
     }
 
@@ -438,7 +406,7 @@ impl HostProcesses {
 
     /// Takes the watched groups that `which` selects off the watchdog.
     fn forget(&self, which: impl Fn(i32) -> bool) {
-        let mut watched = self.watched.lock().unwrap_or_else(|e| e.into_inner());
+        let mut watched = lock(&self.watched);
         if watched.is_empty() {
             return;
         }
@@ -467,11 +435,7 @@ impl HostProcesses {
     }
 
     fn sweep(&self, reap: bool) {
-        let groups = self
-            .groups
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let groups = lock(&self.groups).clone();
         if groups.is_empty() {
             return;
         }
@@ -486,18 +450,18 @@ impl HostProcesses {
             }
             for p in &found {
                 if p.alive {
-                    // SAFETY: a plain kill of a process that carries our
-                    // run's mark (or is our own child), seen just now.
-                    unsafe { libc::kill(p.pid, libc::SIGKILL) };
+                    // A process that carries our run's mark (or is our own
+                    // child), seen just now.
+                    let _ = kill(Pid::from_raw(p.pid), Signal::SIGKILL);
                 }
             }
             if !reap {
                 return;
             }
             for p in found.iter().filter(|p| p.ppid == me) {
-                // SAFETY: reaps one process that is our child (adopted);
-                // no other code waits for it.
-                unsafe { libc::waitpid(p.pid, std::ptr::null_mut(), 0) };
+                // Reaps one process that is our child (adopted); no other
+                // code waits for it.
+                let _ = waitpid(Pid::from_raw(p.pid), None);
             }
             std::thread::sleep(Duration::from_millis(5));
         }

@@ -9,7 +9,6 @@
 //! it gets the run's defaults and is shut down when the script ends; a
 //! binding finds the run in the call's context ([`Run::of`]).
 
-use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -18,7 +17,7 @@ use rhai::{
 };
 use serde_json::Value;
 
-use crate::machine::{self, EventWait, KillHandle, Machine, MachineOptions, DEFAULT_WAIT};
+use crate::machine::{self, process, EventWait, KillHandle, Machine, MachineOptions, DEFAULT_WAIT};
 use crate::qmp::Address;
 
 use super::args;
@@ -270,16 +269,14 @@ fn send_fd_scm(vm: &MachineRef, options: &Map) -> ScriptResult<INT> {
     args::known_keys(options, &["fd", "file_path"], "send_fd_scm()")?;
     match (options.get("fd"), options.get("file_path")) {
         (Some(fd), None) => {
-            let fd = fd
+            let not_open = || errors::misuse(format!("send_fd_scm: fd {fd} is not open"));
+            let raw = fd
                 .as_int()
                 .ok()
                 .and_then(|f| i32::try_from(f).ok())
-                .filter(|&f| Run::fd_is_open(f))
-                .ok_or_else(|| errors::misuse(format!("send_fd_scm: fd {fd} is not open")))?;
-            // SAFETY: the descriptor is open (checked above) and is only
-            // borrowed for the duration of one sendmsg.
-            let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-            vm.with(|m| m.send_fd_scm(fd))?;
+                .ok_or_else(not_open)?;
+            process::with_open_fd(raw, |fd| vm.with(|m| m.send_fd_scm(fd)))
+                .ok_or_else(not_open)??;
         }
         (None, Some(p)) => {
             let p = args::string(p, "file_path")?;

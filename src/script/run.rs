@@ -20,7 +20,7 @@ use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
+use std::sync::{Arc, Mutex, TryLockError};
 use std::time::{Duration, Instant, SystemTime};
 
 use rhai::NativeCallContext;
@@ -275,11 +275,8 @@ type ObserverFactory = Box<dyn Fn(&str) -> crate::qmp::Observer + Send>;
 /// registry; scripts may use it from several threads (`parallel`).
 pub type SharedMachine = Arc<Mutex<Machine>>;
 
-/// Locks `m`, also after a panic elsewhere: the state behind these locks
-/// stays consistent between calls, and cleanup must still reach it.
-pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
+/// Locks a mutex, also after a panic elsewhere.
+pub use crate::sync::lock;
 
 impl std::fmt::Debug for Run {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -567,8 +564,7 @@ impl Run {
 
     /// Whether `fd` is open in this process.
     pub fn fd_is_open(fd: i32) -> bool {
-        // SAFETY: F_GETFD only inspects the descriptor table.
-        fd >= 0 && unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0
+        crate::machine::process::fd_is_open(fd)
     }
 
     /// Saves a screenshot of every running machine that has a display, as

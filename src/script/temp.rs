@@ -14,7 +14,6 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 /// Removes an empty `TMPDIR` from the environment, as if it were unset.
@@ -87,18 +86,12 @@ impl Drop for OwnedTempDir {
     }
 }
 
-/// `flock(LOCK_EX)`, or without waiting (`try`).
+/// An exclusive lock on `f` (`flock(LOCK_EX)`), or without waiting (`try`).
 pub(crate) fn lock(f: &File, try_only: bool) -> io::Result<()> {
-    let op = if try_only {
-        libc::LOCK_EX | libc::LOCK_NB
+    if try_only {
+        Ok(f.try_lock()?)
     } else {
-        libc::LOCK_EX
-    };
-    // SAFETY: flock on a descriptor we hold open.
-    if unsafe { libc::flock(f.as_raw_fd(), op) } == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
+        f.lock()
     }
 }
 
@@ -123,8 +116,7 @@ pub(crate) fn each_abandoned(base: &Path, prefixes: &[&str], mut f: impl FnMut(P
     let Ok(entries) = std::fs::read_dir(base) else {
         return;
     };
-    // SAFETY: geteuid cannot fail.
-    let uid = unsafe { libc::geteuid() };
+    let uid = nix::unistd::geteuid().as_raw();
     for entry in entries.flatten() {
         let name = entry.file_name();
         let name = name.to_string_lossy();
