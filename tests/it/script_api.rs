@@ -690,7 +690,10 @@ fn screenshots_keys_and_a_screenshot_of_every_display_when_a_test_fails() {
         "vm0-after_boot_1.png",
         "vm0-failure.png",
     ] {
-        assert_eq!(png_size(&dir.join(png)), (640, 480), "{png}");
+        // The display's mode depends on how far the firmware got: its
+        // 640x480 start, or the 720x400 text mode.
+        let size = png_size(&dir.join(png));
+        assert!([(640, 480), (720, 400)].contains(&size), "{png}: {size:?}");
     }
     // Only machines with a display are screenshotted on failure.
     assert!(!dir.join("vm1-failure.png").exists());
