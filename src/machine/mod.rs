@@ -76,6 +76,10 @@ pub struct MachineOptions {
     pub qmp_timer: Duration,
     /// Write every QMP message with a timestamp to `NAME.qmp.jsonl` in the log dir.
     pub qmp_transcript: bool,
+    /// What the transcript's timestamps count from: a test's start, so
+    /// that every artifact of the test is on one clock; the launch when
+    /// `None`.
+    pub clock: Option<std::time::Instant>,
 }
 
 impl MachineOptions {
@@ -94,6 +98,7 @@ impl MachineOptions {
             console_log: None,
             qmp_timer: Duration::from_secs(30),
             qmp_transcript: false,
+            clock: None,
         }
     }
 }

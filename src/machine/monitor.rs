@@ -71,7 +71,7 @@ impl Machine {
             error: None,
         }));
         let writer = w.clone();
-        let start = Instant::now();
+        let start = self.opts.clock.unwrap_or_else(Instant::now);
         let observer: qmp::Observer = Arc::new(move |dir: qmp::Direction, bytes: &[u8]| {
             let mut w = lock(&writer);
             let dir = match dir {

@@ -474,6 +474,7 @@ impl Run {
         opts.base_temp_dir = Some(self.temp_path.clone());
         opts.log_dir = Some(self.config.artifacts.clone());
         opts.qmp_transcript = true;
+        opts.clock = Some(self.output.start);
         opts.qmp_timer = super::args::scaled(opts.qmp_timer);
         Ok(opts)
     }
@@ -788,6 +789,9 @@ mod tests {
         assert_eq!(b.name.as_deref(), Some("vm1"));
         assert_eq!(a.log_dir.as_deref(), Some(art.path()));
         assert!(a.qmp_transcript);
+        // One clock: the run's, which its log and steps count from too.
+        assert_eq!(a.clock, Some(run.output.start));
+        assert_eq!(b.clock, Some(run.output.start));
     }
 
     #[test]

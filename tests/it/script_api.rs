@@ -719,3 +719,48 @@ fn screenshots_keys_and_a_screenshot_of_every_display_when_a_test_fails() {
         "{qmp}"
     );
 }
+
+#[test]
+fn the_qmp_transcript_the_log_and_steps_share_the_tests_clock() {
+    let w = World::new();
+    w.script(
+        "clock.rhai",
+        "sleep(1.5);\n\
+         log(\"launching\");\n\
+         let vm = machine();\n\
+         vm.add_args(\"-M\", \"none\");\n\
+         step(\"launch\", || vm.launch());\n\
+         vm.shutdown();\n",
+    );
+    let art = w.path().join("art");
+    let o = w.run(&[
+        "run",
+        "--format",
+        "json",
+        "--artifacts",
+        art.to_str().unwrap(),
+        "clock.rhai",
+    ]);
+    let out = stdout(&o);
+    assert!(o.status.success(), "{out}");
+    let result: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    let step = result["steps"][0]["offset"].as_f64().unwrap();
+    let log = std::fs::read_to_string(art.join("clock/script.log")).unwrap();
+    let logged: f64 = log
+        .lines()
+        .find(|l| l.ends_with("launching"))
+        .and_then(|l| l.trim_start_matches('[').split('s').next())
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no timed log line in {log:?}"));
+    let qmp = std::fs::read_to_string(art.join("clock/vm0.qmp.jsonl")).unwrap();
+    let first: serde_json::Value = serde_json::from_str(qmp.lines().next().unwrap()).unwrap();
+    let greeted = first["t"].as_f64().unwrap();
+    // The greeting comes after the sleep, the log line and the step's
+    // start on the same clock; counted from the launch, it came at once.
+    assert!(logged >= 1.5, "{log}");
+    assert!(step >= logged, "step at {step}, log at {logged}");
+    assert!(
+        greeted >= step,
+        "greeting at {greeted}, step at {step}: {qmp}"
+    );
+}
