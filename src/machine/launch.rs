@@ -293,8 +293,12 @@ impl Plan {
             };
             let log = create(&m.console_log_path())?;
             let extra = m.opts.console_log.as_deref().map(create).transpose()?;
-            let console = Console::start(ours, Some(log), extra, m.opts.drain_console)
-                .map_err(LaunchError::connect("starting the console reader"))?;
+            let timed = create(&m.console_timed_log_path())?;
+            // The QMP transcript's clock: the test's, else about the launch.
+            let clock = m.opts.clock.unwrap_or_else(std::time::Instant::now);
+            let console =
+                Console::start_timed(ours, Some(log), extra, (timed, clock), m.opts.drain_console)
+                    .map_err(LaunchError::connect("starting the console reader"))?;
             out.console = Some(console);
         }
         Ok(out)

@@ -415,6 +415,12 @@ impl Machine {
         self.log_file(self.log_dir(), "console.log")
     }
 
+    /// The path of the console's lines with their times (JSON lines,
+    /// `{"t": seconds, "line": text}`), beside the console log.
+    pub fn console_timed_log_path(&self) -> PathBuf {
+        self.log_file(self.log_dir(), "console.jsonl")
+    }
+
     /// The machine's log file with extension `ext` in `log_dir`.
     fn log_file(&self, log_dir: &Path, ext: &str) -> PathBuf {
         log_dir.join(format!("{}.{ext}", self.name))

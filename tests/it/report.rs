@@ -100,10 +100,23 @@ fn the_html_report_shows_tests_errors_steps_events_and_consoles_in_a_browser() {
     // The console as the guest's user saw it.
     text("vm0 console");
     text("hello-from-the-42-guest");
-    let marker = dom
+    // Its console lines are on the timeline too, on the test's clock.
+    text("vm0 console</span>");
+    assert!(
+        dom.contains("s hello-from-the-42-guest\"></div>"),
+        "no console mark:\n{dom}"
+    );
+    // The console's tail shows the commands as typed, without markers.
+    let tail = dom
+        .split("vm0 console (last lines)</h3><pre>")
+        .nth(1)
+        .and_then(|rest| rest.split("</pre>").next())
+        .unwrap_or_else(|| panic!("no console tail:\n{dom}"));
+    assert!(tail.contains("hello-from-the-42-guest"), "{tail}");
+    let marker = tail
         .match_indices("vms")
-        .any(|(i, _)| dom[i + 3..].starts_with(|c: char| c.is_ascii_digit()));
-    assert!(!marker, "guest::run's markers are shown:\n{dom}");
+        .any(|(i, _)| tail[i + 3..].starts_with(|c: char| c.is_ascii_digit()));
+    assert!(!marker, "guest::run's markers are shown:\n{tail}");
     // Screenshots, taken by the test and on its failure, inline.
     text("vm0-start.png");
     text("vm0-failure.png");

@@ -53,6 +53,7 @@
 
 mod matchers;
 mod reader;
+mod timed;
 mod transcript;
 
 use std::fs::File;
@@ -174,6 +175,24 @@ impl Console {
         Self::start_capped(stream, log, extra_log, drain, TRANSCRIPT_CAP)
     }
 
+    /// [`Console::start`], also writing each line with the time it began
+    /// (seconds since `clock`) to `timed`, as JSON lines.
+    pub fn start_timed(
+        stream: UnixStream,
+        log: Option<File>,
+        extra_log: Option<File>,
+        timed: (File, Instant),
+        drain: bool,
+    ) -> std::io::Result<Console> {
+        let timed = Some(timed::TimedLog::new(timed.0, timed.1));
+        Self::start_with(
+            stream,
+            Reader::new(log, extra_log, timed),
+            drain,
+            TRANSCRIPT_CAP,
+        )
+    }
+
     fn start_capped(
         stream: UnixStream,
         log: Option<File>,
@@ -181,11 +200,19 @@ impl Console {
         drain: bool,
         cap: usize,
     ) -> std::io::Result<Console> {
+        Self::start_with(stream, Reader::new(log, extra_log, None), drain, cap)
+    }
+
+    fn start_with(
+        stream: UnixStream,
+        reader: Reader,
+        drain: bool,
+        cap: usize,
+    ) -> std::io::Result<Console> {
         stream.set_nonblocking(false)?;
         let shared = Arc::new(Shared {
             state: Waitable::new(Transcript::new(cap)),
         });
-        let reader = Reader::new(log, extra_log);
         let mode = if drain {
             let thread = reader::start_drain(stream.try_clone()?, shared.clone(), reader)?;
             Mode::Drained {

@@ -15,6 +15,7 @@ use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{recv, MsgFlags};
 
+use super::timed::TimedLog;
 use super::transcript::{Ended, Shared};
 
 /// The read buffer, far larger than what the socket ever holds.
@@ -27,13 +28,19 @@ const NAP: Duration = Duration::from_micros(150);
 pub(super) struct Reader {
     buf: Vec<u8>,
     logs: Vec<File>,
+    timed: Option<TimedLog>,
 }
 
 impl Reader {
-    pub(super) fn new(log: Option<File>, extra_log: Option<File>) -> Reader {
+    pub(super) fn new(
+        log: Option<File>,
+        extra_log: Option<File>,
+        timed: Option<TimedLog>,
+    ) -> Reader {
         Reader {
             buf: vec![0; READ_BUF],
             logs: log.into_iter().chain(extra_log).collect(),
+            timed,
         }
     }
 
@@ -49,6 +56,10 @@ impl Reader {
                 false
             }
         });
+        if let Some(Err(e)) = self.timed.as_mut().map(|t| t.write(bytes)) {
+            failed.get_or_insert_with(|| e.to_string());
+            self.timed = None;
+        }
         failed
     }
 

@@ -144,7 +144,32 @@ fn machine(dir: &Path, name: &str, console: Option<&Path>) -> Value {
             crate::machine::last_lines(&text, CONSOLE_LINES)
         })
         .unwrap_or_default();
-    json!({ "name": name, "qmp": qmp, "cut": cut, "console": console })
+    let (lines, lines_cut) = console_lines(&dir.join(format!("{name}.console.jsonl")));
+    json!({
+        "name": name,
+        "qmp": qmp,
+        "cut": cut,
+        "console": console,
+        "lines": lines,
+        "lines_cut": lines_cut,
+    })
+}
+
+/// The console's timed lines as `[t, text]`, without control sequences
+/// and with `guest::run`'s tagged lines as their text (its marker-only
+/// lines go), bounded as [`transcript`] bounds QMP messages.
+fn console_lines(path: &Path) -> (Vec<Value>, usize) {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|m| {
+            let line = without_guest_run_plumbing(&format!("{}\n", m["line"].as_str()?));
+            let line = line.strip_suffix('\n')?;
+            Some(json!([m["t"], plain(line)]))
+        })
+        .collect();
+    bounded(all)
 }
 
 /// The messages of a QMP transcript as `[t, dir, text]`, at most
@@ -163,6 +188,12 @@ fn transcript(path: &Path) -> (Vec<Value>, usize) {
             json!([m["t"], m["dir"], msg])
         })
         .collect();
+    bounded(all)
+}
+
+/// At most [`MAX_MESSAGES`] of `all`: the first and last halves, and how
+/// many were cut.
+fn bounded(all: Vec<Value>) -> (Vec<Value>, usize) {
     if all.len() <= MAX_MESSAGES {
         return (all, 0);
     }
