@@ -209,17 +209,7 @@ impl Artifacts {
         if let Some(s) = self.slugs.get(name) {
             return s.clone();
         }
-        let base: String = name
-            .trim_end_matches(".rhai")
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || "-_.".contains(c) {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
+        let base = crate::script::run::file_name_part(name.trim_end_matches(".rhai"));
         let base = base.trim_start_matches('.').to_string();
         let mut slug = base.clone();
         let mut n = 1;

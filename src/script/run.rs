@@ -684,8 +684,14 @@ impl Drop for Run {
 /// The path of a screenshot named `name` of machine `m`: in its artifacts
 /// folder, `NAME-name.png`, with what cannot be in a file name replaced.
 pub fn screenshot_path(m: &Machine, name: &str) -> PathBuf {
-    let name: String = name
-        .chars()
+    m.log_dir()
+        .join(format!("{}-{}.png", m.name(), file_name_part(name)))
+}
+
+/// `name` with every character but ASCII letters, digits, `-`, `_` and
+/// `.` replaced by `_`: a part of a file name that is safe anywhere.
+pub fn file_name_part(name: &str) -> String {
+    name.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || "-_.".contains(c) {
                 c
@@ -693,8 +699,7 @@ pub fn screenshot_path(m: &Machine, name: &str) -> PathBuf {
                 '_'
             }
         })
-        .collect();
-    m.log_dir().join(format!("{}-{name}.png", m.name()))
+        .collect()
 }
 
 #[cfg(test)]
