@@ -398,8 +398,8 @@ impl HostProcesses {
     /// an empty group is forgotten by the watchdog at once, since its id
     /// is free for anyone; one with background processes stays watched.
     fn ended(&self, pgid: i32) {
-        // SAFETY: signal 0 only asks whether the group has a member.
-        if unsafe { libc::kill(-pgid, 0) } != 0 {
+        // No signal: only asks whether the group has a member.
+        if killpg(Pid::from_raw(pgid), None).is_err() {
             self.forget(|g| g == pgid);
         }
     }
