@@ -16,14 +16,15 @@ use serde_json::{json, Value};
 
 use super::super::results::TestResult;
 use super::super::Summary;
-use super::{json::result, plain, without_guest_run_plumbing};
+use super::{json::result, plain, tail_raw, without_guest_run_plumbing};
 
 /// QMP messages kept per machine and test.
 pub const MAX_MESSAGES: usize = 5000;
 /// Characters of each QMP message kept.
 const MAX_MESSAGE_CHARS: usize = 4000;
-/// Lines of each console tail kept.
+/// Lines of each console tail kept, from at most its last bytes.
 const CONSOLE_LINES: usize = 200;
+const CONSOLE_BYTES: u64 = 64 << 10;
 /// Bytes of screenshots put inline per test; past it, later ones are
 /// named but not shown.
 const MAX_SCREENSHOT_BYTES: u64 = 4 << 20;
@@ -139,8 +140,8 @@ fn machine(dir: &Path, name: &str, console: Option<&Path>) -> Value {
     let (qmp, cut) = transcript(&dir.join(format!("{name}.qmp.jsonl")));
     let console = console
         .map(|c| {
-            let raw = std::fs::read(c).unwrap_or_default();
-            let text = plain(&without_guest_run_plumbing(&String::from_utf8_lossy(&raw)));
+            // The end of the log only: it can be as long as the test.
+            let text = plain(&without_guest_run_plumbing(&tail_raw(c, CONSOLE_BYTES)));
             crate::machine::last_lines(&text, CONSOLE_LINES)
         })
         .unwrap_or_default();

@@ -253,7 +253,7 @@ pub fn details(a: &Attempt, captured: bool) -> String {
     }
     for m in &rep.machines {
         if let Some(c) = &m.console_log {
-            let text = plain(&without_guest_run_plumbing(&tail_raw(c)));
+            let text = plain(&without_guest_run_plumbing(&tail_raw(c, TAIL_BYTES)));
             let lines = crate::machine::last_lines(&text, LOG_TAIL_LINES);
             log_section(&mut s, &format!("{} console", m.name), lines);
         }
@@ -378,18 +378,20 @@ pub fn plain(text: &str) -> String {
 /// The last `n` lines of a file (its last 16 KiB at most), with terminal
 /// control sequences removed.
 pub fn tail_lines(path: &Path, n: usize) -> String {
-    crate::machine::last_lines(&plain(&tail_raw(path)), n)
+    crate::machine::last_lines(&plain(&tail_raw(path, TAIL_BYTES)), n)
 }
 
-/// The last 16 KiB of the file at `path` as text; nothing when it cannot
-/// be read.
-fn tail_raw(path: &Path) -> String {
-    const MAX: u64 = 16 << 10;
+/// Bytes of a log read for the tail under a failure.
+const TAIL_BYTES: u64 = 16 << 10;
+
+/// The last `max` bytes of the file at `path` as text; nothing when it
+/// cannot be read.
+pub(super) fn tail_raw(path: &Path, max: u64) -> String {
     let Ok(mut f) = std::fs::File::open(path) else {
         return String::new();
     };
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-    if len > MAX && f.seek(SeekFrom::Start(len - MAX)).is_err() {
+    if len > max && f.seek(SeekFrom::Start(len - max)).is_err() {
         return String::new();
     }
     let mut buf = Vec::new();
