@@ -150,7 +150,7 @@ fn a_timeout_kills_the_machines_and_says_what_the_test_was_waiting_for() {
         "{out}"
     );
     assert!(
-        out.contains("\n      5 | vm.event_wait(\"NEVER\", 600);\n"),
+        out.contains("\n    5 | vm.event_wait(\"NEVER\", 600);\n      |    ^^^^^^^^^^ Timeout\n"),
         "{out}"
     );
     assert!(
@@ -933,18 +933,18 @@ fn setup_and_teardown_failures_are_reported_on_their_case() {
     assert!(
         out.contains("FAIL s.rhai::test_a (")
             && out.contains(
-                "    s.rhai:2:5: ScriptError: no disk\n      in setup(), so test_a did not run\n"
+                "    s.rhai:2:5: ScriptError: no disk\n      |\n    1 | fn setup() {\n    2 |     throw \"no disk\";\n      |     ^^^^^ ScriptError\n      in setup(), so test_a did not run\n"
             ),
         "{out}"
     );
     // As unittest: a failed setup runs neither the case nor teardown.
     assert!(!w.path().join("ran").exists() && !w.path().join("torn").exists());
     assert!(
-        out.contains("    t.rhai:2:5: AssertionFailed: cannot clean\n      in teardown(), after test_ok passed\n"),
+        out.contains("    t.rhai:2:5: AssertionFailed: cannot clean\n      |\n    1 | fn teardown() {\n    2 |     fail(\"cannot clean\");\n      |     ^^^^ AssertionFailed\n      in teardown(), after test_ok passed\n"),
         "{out}"
     );
     assert!(
-        out.contains("AssertionFailed: bad\n      in test_bad\n      teardown() failed too, at t.rhai:2:5: AssertionFailed: cannot clean\n"),
+        out.contains("AssertionFailed: bad\n      |\n    3 | }\n    4 | fn test_ok() {}\n    5 | fn test_bad() { fail(\"bad\"); }\n      |                 ^^^^ AssertionFailed\n      in test_bad\n      teardown() failed too, at t.rhai:2:5: AssertionFailed: cannot clean\n"),
         "{out}"
     );
 }
@@ -1061,7 +1061,7 @@ step("outer", || {
     let o = w.run(&["run", "s.rhai"]);
     let out = stdout(&o);
     assert!(
-        out.contains("    s.rhai:6:9: AssertionFailed: n is not 43\n      left: 42\n     right: 43\n      in step outer > inner\n"),
+        out.contains("    s.rhai:6:9: AssertionFailed: n is not 43\n      left: 42\n     right: 43\n      |\n    4 | step(\"outer\", || {\n    5 |     step(\"inner\", || {\n    6 |         assert_eq(n, 43, \"n is not 43\");\n      |         ^^^^^^^^^ AssertionFailed\n      in step outer > inner\n"),
         "{out}"
     );
     assert!(

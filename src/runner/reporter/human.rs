@@ -17,7 +17,7 @@ use crate::script::Status;
 
 use super::super::results::{TestResult, Verdict};
 use super::super::{StopReason, Summary};
-use super::{details, failure_text, indent, plain};
+use super::{details, failure_parts, failure_text, indent, plain, snippet};
 
 const GOOD: Style = AnsiColor::Green.on_default();
 const BAD: Style = AnsiColor::Red.on_default().bold();
@@ -88,13 +88,23 @@ pub fn result(r: &TestResult, captured: bool) -> String {
             s.push_str(&format!("\n    try {}:", last.number));
         }
         s.push('\n');
-        let error = indent(&plain(&failure_text(last)), "    ");
-        // The error's first line stands out; what follows is context.
-        let (first, rest) = error.split_once('\n').unwrap_or((&error, ""));
-        s.push_str(&paint(ERROR, first));
-        if !rest.is_empty() {
-            s.push('\n');
-            s.push_str(rest);
+        if let Some((head, context)) = failure_parts(last) {
+            let head = indent(&plain(&head), "    ");
+            // The error's first line stands out; what follows is context.
+            let (first, rest) = head.split_once('\n').unwrap_or((&head, ""));
+            s.push_str(&paint(ERROR, first));
+            if !rest.is_empty() {
+                s.push('\n');
+                s.push_str(rest);
+            }
+            if let Some(snippet) = last.failure().and_then(snippet::render) {
+                s.push('\n');
+                s.push_str(&indent(&snippet, "    "));
+            }
+            for c in context {
+                s.push('\n');
+                s.push_str(&indent(&plain(&c), "      "));
+            }
         }
         let d = plain(&details(last, captured));
         if !d.is_empty() {

@@ -20,6 +20,7 @@ pub mod human;
 pub mod json;
 pub mod junit;
 pub mod progress;
+pub mod snippet;
 pub mod tap;
 
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -191,29 +192,43 @@ pub fn source_line(f: &Failure) -> Option<(usize, String)> {
 /// message`; for a timeout or an interruption, what it was waiting for and
 /// the line it was at; then where the error passed through.
 pub fn failure_text(a: &Attempt) -> String {
-    let Some(f) = a.failure() else {
+    let Some((head, context)) = failure_parts(a) else {
         return String::new();
     };
-    if !matches!(a.verdict, Verdict::TimedOut | Verdict::Interrupted) {
-        return f.to_string();
-    }
-    let mut s = format!("{}: {}: {}", f.location(), f.kind, f.message);
-    if let Some(w) = waiting_for(f) {
-        s.push_str(&format!(", waiting for {w}"));
-    }
-    if let Some((n, line)) = source_line(f) {
+    let mut s = head;
+    let stopped = matches!(a.verdict, Verdict::TimedOut | Verdict::Interrupted);
+    if let (true, Some((n, line))) = (stopped, a.failure().and_then(source_line)) {
         s.push_str(&format!("\n  {n} | {line}"));
     }
-    for c in &f.context {
-        // What the script saw as it was stopped can quote a whole console
-        // tail, which the report shows below anyway.
-        let c = match c.char_indices().nth(CONTEXT_CHARS) {
-            Some((i, _)) => format!("{}…", &c[..i]),
-            None => c.clone(),
-        };
+    for c in context {
         s.push_str(&format!("\n  {c}"));
     }
     s
+}
+
+/// A failure in two parts: `FILE:LINE:COL: KIND: message` (with what a
+/// stopped script was waiting for), and the lines of where the error
+/// passed through.
+pub fn failure_parts(a: &Attempt) -> Option<(String, Vec<String>)> {
+    let f = a.failure()?;
+    let mut head = format!("{}: {}: {}", f.location(), f.kind, f.message);
+    if !matches!(a.verdict, Verdict::TimedOut | Verdict::Interrupted) {
+        return Some((head, f.context.clone()));
+    }
+    if let Some(w) = waiting_for(f) {
+        head.push_str(&format!(", waiting for {w}"));
+    }
+    let context = f
+        .context
+        .iter()
+        // What the script saw as it was stopped can quote a whole console
+        // tail, which the report shows below anyway.
+        .map(|c| match c.char_indices().nth(CONTEXT_CHARS) {
+            Some((i, _)) => format!("{}…", &c[..i]),
+            None => c.clone(),
+        })
+        .collect();
+    Some((head, context))
 }
 
 /// How much of each context line a timeout's report shows.
