@@ -5,7 +5,7 @@
 //! selected, 128+N when stopped by signal N.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -110,6 +110,14 @@ enum Command {
         /// A folder to look in for MODULE (repeatable; also $VMSCRIPT_PATH).
         #[arg(long, value_name = "DIR")]
         lib: Vec<PathBuf>,
+    },
+    /// Make the HTML report of an earlier run from its artifacts folder (as `run --report` would have).
+    Report {
+        /// The run's artifacts folder (`run --artifacts DIR`, or the one a failed run named).
+        dir: PathBuf,
+        /// Where to write the report [default: DIR/report.html].
+        #[arg(short = 'o', long, value_name = "FILE.html")]
+        output: Option<PathBuf>,
     },
     /// Rhai with the whole script API, line by line: boot a VM, poke it, then :save the script.
     #[command(after_help = REPL_HELP)]
@@ -300,6 +308,7 @@ fn dispatch(cli: Cli) -> i32 {
             format,
             lib,
         } => doc(module.as_deref(), format, &lib),
+        Command::Report { dir, output } => report(&dir, output),
         Command::Repl {
             qemu,
             lib,
@@ -380,6 +389,23 @@ fn run(args: RunArgs) -> i32 {
     match options.map(|o| runner::run(&o).map_err(|e| e.0)) {
         Ok(Ok(summary)) => summary.exit_code(),
         Ok(Err(e)) | Err(e) => {
+            eprintln!("vmscript: error: {e}");
+            2
+        }
+    }
+}
+
+fn report(dir: &Path, output: Option<PathBuf>) -> i32 {
+    let output = output.unwrap_or_else(|| dir.join("report.html"));
+    let written = runner::reporter::html::render_saved(dir).and_then(|html| {
+        std::fs::write(&output, html).map_err(|e| format!("writing {}: {e}", output.display()))
+    });
+    match written {
+        Ok(()) => match print_out(&format!("{}\n", output.display())) {
+            Ok(()) => 0,
+            Err(code) => code,
+        },
+        Err(e) => {
             eprintln!("vmscript: error: {e}");
             2
         }

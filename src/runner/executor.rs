@@ -20,7 +20,7 @@ use crate::script::{self, Cancel, Failure, Outcome, QemuBinary, RunConfig, RunRe
 
 use super::artifacts::Artifacts;
 use super::discover::Test;
-use super::reporter::{ProgressState, Reporter};
+use super::reporter::{html, ProgressState, Reporter};
 use super::results::{Attempt, Counts, TestResult, Verdict};
 use super::signal::SignalWatch;
 use super::{Options, Programs, StopReason, Summary};
@@ -163,6 +163,16 @@ impl<'a> Executor<'a> {
             partition: self.options.partition,
             none_selected: false,
         };
+        // A temp root is gone when no test's logs stayed in it.
+        let root = self.artifacts.root();
+        if root.exists() {
+            if let Err(e) = html::save_results(root, &summary, &self.results) {
+                reporter.note(&format!(
+                    "could not write {}: {e}",
+                    root.join(html::RESULTS_FILE).display()
+                ));
+            }
+        }
         reporter.finish(&summary, &self.results);
         (summary, self.results)
     }

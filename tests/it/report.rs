@@ -127,3 +127,87 @@ fn the_html_report_shows_tests_errors_steps_events_and_consoles_in_a_browser() {
     // The passing test is listed, its details closed.
     assert!(!dom.contains("<b>not bold</b>"), "{dom}");
 }
+
+#[test]
+fn vmscript_report_makes_the_same_report_later_from_a_moved_artifacts_folder() {
+    let w = World::new();
+    w.script(
+        "t/ok.rhai",
+        "let vm = machine();\nvm.add_args(\"-M\", \"none\");\nvm.launch();\nvm.shutdown();\n",
+    );
+    w.script(
+        "t/bad.rhai",
+        "let vm = machine();\nvm.add_args(\"-M\", \"pc\", \"-vga\", \"std\");\nvm.launch();\nlog(\"about to fail\");\nvm.cmd(\"stop\");\nvm.event_wait(\"STOP\");\nfail(\"as planned\");\n",
+    );
+    let live = w.path().join("live.html");
+    let art = w.path().join("art");
+    let o = w.run(&[
+        "run",
+        "--report",
+        live.to_str().unwrap(),
+        "--artifacts",
+        art.to_str().unwrap(),
+        "t",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    // The folder as a CI job hands it on: somewhere else.
+    let moved = w.path().join("downloaded");
+    std::fs::rename(&art, &moved).unwrap();
+    let later = w.path().join("later.html");
+    let o = w.run(&[
+        "report",
+        moved.to_str().unwrap(),
+        "-o",
+        later.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(stdout(&o).trim(), later.display().to_string());
+    let (live, later) = (
+        std::fs::read_to_string(&live).unwrap(),
+        std::fs::read_to_string(&later).unwrap(),
+    );
+    for needle in [
+        r#""kind":"AssertionFailed","message":"as planned","file":"t/bad.rhai","line":7"#,
+        "about to fail",
+        "\\\"event\\\":\\\"STOP\\\"",
+        "vm0-failure.png",
+        "data:image/png;base64,",
+    ] {
+        assert!(later.contains(needle), "{needle:?} is not in the report");
+    }
+    assert!(live == later, "the later report differs from the run's");
+    // Without -o, beside the results.
+    let o = w.run(&["report", moved.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(
+        std::fs::read_to_string(moved.join("report.html")).unwrap(),
+        live
+    );
+}
+
+#[test]
+fn vmscript_report_names_what_is_missing_and_a_passing_run_leaves_no_folder() {
+    let w = World::new();
+    let empty = w.dir("empty");
+    let o = w.run(&["report", empty.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("empty has no results.json"), "{err}");
+    std::fs::write(empty.join("results.json"), "[1, 2]").unwrap();
+    let o = w.run(&["report", empty.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("results.json is not a run's results"), "{err}");
+    assert!(!empty.join("report.html").exists());
+    // Results are written only where logs stay: a passing run's temp
+    // folder still goes.
+    w.script("ok.rhai", "let x = 1;\n");
+    let o = w.run(&["run", "ok.rhai"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    assert_eq!(w.tmp_entries(), Vec::<String>::new());
+}

@@ -33,8 +33,62 @@ const SOURCE_CONTEXT: usize = 3;
 
 const TEMPLATE: &str = include_str!("report.html");
 
+/// The file every run whose artifacts stay leaves in their folder: what
+/// the report needs that the artifacts do not hold, so that
+/// `vmscript report DIR` can make the report after the fact.
+pub const RESULTS_FILE: &str = "results.json";
+
 /// The report as HTML.
 pub fn render(summary: &Summary, results: &[TestResult]) -> String {
+    let mut data = data(summary, results);
+    add_lanes(&mut data, None);
+    page(&data)
+}
+
+/// Writes the report to `path`.
+pub fn write(path: &Path, summary: &Summary, results: &[TestResult]) -> Result<(), String> {
+    std::fs::write(path, render(summary, results)).map_err(|e| e.to_string())
+}
+
+/// Writes [`RESULTS_FILE`] into the artifacts folder `root`, atomically.
+pub fn save_results(root: &Path, summary: &Summary, results: &[TestResult]) -> Result<(), String> {
+    let mut file = tempfile::NamedTempFile::new_in(root).map_err(|e| e.to_string())?;
+    serde_json::to_writer(&mut file, &data(summary, results)).map_err(|e| e.to_string())?;
+    file.persist(root.join(RESULTS_FILE))
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
+/// The report of the run whose artifacts are in `dir` (its
+/// [`RESULTS_FILE`] and the test folders beside it), wherever the folder
+/// was moved since.
+pub fn render_saved(dir: &Path) -> Result<String, String> {
+    let path = dir.join(RESULTS_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            format!(
+                "{} has no {RESULTS_FILE}: a run writes it into its artifacts folder when that folder stays (--artifacts DIR, or a failed test)",
+                dir.display()
+            )
+        } else {
+            format!("reading {}: {e}", path.display())
+        }
+    })?;
+    let mut data: Value = serde_json::from_str(&text)
+        .map_err(|e| format!("{} is not a run's results: {e}", path.display()))?;
+    if !data["tests"].is_array() || !data["summary"].is_object() {
+        return Err(format!(
+            "{} is not a run's results: it has no tests and summary",
+            path.display()
+        ));
+    }
+    add_lanes(&mut data, Some(dir));
+    Ok(page(&data))
+}
+
+/// The run's data without the lanes: the summary and, for each test, its
+/// JSON result, the source around its error, its log and its machines.
+fn data(summary: &Summary, results: &[TestResult]) -> Value {
     let mut tests: Vec<Value> = results.iter().map(test).collect();
     tests.extend(
         summary
@@ -42,10 +96,13 @@ pub fn render(summary: &Summary, results: &[TestResult]) -> String {
             .iter()
             .map(|t| json!({ "name": t.name, "status": "not run", "duration": 0.0, "tries": 0 })),
     );
-    let data = json!({
+    json!({
         "summary": super::json::summary(summary)["summary"],
         "tests": tests,
-    });
+    })
+}
+
+fn page(data: &Value) -> String {
     // Inside <script>, `</` could end the element; JSON allows `<\/`.
     let data = data
         .to_string()
@@ -54,13 +111,8 @@ pub fn render(summary: &Summary, results: &[TestResult]) -> String {
     TEMPLATE.replacen("/*DATA*/null", &data, 1)
 }
 
-/// Writes the report to `path`.
-pub fn write(path: &Path, summary: &Summary, results: &[TestResult]) -> Result<(), String> {
-    std::fs::write(path, render(summary, results)).map_err(|e| e.to_string())
-}
-
-/// One test: its JSON result, the source around its error, and what its
-/// last try's artifacts hold.
+/// One test: its JSON result, the source around its error, its log and
+/// the names of its machines with their console logs.
 fn test(r: &TestResult) -> Value {
     let mut v = result(r);
     let last = r.last();
@@ -70,17 +122,53 @@ fn test(r: &TestResult) -> Value {
         }
     }
     v["log"] = json!(last.outcome.report.output);
-    let mut machines = Vec::new();
-    let mut budget = MAX_SCREENSHOT_BYTES;
-    if let Some(dir) = &last.artifacts {
-        for m in &last.outcome.report.machines {
-            let mut lane = machine(dir, &m.name, m.console_log.as_deref());
-            lane["screenshots"] = screenshots(dir, &m.name, &mut budget);
-            machines.push(lane);
-        }
+    if last.artifacts.is_some() {
+        let machines: Vec<Value> = last
+            .outcome
+            .report
+            .machines
+            .iter()
+            .map(|m| {
+                let console = m.console_log.as_ref().and_then(|c| c.file_name());
+                json!({ "name": m.name, "console_log": console.map(|c| c.to_string_lossy()) })
+            })
+            .collect();
+        v["machines"] = json!(machines);
     }
-    v["machines"] = json!(machines);
     v
+}
+
+/// Replaces each test's machine names with their lanes, read from its
+/// last try's artifacts: in the folder the results name, or with `moved`
+/// in `moved` under the same folder name.
+fn add_lanes(data: &mut Value, moved: Option<&Path>) {
+    let Some(tests) = data["tests"].as_array_mut() else {
+        return;
+    };
+    for v in tests {
+        let Some(dir) = v["artifacts"].as_str().map(std::path::PathBuf::from) else {
+            v["machines"] = json!([]);
+            continue;
+        };
+        let dir = match (moved, dir.file_name()) {
+            (Some(root), Some(name)) => root.join(name),
+            _ => dir,
+        };
+        let mut budget = MAX_SCREENSHOT_BYTES;
+        let lanes: Vec<Value> = v["machines"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|m| {
+                let name = m["name"].as_str()?;
+                let console = m["console_log"].as_str().map(|c| dir.join(c));
+                let mut lane = machine(&dir, name, console.as_deref());
+                lane["screenshots"] = screenshots(&dir, name, &mut budget);
+                Some(lane)
+            })
+            .collect();
+        v["machines"] = json!(lanes);
+    }
 }
 
 /// The lines of `file` around `line`: `{first, lines, line}`.
@@ -203,4 +291,61 @@ fn bounded(all: Vec<Value>) -> (Vec<Value>, usize) {
     let mut kept = all[..half].to_vec();
     kept.extend_from_slice(&all[all.len() - half..]);
     (kept, cut)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn a_machine_with_a_hundred_thousand_messages_keeps_its_first_and_last_and_says_what_was_cut() {
+        let d = tempfile::tempdir().unwrap();
+        let mut qmp =
+            std::io::BufWriter::new(std::fs::File::create(d.path().join("vm0.qmp.jsonl")).unwrap());
+        let mut con = std::io::BufWriter::new(
+            std::fs::File::create(d.path().join("vm0.console.jsonl")).unwrap(),
+        );
+        for i in 0..100_000 {
+            let t = f64::from(i) / 1000.0;
+            writeln!(
+                qmp,
+                r#"{{"t":{t},"dir":"sent","msg":{{"execute":"query-status","id":{i}}}}}"#
+            )
+            .unwrap();
+            writeln!(con, r#"{{"t":{t},"line":"line {i}"}}"#).unwrap();
+        }
+        drop((qmp, con));
+        let lane = machine(d.path(), "vm0", None);
+        let qmp = lane["qmp"].as_array().unwrap();
+        assert_eq!(qmp.len(), MAX_MESSAGES);
+        assert_eq!(lane["cut"], 100_000 - MAX_MESSAGES);
+        assert_eq!(qmp[0][2], r#"{"execute":"query-status","id":0}"#);
+        assert_eq!(
+            qmp[MAX_MESSAGES - 1][2],
+            r#"{"execute":"query-status","id":99999}"#
+        );
+        let lines = lane["lines"].as_array().unwrap();
+        assert_eq!(lines.len(), MAX_MESSAGES);
+        assert_eq!(lane["lines_cut"], 100_000 - MAX_MESSAGES);
+        assert_eq!(lines[MAX_MESSAGES - 1][1], "line 99999");
+        // What a page holds of it stays in the low megabytes.
+        let size = page(&json!({ "summary": {}, "tests": [{ "machines": [lane] }] })).len();
+        assert!(size < 2 << 20, "{size} bytes");
+    }
+
+    #[test]
+    fn overlong_messages_are_cut() {
+        let d = tempfile::tempdir().unwrap();
+        let long = "x".repeat(10_000);
+        std::fs::write(
+            d.path().join("vm0.qmp.jsonl"),
+            format!("{{\"t\":0.5,\"dir\":\"received\",\"msg\":{{\"return\":\"{long}\"}}}}\n"),
+        )
+        .unwrap();
+        let lane = machine(d.path(), "vm0", None);
+        let msg = lane["qmp"][0][2].as_str().unwrap();
+        assert_eq!(msg.chars().count(), MAX_MESSAGE_CHARS + 1);
+        assert!(msg.ends_with('…'));
+    }
 }
