@@ -28,6 +28,9 @@ const CONSOLE_BYTES: u64 = 64 << 10;
 /// Bytes of screenshots put inline per test; past it, later ones are
 /// named but not shown.
 const MAX_SCREENSHOT_BYTES: u64 = 4 << 20;
+/// Bytes of lanes (transcripts, consoles, screenshots) a report holds in
+/// all; past it, tests get no lanes, failed tests' first.
+const MAX_LANES_BYTES: usize = 64 << 20;
 /// Lines of source shown above and below the error's line.
 const SOURCE_CONTEXT: usize = 3;
 
@@ -41,7 +44,7 @@ pub const RESULTS_FILE: &str = "results.json";
 /// The report as HTML.
 pub fn render(summary: &Summary, results: &[TestResult]) -> String {
     let mut data = data(summary, results);
-    add_lanes(&mut data, None);
+    add_lanes(&mut data, None, MAX_LANES_BYTES);
     page(&data)
 }
 
@@ -82,7 +85,7 @@ pub fn render_saved(dir: &Path) -> Result<String, String> {
             path.display()
         ));
     }
-    add_lanes(&mut data, Some(dir));
+    add_lanes(&mut data, Some(dir), MAX_LANES_BYTES);
     Ok(page(&data))
 }
 
@@ -140,35 +143,57 @@ fn test(r: &TestResult) -> Value {
 
 /// Replaces each test's machine names with their lanes, read from its
 /// last try's artifacts: in the folder the results name, or with `moved`
-/// in `moved` under the same folder name.
-fn add_lanes(data: &mut Value, moved: Option<&Path>) {
+/// in `moved` under the same folder name. Failed tests come first; once
+/// the lanes take `budget` bytes, the tests left get none, and say so.
+fn add_lanes(data: &mut Value, moved: Option<&Path>, budget: usize) {
     let Some(tests) = data["tests"].as_array_mut() else {
         return;
     };
-    for v in tests {
-        let Some(dir) = v["artifacts"].as_str().map(std::path::PathBuf::from) else {
+    let mut order: Vec<usize> = (0..tests.len()).collect();
+    order.sort_by_key(|&i| {
+        !matches!(
+            tests[i]["status"].as_str(),
+            Some("failed" | "timeout" | "interrupted")
+        )
+    });
+    let mut left = budget;
+    for i in order {
+        let v = &mut tests[i];
+        let lanes = lanes(v, moved);
+        let size = lanes.iter().map(|l| l.to_string().len()).sum::<usize>();
+        if size > left {
             v["machines"] = json!([]);
-            continue;
-        };
-        let dir = match (moved, dir.file_name()) {
-            (Some(root), Some(name)) => root.join(name),
-            _ => dir,
-        };
-        let mut budget = MAX_SCREENSHOT_BYTES;
-        let lanes: Vec<Value> = v["machines"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|m| {
-                let name = m["name"].as_str()?;
-                let console = m["console_log"].as_str().map(|c| dir.join(c));
-                let mut lane = machine(&dir, name, console.as_deref());
-                lane["screenshots"] = screenshots(&dir, name, &mut budget);
-                Some(lane)
-            })
-            .collect();
-        v["machines"] = json!(lanes);
+            v["lanes_omitted"] = json!(true);
+            left = 0;
+        } else {
+            left -= size;
+            v["machines"] = json!(lanes);
+        }
     }
+}
+
+/// The lanes of test `v`'s machines.
+fn lanes(v: &Value, moved: Option<&Path>) -> Vec<Value> {
+    let Some(dir) = v["artifacts"].as_str().map(std::path::PathBuf::from) else {
+        return Vec::new();
+    };
+    let dir = match (moved, dir.file_name()) {
+        (Some(root), Some(name)) => root.join(name),
+        _ => dir,
+    };
+    let mut budget = MAX_SCREENSHOT_BYTES;
+    v["machines"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| {
+            let name = m["name"].as_str()?;
+            let console = m["console_log"].as_str().map(|c| dir.join(c));
+            let mut lane = machine(&dir, name, console.as_deref());
+            lane["screenshots"] = screenshots(&dir, name, &mut budget);
+            Some(lane)
+        })
+        .collect()
 }
 
 /// The lines of `file` around `line`: `{first, lines, line}`.
@@ -332,6 +357,39 @@ mod tests {
         // What a page holds of it stays in the low megabytes.
         let size = page(&json!({ "summary": {}, "tests": [{ "machines": [lane] }] })).len();
         assert!(size < 2 << 20, "{size} bytes");
+    }
+
+    #[test]
+    fn past_the_reports_budget_tests_lose_their_lanes_passing_ones_first() {
+        let d = tempfile::tempdir().unwrap();
+        let mut tests = Vec::new();
+        for (name, status) in [("a", "passed"), ("b", "failed"), ("c", "passed")] {
+            let dir = d.path().join(name);
+            std::fs::create_dir(&dir).unwrap();
+            let line = format!(
+                "{{\"t\":0.1,\"dir\":\"sent\",\"msg\":\"{}\"}}\n",
+                "x".repeat(1000)
+            );
+            std::fs::write(dir.join("vm0.qmp.jsonl"), line.repeat(10)).unwrap();
+            tests.push(json!({
+                "name": name,
+                "status": status,
+                "artifacts": dir.display().to_string(),
+                "machines": [{ "name": "vm0", "console_log": null }],
+            }));
+        }
+        let mut data = json!({ "summary": {}, "tests": tests });
+        let one = lanes(&data["tests"][0], None)[0].to_string().len();
+        add_lanes(&mut data, None, 2 * one + one / 2);
+        let kept = |i: usize| data["tests"][i]["machines"].as_array().unwrap().len();
+        assert_eq!((kept(0), kept(1), kept(2)), (1, 1, 0));
+        assert_eq!(data["tests"][2]["lanes_omitted"], true);
+        assert_eq!(data["tests"][1]["lanes_omitted"], Value::Null);
+        add_lanes(&mut data, None, one / 2);
+        assert_eq!(
+            data["tests"][1]["lanes_omitted"], true,
+            "the failed test goes last"
+        );
     }
 
     #[test]
