@@ -151,7 +151,7 @@ fn errors_inside_modules_point_at_the_test_and_say_where_they_were_raised() {
     w.script("m.rhai", "fn boom() {\n    fail(\"inside\");\n}\n");
     let out = stdout(&run(&w, &["run", "t.rhai"], None));
     assert!(
-        out.contains("    t.rhai:2:4: AssertionFailed: inside\n      raised at m.rhai:2:5\n"),
+        out.contains("    t.rhai:2:4: AssertionFailed: inside\n      |\n    1 | import \"m\" as m;\n    2 | m::boom();\n      |    ^^^^ AssertionFailed\n      raised at m.rhai:2:5\n"),
         "{out}"
     );
     assert!(
