@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use super::console::ConsoleError;
+use super::tail::last_bytes;
 use crate::qmp;
 
 /// What went wrong with a machine.
@@ -19,7 +20,7 @@ pub enum Error {
     AddDevice(String),
     /// QEMU did not start, or did not get as far as a negotiated monitor.
     #[error("failed to launch QEMU ({cause}); exit code {}; command: {}; output: {}",
-        .exitcode.map_or("none".to_string(), |c| c.to_string()), .command.join(" "), tail(.output, 2000))]
+        .exitcode.map_or("none".to_string(), |c| c.to_string()), .command.join(" "), last_bytes(.output, 2000))]
     LaunchFailure {
         cause: String,
         exitcode: Option<i32>,
@@ -133,18 +134,6 @@ fn seen_list(seen: &[String]) -> String {
     } else {
         format!("; seen meanwhile: {}", seen.join(", "))
     }
-}
-
-/// The last `max` bytes of `text`, cut at a character boundary.
-pub fn tail(text: &str, max: usize) -> &str {
-    if text.len() <= max {
-        return text;
-    }
-    let mut start = text.len() - max;
-    while !text.is_char_boundary(start) {
-        start += 1;
-    }
-    &text[start..]
 }
 
 #[cfg(test)]

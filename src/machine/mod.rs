@@ -27,6 +27,7 @@ mod lifecycle;
 mod monitor;
 pub mod process;
 mod qtest;
+pub mod tail;
 
 use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
@@ -37,10 +38,11 @@ use std::time::Duration;
 use serde_json::Value;
 
 pub use console::{Console, ConsoleError};
-pub use error::{tail, Error, Result};
+pub use error::{Error, Result};
 pub use events::{event_match, numbers_equal};
 use lifecycle::State;
 use process::Process;
+pub use tail::last_lines;
 
 use crate::qmp::{self, Address};
 use crate::sync::lock;
@@ -461,10 +463,4 @@ impl std::fmt::Debug for Machine {
             .field("pid", &self.get_pid())
             .finish_non_exhaustive()
     }
-}
-
-/// The last `n` lines of `text`.
-pub fn last_lines(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
 }

@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use serde_json::{Map, Value};
 
 use super::lifecycle::{Running, State};
-use super::{events, last_lines, Error, EventWait, Machine, Result, DEFAULT_WAIT};
+use super::tail::last_lines;
+use super::{events, Error, EventWait, Machine, Result, DEFAULT_WAIT};
 use crate::qmp;
 use crate::sync::lock;
 

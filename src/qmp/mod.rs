@@ -26,16 +26,20 @@
 //! the next command starts in step. Replies to commands that timed out or
 //! were interrupted are recognised by their `id` and dropped.
 //!
-//! Start reading at [`Client::new`] and [`Client::execute`].
+//! Start reading at [`Client::new`] and [`Client::execute`]. Beside the
+//! client: `shared.rs` (the filed replies and events, the wait that reads
+//! for everyone), `reader.rs` (the socket split into messages), `wire.rs`
+//! (what goes out), `stream.rs` (the transports), `error.rs`.
 
+mod error;
 mod reader;
+mod shared;
+mod stream;
 mod wire;
 
-use std::io::Write;
 use std::net::TcpStream;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -43,328 +47,17 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 use serde_json::{Map, Value};
 
 pub use crate::sync::Interrupter;
+pub use error::{response_error, split_reply, Error, ErrorReply, Result};
 pub use reader::Limits;
+pub use stream::{Address, Stream};
 pub use wire::{command_bytes, Direction};
 
-use crate::sync::{lock, Guard, Interruptible, Look, Stop, Waitable};
-
-/// Where a QMP server is, or where we listen for QEMU to connect.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Address {
-    /// A unix socket path.
-    Unix(PathBuf),
-    /// A TCP host and port.
-    Tcp(String, u16),
-}
-
-impl std::fmt::Display for Address {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Address::Unix(p) => write!(f, "{}", p.display()),
-            Address::Tcp(h, p) => write!(f, "{h}:{p}"),
-        }
-    }
-}
-
-impl Address {
-    /// Parses `host:port` as TCP and anything else as a unix socket path.
-    pub fn parse(text: &str) -> Address {
-        if let Some((host, port)) = text.rsplit_once(':') {
-            if let Ok(port) = port.parse::<u16>() {
-                if !host.contains('/') {
-                    return Address::Tcp(host.trim_matches(['[', ']']).to_string(), port);
-                }
-            }
-        }
-        Address::Unix(PathBuf::from(text))
-    }
-}
-
-/// A connected stream: the transports QMP runs over.
-#[derive(Debug)]
-pub enum Stream {
-    /// A unix socket or one end of a socketpair.
-    Unix(UnixStream),
-    /// A TCP connection.
-    Tcp(TcpStream),
-}
-
-impl Stream {
-    fn try_clone(&self) -> std::io::Result<Stream> {
-        Ok(match self {
-            Stream::Unix(s) => Stream::Unix(s.try_clone()?),
-            Stream::Tcp(s) => Stream::Tcp(s.try_clone()?),
-        })
-    }
-
-    fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        match self {
-            Stream::Unix(s) => s.write_all(bytes),
-            Stream::Tcp(s) => s.write_all(bytes),
-        }
-    }
-
-    fn shutdown(&self) {
-        // Errors mean the peer is already gone, which is what we want.
-        let _ = match self {
-            Stream::Unix(s) => s.shutdown(std::net::Shutdown::Both),
-            Stream::Tcp(s) => s.shutdown(std::net::Shutdown::Both),
-        };
-    }
-}
-
-impl AsFd for Stream {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        match self {
-            Stream::Unix(s) => s.as_fd(),
-            Stream::Tcp(s) => s.as_fd(),
-        }
-    }
-}
-
-/// What went wrong talking QMP.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum Error {
-    /// The peer hung up (EOF or ECONNRESET).
-    #[error("QMP connection closed while {what}")]
-    Closed { what: String },
-    /// Nothing arrived in time.
-    #[error("timed out after {after:?} {what}")]
-    Timeout { what: String, after: Duration },
-    /// The peer sent something that is not a QMP message.
-    #[error("malformed QMP message: {detail}")]
-    Malformed { detail: String },
-    /// A line longer than the reader accepts.
-    #[error("QMP message longer than {limit} bytes")]
-    LineTooLong { limit: usize },
-    /// Replies that answer no command arrived (see the module
-    /// documentation); the connection is back in step.
-    #[error("QMP replies out of step while {what}: {count} {replies} matching no command we sent arrived, the first: {first}; {outcome}", replies = if *.count == 1 { "reply" } else { "replies" })]
-    Desync {
-        what: String,
-        count: usize,
-        /// The first stray reply, shortened.
-        first: String,
-        /// What became of the command's own reply.
-        outcome: String,
-    },
-    /// More events queued than the documented cap.
-    #[error("more than {limit} QMP events queued unread")]
-    EventQueueFull { limit: usize },
-    /// The queued events take more memory than the documented cap.
-    #[error("the {count} QMP events queued unread take more than {limit_mib} MiB of memory; the monitor was closed (read or clear events while a machine sends many)")]
-    EventQueueTooBig { limit_mib: usize, count: usize },
-    /// The server's greeting did not offer what we need.
-    #[error("unexpected QMP greeting: {detail}")]
-    Greeting { detail: String },
-    /// The command was answered with an error.
-    #[error("{class}: {desc}")]
-    Response {
-        class: String,
-        desc: String,
-        reply: Box<Value>,
-    },
-    /// An operating system error on the socket.
-    #[error("QMP socket error while {what}: {message}")]
-    Io { what: String, message: String },
-    /// The operation needs a unix socket.
-    #[error("{what} needs a unix socket monitor, not TCP")]
-    NotUnix { what: String },
-    /// [`Interrupter::interrupt`] woke the wait; the connection is intact.
-    #[error("interrupted while {what}")]
-    Interrupted { what: String },
-}
-
-impl Error {
-    fn io(what: &str, err: std::io::Error) -> Error {
-        Error::Io {
-            what: what.to_string(),
-            message: err.to_string(),
-        }
-    }
-}
-
-pub type Result<T> = std::result::Result<T, Error>;
+use crate::sync::{lock, Waitable};
+use error::strip_id;
+use shared::{Heard, Shared, State};
 
 /// A callback that sees every message sent and received, for transcripts.
 pub type Observer = Arc<dyn Fn(Direction, &[u8]) + Send + Sync>;
-
-/// How many stray replies are kept to describe a desync.
-const STRAYS_KEPT: usize = 1;
-
-#[derive(Default)]
-struct State {
-    /// Replies to the commands in `expected`, by `id`.
-    replies: std::collections::HashMap<u64, Value>,
-    /// The ids of the commands sent whose replies are awaited.
-    expected: std::collections::HashSet<u64>,
-    /// The ids of the commands whose callers gave up waiting: their
-    /// replies are dropped when they come.
-    orphans: std::collections::HashSet<u64>,
-    /// Replies with no known id not yet reported ([`Error::Desync`]): how
-    /// many, and the first ones.
-    stray_count: usize,
-    strays: Vec<Value>,
-    /// The last id used.
-    last_id: u64,
-    events: std::collections::VecDeque<Value>,
-    /// What the queued events take, as [`reader::footprint`] estimates.
-    event_bytes: usize,
-    greeting: Option<Value>,
-    /// Why the connection ended, once it has.
-    ended: Option<Error>,
-    /// A thread holds the read side and is reading for everyone.
-    reading: bool,
-}
-
-struct Shared {
-    state: Waitable<State>,
-    /// Locked only by the thread whose `reading` flag is set.
-    read: Mutex<reader::ReadSide>,
-    /// Wakes the thread waiting in `poll` (interrupts).
-    wake: EventFd,
-}
-
-impl State {
-    /// Files a reply that answers no command we wait for.
-    fn stray(&mut self, reply: Value) {
-        self.stray_count += 1;
-        if self.strays.len() < STRAYS_KEPT {
-            self.strays.push(reply);
-        }
-    }
-
-    /// Removes the `i`th queued event.
-    fn remove_event(&mut self, i: usize) -> Option<Value> {
-        let ev = self.events.remove(i)?;
-        self.event_bytes = self.event_bytes.saturating_sub(reader::footprint(&ev));
-        Some(ev)
-    }
-
-    /// Removes every queued event.
-    fn take_events(&mut self) -> Vec<Value> {
-        self.event_bytes = 0;
-        self.events.drain(..).collect()
-    }
-
-    /// A fresh id, awaited from now on.
-    fn new_id(&mut self) -> u64 {
-        self.last_id += 1;
-        self.expected.insert(self.last_id);
-        self.last_id
-    }
-
-    /// Stops waiting for `id`: a reply that comes later is dropped.
-    fn give_up(&mut self, id: u64) {
-        if self.expected.remove(&id) && self.replies.remove(&id).is_none() {
-            self.orphans.insert(id);
-        }
-    }
-}
-
-/// What a command's wait for its reply found first.
-enum Heard {
-    Reply(Value),
-    Strays,
-}
-
-impl Shared {
-    fn lock(&self) -> Guard<'_, State> {
-        self.state.lock()
-    }
-
-    /// Waits until `ready` yields a value, the connection ends, the
-    /// deadline passes, or an interrupt comes ([`Error::Interrupted`]).
-    /// Reads the socket while no other thread does; at least one read
-    /// (without waiting, when the deadline has passed) is tried before
-    /// giving up, so what has already arrived is always seen.
-    fn wait_for<T>(
-        &self,
-        deadline: Instant,
-        mut ready: impl FnMut(&mut State) -> Option<T>,
-    ) -> std::result::Result<Option<T>, Error> {
-        let looked = self.state.wait_until_with(
-            Some(deadline),
-            |st, _| match ready(st) {
-                Some(v) => Look::Done(Ok(Some(v))),
-                None => match &st.ended {
-                    Some(err) => Look::Done(Err(err.clone())),
-                    None => Look::NotYet,
-                },
-            },
-            |st, until| {
-                if st.reading {
-                    // Another thread reads for us and wakes us when it
-                    // files something or stops reading.
-                    return st.sleep(until);
-                }
-                let left = until.map_or(Duration::MAX, |t| {
-                    t.saturating_duration_since(Instant::now())
-                });
-                self.read_once(st, left).0
-            },
-        );
-        match looked {
-            Ok(out) => out,
-            Err(stopped) => match stopped.why {
-                Stop::Deadline => Ok(None),
-                Stop::Interrupted => Err(Error::Interrupted {
-                    what: "waiting".into(),
-                }),
-            },
-        }
-    }
-
-    /// Takes the read side for one read of up to `timeout`; gives it back,
-    /// recording the end of the connection, and wakes the waiters. True
-    /// when bytes were read.
-    fn read_once<'a>(
-        &'a self,
-        mut st: Guard<'a, State>,
-        timeout: Duration,
-    ) -> (Guard<'a, State>, bool) {
-        st.reading = true;
-        drop(st);
-        let r = lock(&self.read).read_once(self, &self.wake, timeout);
-        let mut st = self.lock();
-        st.reading = false;
-        let progress = match r {
-            Ok(p) => p,
-            Err(e) => {
-                st.ended.get_or_insert(e);
-                true
-            }
-        };
-        // They wait for what was filed, or to read in turn.
-        if st.has_sleepers() {
-            self.state.notify_all();
-        }
-        (st, progress)
-    }
-
-    /// Reads whatever has arrived, without waiting, unless another thread
-    /// is reading already (then it files it).
-    fn read_arrived(&self) {
-        let mut st = self.lock();
-        // Bounded, so that a peer sending without pause cannot keep us.
-        for _ in 0..64 {
-            if st.reading || st.ended.is_some() {
-                return;
-            }
-            let (next, progress) = self.read_once(st, Duration::ZERO);
-            st = next;
-            if !progress {
-                return;
-            }
-        }
-    }
-
-    /// Wakes the thread waiting in `poll`, if any.
-    fn poke(&self) {
-        // A full counter (EAGAIN) already means "wake up".
-        let _ = self.wake.write(1);
-    }
-}
 
 /// A QMP connection.
 pub struct Client {
@@ -813,77 +506,6 @@ impl Drop for Client {
     fn drop(&mut self) {
         self.close();
     }
-}
-
-impl Interruptible for Shared {
-    /// Wakes every wait in progress with [`Error::Interrupted`], the one
-    /// in `poll` too.
-    fn interrupt(&self) {
-        self.state.interrupt();
-        self.poke();
-    }
-}
-
-/// The reply as the caller sees it: without the `id` this client added.
-fn strip_id(mut reply: Value) -> Value {
-    if let Some(m) = reply.as_object_mut() {
-        m.remove("id");
-    }
-    reply
-}
-
-/// Builds [`Error::Response`] from an error reply.
-pub fn response_error(reply: &Value, err: &Value) -> Error {
-    ErrorReply::new(reply.clone(), err).into()
-}
-
-/// An error reply, taken apart: what [`Error::Response`] and the
-/// machine's own error for it carry.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ErrorReply {
-    pub class: String,
-    pub desc: String,
-    /// The whole reply.
-    pub reply: Box<Value>,
-}
-
-impl ErrorReply {
-    fn new(reply: Value, err: &Value) -> ErrorReply {
-        let text = |k: &str, default: &str| {
-            err.get(k)
-                .and_then(Value::as_str)
-                .unwrap_or(default)
-                .to_string()
-        };
-        ErrorReply {
-            class: text("class", "GenericError"),
-            desc: text("desc", ""),
-            reply: Box::new(reply),
-        }
-    }
-}
-
-impl From<ErrorReply> for Error {
-    fn from(e: ErrorReply) -> Error {
-        Error::Response {
-            class: e.class,
-            desc: e.desc,
-            reply: e.reply,
-        }
-    }
-}
-
-/// A command's reply as its `return` value (`null` when it has none), or
-/// the error it carries.
-pub fn split_reply(mut reply: Value) -> std::result::Result<Value, ErrorReply> {
-    if let Some(err) = reply.get("error") {
-        let err = err.clone();
-        return Err(ErrorReply::new(reply, &err));
-    }
-    Ok(reply
-        .as_object_mut()
-        .and_then(|m| m.remove("return"))
-        .unwrap_or(Value::Null))
 }
 
 #[cfg(test)]

@@ -1,4 +1,7 @@
 //! The client against fake peers: ordering, hang-ups and garbage.
+//!
+//! Longer than the other files: one flat list of cases sharing the fake
+//! peer's helpers at the top, each case short and standing alone.
 
 use super::*;
 use std::io::Write;

@@ -4,6 +4,7 @@
 //! it; the waits and their matchers read it.
 
 use super::{ConsoleError, ERROR_TAIL};
+use crate::machine::tail::last_bytes;
 use crate::sync::{Guard, Interruptible, Waitable};
 
 /// Why the read side stopped.
@@ -79,10 +80,7 @@ impl Transcript {
         decode_lossy(input, &mut self.buf, &mut self.partial);
         if self.buf.len() > self.cap {
             // Down to 3/4 of the cap, so trimming happens once per quarter.
-            let mut drop = self.buf.len() - self.cap / 4 * 3;
-            while !self.buf.is_char_boundary(drop) {
-                drop += 1;
-            }
+            let drop = self.buf.len() - last_bytes(&self.buf, self.cap / 4 * 3).len();
             self.buf.drain(..drop);
             self.base += drop;
             self.cursor = self.cursor.max(self.base);
@@ -109,11 +107,7 @@ impl Transcript {
 
     /// The last `max_bytes` of the transcript, not starting inside a character.
     pub(super) fn tail(&self, max_bytes: usize) -> String {
-        let mut start = self.buf.len().saturating_sub(max_bytes);
-        while !self.buf.is_char_boundary(start) {
-            start += 1;
-        }
-        self.buf[start..].to_string()
+        last_bytes(&self.buf, max_bytes).to_string()
     }
 
     pub(super) fn closed_error(&self, what: &str) -> ConsoleError {
