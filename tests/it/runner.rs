@@ -1005,6 +1005,154 @@ fn test_quick(vm) {{ assert(vm.is_running()); }}
 }
 
 #[test]
+fn skip_in_setup_skips_only_its_case() {
+    let w = World::new();
+    w.script(
+        "k.rhai",
+        r#"
+fn setup() {
+    if test_name().ends_with("::test_b") {
+        skip("no b here");
+    }
+    5
+}
+fn test_a(n) { assert_eq(n, 5); }
+fn test_b(n) { fail("ran after its setup skipped"); }
+fn test_c(n) { assert_eq(n, 5); }
+"#,
+    );
+    let o = w.run(&["run", "--format", "json", "--junit", "j.xml", "k.rhai"]);
+    assert!(o.status.success(), "{}", stdout(&o));
+    let (tests, summary) = json_lines(&o);
+    let got: BTreeSet<String> = tests
+        .iter()
+        .map(|t| {
+            format!(
+                "{} {}",
+                t["name"].as_str().unwrap(),
+                t["status"].as_str().unwrap()
+            )
+        })
+        .collect();
+    let want: BTreeSet<String> = [
+        "k.rhai::test_a passed",
+        "k.rhai::test_b skipped",
+        "k.rhai::test_c passed",
+    ]
+    .map(String::from)
+    .into();
+    assert_eq!(got, want);
+    assert_eq!(
+        (summary["passed"].as_u64(), summary["skipped"].as_u64()),
+        (Some(2), Some(1))
+    );
+
+    let xml = std::fs::read_to_string(w.path().join("j.xml")).unwrap();
+    let report = quick_junit::Report::deserialize_from_str(&xml).unwrap();
+    use quick_junit::TestCaseStatus as S;
+    for c in &report.test_suites[0].test_cases {
+        let skipped = matches!(c.status, S::Skipped { .. });
+        assert_eq!(skipped, c.name.as_str() == "test_b", "{xml}");
+    }
+    let o = w.run(&["run", "k.rhai"]);
+    assert!(
+        stdout(&o).contains("SKIP k.rhai::test_b: no b here\n"),
+        "{}",
+        stdout(&o)
+    );
+}
+
+/// A file of cases whose machines are started by `start_vm(tag)`, which
+/// writes the QEMU's pid to `DIR/pid_TAG`.
+fn vm_cases(w: &World, body: &str) -> String {
+    format!(
+        r#"
+fn start_vm(tag) {{
+    let vm = machine();
+    vm.add_args("-M", "none");
+    vm.launch();
+    write_file(`{}/pid_${{tag}}`, `${{vm.get_pid()}}`);
+    vm
+}}
+{body}"#,
+        w.path().display()
+    )
+}
+
+#[test]
+fn a_top_level_setup_or_teardown_that_fails_with_machines_running_leaves_none() {
+    let w = World::new();
+    w.script(
+        "f/top.rhai",
+        &vm_cases(
+            &w,
+            "let vm = start_vm(`top_${test_name().split(\"::\")[1]}`);\nfail(\"top level broke\");\nfn test_a() {}\nfn test_b() {}\n",
+        ),
+    );
+    w.script(
+        "f/setup.rhai",
+        &vm_cases(
+            &w,
+            "fn setup() {\n    let vm = start_vm(\"setup\");\n    throw \"no disk\";\n}\nfn test_a(vm) {}\n",
+        ),
+    );
+    w.script(
+        "f/teardown.rhai",
+        &vm_cases(
+            &w,
+            "fn setup() { start_vm(test_name().split(\"::\")[1]) }\nfn teardown(vm) {\n    fail(\"cannot clean\");\n}\nfn test_ok(vm) { assert(vm.is_running()); }\nfn test_bad(vm) { fail(\"bad\"); }\n",
+        ),
+    );
+    let o = w.run(&["run", "-j", "2", "--format", "json", "f"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    let (tests, summary) = json_lines(&o);
+    assert_eq!(summary["failed"], 5, "{tests:?}");
+    let test = |name: &str| {
+        tests
+            .iter()
+            .find(|t| t["name"] == name)
+            .unwrap_or_else(|| panic!("{name} missing: {tests:?}"))
+            .clone()
+    };
+    for case in ["test_a", "test_b"] {
+        let t = test(&format!("f/top.rhai::{case}"));
+        assert_eq!(t["error"]["message"], "top level broke", "{t}");
+        assert_eq!(
+            t["error"]["context"][0], "in the file's top level, which runs before each case",
+            "{t}"
+        );
+    }
+    let t = test("f/setup.rhai::test_a");
+    assert_eq!(t["error"]["message"], "no disk", "{t}");
+    assert_eq!(
+        t["error"]["context"][0], "in setup(), so test_a did not run",
+        "{t}"
+    );
+    let t = test("f/teardown.rhai::test_ok");
+    assert_eq!(t["error"]["message"], "cannot clean", "{t}");
+    assert_eq!(
+        t["error"]["context"][0], "in teardown(), after test_ok passed",
+        "{t}"
+    );
+    let t = test("f/teardown.rhai::test_bad");
+    assert_eq!(t["error"]["message"], "bad", "{t}");
+    assert_eq!(t["error"]["context"][0], "in test_bad", "{t}");
+
+    // Every machine was started, and none outlived its case.
+    for tag in ["top_test_a", "top_test_b", "setup", "test_ok", "test_bad"] {
+        let pid: i32 = std::fs::read_to_string(w.path().join(format!("pid_{tag}")))
+            .unwrap_or_else(|e| panic!("no pid_{tag}: {e}"))
+            .parse()
+            .unwrap();
+        assert!(
+            !is_qemu_process(pid),
+            "QEMU {pid} ({tag}) outlived its case"
+        );
+    }
+    assert!(sockets_below(&w.tmp()).is_empty());
+}
+
+#[test]
 fn steps_are_timed_in_every_report_and_name_where_an_error_happened() {
     let w = World::new();
     w.script(
