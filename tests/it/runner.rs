@@ -1409,6 +1409,35 @@ fn the_timeout_multiplier_scales_the_test_timeout_and_the_scripts_waits() {
 }
 
 #[test]
+fn the_timeout_multiplier_scales_the_stdlibs_own_deadlines() {
+    let w = World::new();
+    w.script(
+        "p.rhai",
+        "import \"retry\" as retry;\nassert_eq(timeout_multiplier(), 2.0);\nretry::poll(|| false, 1);\n",
+    );
+    let start = Instant::now();
+    let o = w.run(&["run", "--timeout-multiplier", "2", "p.rhai"]);
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("Timeout: timed out after 2.0s waiting for retry::poll's condition"),
+        "{out}"
+    );
+    assert!(start.elapsed() >= Duration::from_secs(2));
+    // Unscaled: 1 s, and timeout_multiplier() is 1.
+    w.script(
+        "q.rhai",
+        "import \"retry\" as retry;\nassert_eq(timeout_multiplier(), 1.0);\nretry::poll(|| false, 1);\n",
+    );
+    let o = w.run(&["run", "q.rhai"]);
+    let out = stdout(&o);
+    assert!(
+        out.contains("Timeout: timed out after 1.0s waiting for retry::poll's condition"),
+        "{out}"
+    );
+}
+
+#[test]
 fn a_slow_test_is_announced_with_what_it_is_doing() {
     let w = World::new();
     w.script(
