@@ -1258,6 +1258,59 @@ fn list_shows_what_run_would_run_with_tags() {
 }
 
 #[test]
+fn the_unittest_shaped_ports_list_one_case_per_original_method() {
+    let o = Command::new(VMSCRIPT)
+        .args(["list", "--format", "json", "scripts/ports"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let names: BTreeSet<String> = stdout(&o)
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["name"].as_str().unwrap().to_string()
+        })
+        .collect();
+    for (port, cases) in [
+        (
+            "iotest-139-blockdev-del",
+            &["test_quorum", "test_blkverify"][..],
+        ),
+        (
+            "iotest-219-job-lifecycle",
+            &[
+                "test_mirror",
+                "test_backup_auto_finalize_auto_dismiss",
+                "test_backup_auto_finalize_manual_dismiss",
+                "test_backup_manual_finalize_auto_dismiss",
+                "test_backup_manual_finalize_manual_dismiss",
+            ],
+        ),
+        ("iotest-migrate-during-backup", &["test_migrate"]),
+        (
+            "iotest-migration-permissions",
+            &["test_post_migration_permissions"],
+        ),
+        (
+            "iotest-mirror-ready-cancel-error",
+            &["test_transient_error", "test_persistent_error"],
+        ),
+        (
+            "iotest-stream-error-on-reset",
+            &["test_stream_error_on_reset"],
+        ),
+    ] {
+        let file = format!("scripts/ports/{port}.rhai");
+        assert!(!names.contains(&file), "{file} is still one test");
+        for case in cases {
+            let name = format!("{file}::{case}");
+            assert!(names.contains(&name), "{name} missing: {names:?}");
+        }
+    }
+}
+
+#[test]
 fn selecting_no_test_exits_4_unless_told_otherwise() {
     let w = World::new();
     w.script("n/a.rhai", "let x = 1;\n");
