@@ -1606,6 +1606,78 @@ fn duration_partitions_balance_by_earlier_runs() {
     assert!(after[0].is_disjoint(&after[1]));
 }
 
+/// The `vmscript run` command lines of docs/ci.md's YAML blocks, each with
+/// its number of shards (`parallel:` or `SHARDS:`), each as one line.
+fn ci_md_commands() -> Vec<(usize, String)> {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/ci.md")).unwrap();
+    let mut found = Vec::new();
+    for block in doc.split("```yaml\n").skip(1) {
+        let block = block.split("```").next().unwrap();
+        let lines: Vec<&str> = block.lines().map(str::trim).collect();
+        let shards: usize = lines
+            .iter()
+            .find_map(|l| {
+                l.strip_prefix("parallel:")
+                    .or_else(|| l.strip_prefix("SHARDS:"))
+            })
+            .unwrap_or_else(|| panic!("no shard count in {block}"))
+            .trim()
+            .parse()
+            .unwrap();
+        let start = lines
+            .iter()
+            .position(|l| l.starts_with("vmscript run "))
+            .unwrap_or_else(|| panic!("no vmscript run in {block}"));
+        // A folded scalar: the command goes on over the lines of options.
+        let mut line = lines[start].to_string();
+        for l in &lines[start + 1..] {
+            if !l.starts_with('-') || l.starts_with("- ") {
+                break;
+            }
+            line = format!("{line} {l}");
+        }
+        found.push((shards, line));
+    }
+    found
+}
+
+#[test]
+fn the_ci_configurations_in_the_docs_shard_a_suite_and_keep_each_shares_reports() {
+    let commands = ci_md_commands();
+    assert_eq!(commands.len(), 2, "GitLab and GitHub: {commands:?}");
+    for (shards, line) in commands {
+        assert!(shards > 1, "{line}");
+        let w = World::new();
+        let all: BTreeSet<String> = (0..7).map(|i| format!("tests/t{i}.rhai")).collect();
+        for name in &all {
+            w.script(name, "let x = 1;\n");
+        }
+        let mut seen = BTreeSet::new();
+        for k in 1..=shards {
+            let line = line
+                .replace("${CI_NODE_INDEX}", &k.to_string())
+                .replace("${{ matrix.shard }}", &k.to_string())
+                .replace("${CI_NODE_TOTAL}", &shards.to_string())
+                .replace("${{ env.SHARDS }}", &shards.to_string());
+            assert!(!line.contains('$'), "{line}");
+            let args: Vec<&str> = line.split_whitespace().skip(1).collect();
+            let o = w.run(&args);
+            assert!(o.status.success(), "{args:?}: {}{}", stdout(&o), stderr(&o));
+            let xml = std::fs::read_to_string(w.path().join(format!("junit-{k}.xml")))
+                .unwrap_or_else(|e| panic!("{args:?}: no junit-{k}.xml: {e}"));
+            let report = quick_junit::Report::deserialize_from_str(&xml).unwrap();
+            for c in report.test_suites.iter().flat_map(|s| &s.test_cases) {
+                // A file that is one test: classname its folder, name the file.
+                assert_eq!(c.classname.as_ref().unwrap().as_str(), "tests");
+                let name = c.name.as_str().to_string();
+                assert!(seen.insert(name.clone()), "{name} ran in two shares");
+            }
+            assert!(w.path().join(format!("artifacts-{k}")).is_dir(), "{args:?}");
+        }
+        assert_eq!(seen, all);
+    }
+}
+
 /// The names `--partition spec` selects in `dir`, by `vmscript list`.
 fn partition_of(w: &World, spec: &str, dir: &str) -> BTreeSet<String> {
     let o = w.run(&["list", "--partition", spec, dir]);
