@@ -1375,6 +1375,81 @@ fn vmscript_toml_sets_defaults_and_overrides_and_the_command_line_wins() {
     }
 }
 
+#[test]
+fn every_run_default_of_vmscript_toml_applies_and_the_command_line_wins() {
+    let w = World::new();
+    w.script("s/a_nap.rhai", "sleep(1.5);\n");
+    w.script("s/b_nap.rhai", "sleep(1.5);\n");
+    w.script(
+        "s/c_machine.rhai",
+        "let vm = machine();\nvm.add_args(\"-M\", \"none\");\nvm.launch();\n",
+    );
+    w.script("s/d_flaky.rhai", FLAKY);
+    // A QEMU that only says whose it is.
+    let fake = w.script(
+        "fake-qemu",
+        "#!/bin/sh\necho the QEMU of vmscript.toml >&2\nexit 1\n",
+    );
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let toml = |qemu: &str| {
+        w.script(
+            "s/vmscript.toml",
+            &format!("[run]\njobs = 1\ntimeout = 1\ntimeout-multiplier = 3\nretries = 1\nqemu = \"{qemu}\"\n"),
+        );
+    };
+    toml(&fake.display().to_string());
+    let dir = format!("dir={}", w.path().display());
+    let run = |args: &[&str]| {
+        let _ = std::fs::remove_file(w.path().join("flaky-mark"));
+        let mut a = vec!["run"];
+        a.extend_from_slice(args);
+        a.extend_from_slice(&["s", "--", &dir]);
+        w.run(&a)
+    };
+    // From the file: one at a time, 1 s times 3 lets the naps pass, the
+    // flaky test passes on its retry, and QEMU is the file's.
+    let out = stdout(&run(&[]));
+    assert!(out.contains("    Summary: 4 tests in "), "{out}");
+    assert!(out.contains(", 1 at a time\n"), "{out}");
+    assert!(
+        out.contains("PASS s/a_nap.rhai (") && out.contains("PASS s/b_nap.rhai ("),
+        "{out}"
+    );
+    assert!(out.contains("FLAKY s/d_flaky.rhai ("), "{out}");
+    assert!(out.contains("FAIL s/c_machine.rhai ("), "{out}");
+    assert!(out.contains("the QEMU of vmscript.toml"), "{out}");
+
+    // The command line wins, key by key.
+    let cli = [
+        "-j",
+        "2",
+        "--timeout-multiplier",
+        "1",
+        "--retries",
+        "0",
+        "--qemu",
+        crate::common::QEMU,
+    ];
+    let out = stdout(&run(&cli));
+    assert!(out.contains(", 2 at a time\n"), "{out}");
+    assert!(out.contains("TIMEOUT s/a_nap.rhai ("), "{out}");
+    assert!(out.contains("FAIL s/d_flaky.rhai ("), "{out}");
+    assert!(out.contains("PASS s/c_machine.rhai ("), "{out}");
+    assert!(!out.contains("the QEMU of vmscript.toml"), "{out}");
+
+    // A QEMU of the file that is not there: the error says where it was set.
+    toml("/nowhere/qemu");
+    let o = run(&[]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("QEMU binary /nowhere/qemu (set in ")
+            && stderr(&o).contains("/s/vmscript.toml) does not exist"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(run(&cli).status.code() == Some(1));
+}
+
 /// A test that records when it ran in `spans/NAME`.
 fn span_script(name: &str, secs: f64) -> String {
     format!(
