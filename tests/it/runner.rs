@@ -1206,6 +1206,24 @@ step("outer", || {
         "{props:?}"
     );
 
+    // TAP: the failure's YAML block lists the steps.
+    let o = w.run(&["run", "--format", "tap", "s.rhai"]);
+    let (_, points, _) = parse_tap(&stdout(&o));
+    let steps = points[0].yaml["steps"].as_array().unwrap();
+    let got: Vec<(&str, &str)> = steps
+        .iter()
+        .map(|s| (s["name"].as_str().unwrap(), s["status"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("compute", "passed"),
+            ("outer", "failed"),
+            ("outer > inner", "failed")
+        ]
+    );
+    assert!(steps[0]["duration"].as_f64().unwrap() >= 0.2, "{steps:?}");
+
     let o = w.run(&["run", "s.rhai"]);
     let out = stdout(&o);
     assert!(
