@@ -146,3 +146,43 @@ fn the_writing_tests_example_and_its_vmscript_toml_run() {
         "suite/cases.rhai::test_not_yet\nsuite/cases.rhai::test_status\n"
     );
 }
+
+#[test]
+fn the_docs_name_no_file_outside_the_repository() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut texts = vec![("README.md".to_string(), readme())];
+    for entry in std::fs::read_dir(root.join("docs")).unwrap() {
+        let p = entry.unwrap().path();
+        if p.extension().is_some_and(|e| e == "md") {
+            let name = format!("docs/{}", p.file_name().unwrap().to_string_lossy());
+            texts.push((name, std::fs::read_to_string(&p).unwrap()));
+        }
+    }
+    let w = World::new();
+    for args in [&["doc"][..], &["--help"], &["run", "--help"]] {
+        let o = w.run(args);
+        assert!(o.status.success(), "{args:?}");
+        texts.push((format!("vmscript {}", args.join(" ")), stdout(&o)));
+    }
+    let link = regex::Regex::new(r"\]\(([^)#]+)(?:#[^)]*)?\)").unwrap();
+    for (name, text) in &texts {
+        for outside in ["API.md", "STYLE.md", "../shared"] {
+            assert!(!text.contains(outside), "{name} mentions {outside}");
+        }
+        for c in link.captures_iter(text) {
+            let target = &c[1];
+            if target.contains("://") {
+                continue;
+            }
+            let base = if name.starts_with("docs/") {
+                root.join("docs")
+            } else {
+                root.to_path_buf()
+            };
+            assert!(
+                base.join(target).exists(),
+                "{name} links to {target}, which is not there"
+            );
+        }
+    }
+}
