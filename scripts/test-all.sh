@@ -48,3 +48,7 @@ fi
 # prove it still works (bench/README.md says how to measure).
 banner "vmscript run bench -- N=2"
 "$vmscript" run bench -- N=2
+
+# What a test case costs the runner (bench/README.md), with 20 cases.
+banner "bash bench/cases.sh 20"
+bash bench/cases.sh 20

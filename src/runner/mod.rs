@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::script::{Program, QemuBinary};
+use crate::script::{Program, QemuBinary, QemuSource};
 
 pub use config::{Config, Settings};
 pub use discover::Test;
@@ -383,13 +383,18 @@ pub fn list(options: &Options, json: bool) -> Result<i32, SetupError> {
 }
 
 /// Runs the selected tests and reports them.
-pub fn run(options: &Options) -> Result<Summary, SetupError> {
-    let (options, config) = configure(options)?;
+pub fn run(given: &Options) -> Result<Summary, SetupError> {
+    let (options, config) = configure(given)?;
     let options = &options;
     crate::script::args::set_timeout_multiplier(options.timeout_multiplier.unwrap_or(1.0));
     let mut history = history::History::load(&config.root);
     let Selection { tests, programs } = select(options, &config, &history)?;
-    let qemu = QemuBinary::resolve(options.qemu.clone());
+    let mut qemu = QemuBinary::resolve(options.qemu.clone());
+    if let (None, Some(file)) = (&given.qemu, &config.path) {
+        if options.qemu.is_some() {
+            qemu.source = QemuSource::File(file.clone());
+        }
+    }
     if qemu.is_explicit() {
         qemu.locate().map_err(SetupError)?;
     }

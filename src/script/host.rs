@@ -793,6 +793,14 @@ fn register_files(e: &mut Engine) {
     )
     .register_into_engine(e, |p: &str| std::path::Path::new(p).exists());
     func("now() -> float", "Seconds since the Unix epoch.").register_into_engine(e, now);
+    func(
+        "timeout_multiplier() -> float",
+        "The factor the run scales every timeout by (`--timeout-multiplier`, \
+         `$VMSCRIPT_TIMEOUT_MULTIPLIER`; 1 by default). The API's waits are \
+         scaled already; a script that keeps its own deadline with `now()` \
+         multiplies it by this.",
+    )
+    .register_into_engine(e, super::args::timeout_multiplier);
     let to_json = |v: &Dynamic| {
         convert::to_json(v)
             .map_err(|m| errors::host(format!("to_json: {m}")))

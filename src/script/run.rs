@@ -43,6 +43,8 @@ pub enum QemuSource {
     Flag,
     /// `$VMSCRIPT_QEMU`.
     Env,
+    /// `qemu` in `[run]` of this `vmscript.toml`.
+    File(PathBuf),
     /// `qemu-system-<host arch>` in `$PATH`.
     Default,
 }
@@ -87,10 +89,11 @@ impl QemuBinary {
     pub fn locate(&self) -> Result<PathBuf, String> {
         let shown = self.path.display();
         let how = "pass --qemu BINARY or set VMSCRIPT_QEMU";
-        let from = match self.source {
-            QemuSource::Flag => "given with --qemu",
-            QemuSource::Env => "from $VMSCRIPT_QEMU",
-            QemuSource::Default => "the default for this host",
+        let from = match &self.source {
+            QemuSource::Flag => "given with --qemu".to_string(),
+            QemuSource::Env => "from $VMSCRIPT_QEMU".to_string(),
+            QemuSource::File(f) => format!("set in {}", f.display()),
+            QemuSource::Default => "the default for this host".to_string(),
         };
         if self.path.components().count() > 1 || self.path.is_absolute() {
             use std::os::unix::fs::PermissionsExt;

@@ -17,6 +17,7 @@ mod machine;
 mod modules;
 mod parallel;
 mod parent_death;
+mod readme;
 mod repl;
 mod report;
 mod run_output;

@@ -514,6 +514,9 @@ fn repl_completes_modules_and_documents_them() {
     // :doc MODULE::f and :doc MODULE, as `vmscript doc MODULE` shows them.
     let out = t.run(":doc guest::run_ok", PROMPT);
     assert!(out.contains("\nguest::run_ok(vm, cmd)\n"), "{out}");
+    let out = t.run(":doc guest", PROMPT);
+    assert!(out.contains("module guest (<stdlib>/guest.rhai)"), "{out}");
+    assert!(out.contains("\nguest::run_ok(vm, cmd)\n"), "{out}");
     let out = t.run(":doc g", PROMPT);
     assert!(out.contains("module guest (<stdlib>/guest.rhai)"), "{out}");
     let doc = Command::new(vmscript())

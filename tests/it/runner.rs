@@ -1005,6 +1005,154 @@ fn test_quick(vm) {{ assert(vm.is_running()); }}
 }
 
 #[test]
+fn skip_in_setup_skips_only_its_case() {
+    let w = World::new();
+    w.script(
+        "k.rhai",
+        r#"
+fn setup() {
+    if test_name().ends_with("::test_b") {
+        skip("no b here");
+    }
+    5
+}
+fn test_a(n) { assert_eq(n, 5); }
+fn test_b(n) { fail("ran after its setup skipped"); }
+fn test_c(n) { assert_eq(n, 5); }
+"#,
+    );
+    let o = w.run(&["run", "--format", "json", "--junit", "j.xml", "k.rhai"]);
+    assert!(o.status.success(), "{}", stdout(&o));
+    let (tests, summary) = json_lines(&o);
+    let got: BTreeSet<String> = tests
+        .iter()
+        .map(|t| {
+            format!(
+                "{} {}",
+                t["name"].as_str().unwrap(),
+                t["status"].as_str().unwrap()
+            )
+        })
+        .collect();
+    let want: BTreeSet<String> = [
+        "k.rhai::test_a passed",
+        "k.rhai::test_b skipped",
+        "k.rhai::test_c passed",
+    ]
+    .map(String::from)
+    .into();
+    assert_eq!(got, want);
+    assert_eq!(
+        (summary["passed"].as_u64(), summary["skipped"].as_u64()),
+        (Some(2), Some(1))
+    );
+
+    let xml = std::fs::read_to_string(w.path().join("j.xml")).unwrap();
+    let report = quick_junit::Report::deserialize_from_str(&xml).unwrap();
+    use quick_junit::TestCaseStatus as S;
+    for c in &report.test_suites[0].test_cases {
+        let skipped = matches!(c.status, S::Skipped { .. });
+        assert_eq!(skipped, c.name.as_str() == "test_b", "{xml}");
+    }
+    let o = w.run(&["run", "k.rhai"]);
+    assert!(
+        stdout(&o).contains("SKIP k.rhai::test_b: no b here\n"),
+        "{}",
+        stdout(&o)
+    );
+}
+
+/// A file of cases whose machines are started by `start_vm(tag)`, which
+/// writes the QEMU's pid to `DIR/pid_TAG`.
+fn vm_cases(w: &World, body: &str) -> String {
+    format!(
+        r#"
+fn start_vm(tag) {{
+    let vm = machine();
+    vm.add_args("-M", "none");
+    vm.launch();
+    write_file(`{}/pid_${{tag}}`, `${{vm.get_pid()}}`);
+    vm
+}}
+{body}"#,
+        w.path().display()
+    )
+}
+
+#[test]
+fn a_top_level_setup_or_teardown_that_fails_with_machines_running_leaves_none() {
+    let w = World::new();
+    w.script(
+        "f/top.rhai",
+        &vm_cases(
+            &w,
+            "let vm = start_vm(`top_${test_name().split(\"::\")[1]}`);\nfail(\"top level broke\");\nfn test_a() {}\nfn test_b() {}\n",
+        ),
+    );
+    w.script(
+        "f/setup.rhai",
+        &vm_cases(
+            &w,
+            "fn setup() {\n    let vm = start_vm(\"setup\");\n    throw \"no disk\";\n}\nfn test_a(vm) {}\n",
+        ),
+    );
+    w.script(
+        "f/teardown.rhai",
+        &vm_cases(
+            &w,
+            "fn setup() { start_vm(test_name().split(\"::\")[1]) }\nfn teardown(vm) {\n    fail(\"cannot clean\");\n}\nfn test_ok(vm) { assert(vm.is_running()); }\nfn test_bad(vm) { fail(\"bad\"); }\n",
+        ),
+    );
+    let o = w.run(&["run", "-j", "2", "--format", "json", "f"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    let (tests, summary) = json_lines(&o);
+    assert_eq!(summary["failed"], 5, "{tests:?}");
+    let test = |name: &str| {
+        tests
+            .iter()
+            .find(|t| t["name"] == name)
+            .unwrap_or_else(|| panic!("{name} missing: {tests:?}"))
+            .clone()
+    };
+    for case in ["test_a", "test_b"] {
+        let t = test(&format!("f/top.rhai::{case}"));
+        assert_eq!(t["error"]["message"], "top level broke", "{t}");
+        assert_eq!(
+            t["error"]["context"][0], "in the file's top level, which runs before each case",
+            "{t}"
+        );
+    }
+    let t = test("f/setup.rhai::test_a");
+    assert_eq!(t["error"]["message"], "no disk", "{t}");
+    assert_eq!(
+        t["error"]["context"][0], "in setup(), so test_a did not run",
+        "{t}"
+    );
+    let t = test("f/teardown.rhai::test_ok");
+    assert_eq!(t["error"]["message"], "cannot clean", "{t}");
+    assert_eq!(
+        t["error"]["context"][0], "in teardown(), after test_ok passed",
+        "{t}"
+    );
+    let t = test("f/teardown.rhai::test_bad");
+    assert_eq!(t["error"]["message"], "bad", "{t}");
+    assert_eq!(t["error"]["context"][0], "in test_bad", "{t}");
+
+    // Every machine was started, and none outlived its case.
+    for tag in ["top_test_a", "top_test_b", "setup", "test_ok", "test_bad"] {
+        let pid: i32 = std::fs::read_to_string(w.path().join(format!("pid_{tag}")))
+            .unwrap_or_else(|e| panic!("no pid_{tag}: {e}"))
+            .parse()
+            .unwrap();
+        assert!(
+            !is_qemu_process(pid),
+            "QEMU {pid} ({tag}) outlived its case"
+        );
+    }
+    assert!(sockets_below(&w.tmp()).is_empty());
+}
+
+#[test]
 fn steps_are_timed_in_every_report_and_name_where_an_error_happened() {
     let w = World::new();
     w.script(
@@ -1058,6 +1206,24 @@ step("outer", || {
         "{props:?}"
     );
 
+    // TAP: the failure's YAML block lists the steps.
+    let o = w.run(&["run", "--format", "tap", "s.rhai"]);
+    let (_, points, _) = parse_tap(&stdout(&o));
+    let steps = points[0].yaml["steps"].as_array().unwrap();
+    let got: Vec<(&str, &str)> = steps
+        .iter()
+        .map(|s| (s["name"].as_str().unwrap(), s["status"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("compute", "passed"),
+            ("outer", "failed"),
+            ("outer > inner", "failed")
+        ]
+    );
+    assert!(steps[0]["duration"].as_f64().unwrap() >= 0.2, "{steps:?}");
+
     let o = w.run(&["run", "s.rhai"]);
     let out = stdout(&o);
     assert!(
@@ -1107,6 +1273,59 @@ fn list_shows_what_run_would_run_with_tags() {
     let (tests, _) = json_lines(&o);
     assert_eq!(tests.len(), 1);
     assert_eq!(tests[0]["name"], "l/cases.rhai::test_a");
+}
+
+#[test]
+fn the_unittest_shaped_ports_list_one_case_per_original_method() {
+    let o = Command::new(VMSCRIPT)
+        .args(["list", "--format", "json", "scripts/ports"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let names: BTreeSet<String> = stdout(&o)
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["name"].as_str().unwrap().to_string()
+        })
+        .collect();
+    for (port, cases) in [
+        (
+            "iotest-139-blockdev-del",
+            &["test_quorum", "test_blkverify"][..],
+        ),
+        (
+            "iotest-219-job-lifecycle",
+            &[
+                "test_mirror",
+                "test_backup_auto_finalize_auto_dismiss",
+                "test_backup_auto_finalize_manual_dismiss",
+                "test_backup_manual_finalize_auto_dismiss",
+                "test_backup_manual_finalize_manual_dismiss",
+            ],
+        ),
+        ("iotest-migrate-during-backup", &["test_migrate"]),
+        (
+            "iotest-migration-permissions",
+            &["test_post_migration_permissions"],
+        ),
+        (
+            "iotest-mirror-ready-cancel-error",
+            &["test_transient_error", "test_persistent_error"],
+        ),
+        (
+            "iotest-stream-error-on-reset",
+            &["test_stream_error_on_reset"],
+        ),
+    ] {
+        let file = format!("scripts/ports/{port}.rhai");
+        assert!(!names.contains(&file), "{file} is still one test");
+        for case in cases {
+            let name = format!("{file}::{case}");
+            assert!(names.contains(&name), "{name} missing: {names:?}");
+        }
+    }
 }
 
 #[test]
@@ -1172,6 +1391,81 @@ fn vmscript_toml_sets_defaults_and_overrides_and_the_command_line_wins() {
             "{err}"
         );
     }
+}
+
+#[test]
+fn every_run_default_of_vmscript_toml_applies_and_the_command_line_wins() {
+    let w = World::new();
+    w.script("s/a_nap.rhai", "sleep(1.5);\n");
+    w.script("s/b_nap.rhai", "sleep(1.5);\n");
+    w.script(
+        "s/c_machine.rhai",
+        "let vm = machine();\nvm.add_args(\"-M\", \"none\");\nvm.launch();\n",
+    );
+    w.script("s/d_flaky.rhai", FLAKY);
+    // A QEMU that only says whose it is.
+    let fake = w.script(
+        "fake-qemu",
+        "#!/bin/sh\necho the QEMU of vmscript.toml >&2\nexit 1\n",
+    );
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let toml = |qemu: &str| {
+        w.script(
+            "s/vmscript.toml",
+            &format!("[run]\njobs = 1\ntimeout = 1\ntimeout-multiplier = 3\nretries = 1\nqemu = \"{qemu}\"\n"),
+        );
+    };
+    toml(&fake.display().to_string());
+    let dir = format!("dir={}", w.path().display());
+    let run = |args: &[&str]| {
+        let _ = std::fs::remove_file(w.path().join("flaky-mark"));
+        let mut a = vec!["run"];
+        a.extend_from_slice(args);
+        a.extend_from_slice(&["s", "--", &dir]);
+        w.run(&a)
+    };
+    // From the file: one at a time, 1 s times 3 lets the naps pass, the
+    // flaky test passes on its retry, and QEMU is the file's.
+    let out = stdout(&run(&[]));
+    assert!(out.contains("    Summary: 4 tests in "), "{out}");
+    assert!(out.contains(", 1 at a time\n"), "{out}");
+    assert!(
+        out.contains("PASS s/a_nap.rhai (") && out.contains("PASS s/b_nap.rhai ("),
+        "{out}"
+    );
+    assert!(out.contains("FLAKY s/d_flaky.rhai ("), "{out}");
+    assert!(out.contains("FAIL s/c_machine.rhai ("), "{out}");
+    assert!(out.contains("the QEMU of vmscript.toml"), "{out}");
+
+    // The command line wins, key by key.
+    let cli = [
+        "-j",
+        "2",
+        "--timeout-multiplier",
+        "1",
+        "--retries",
+        "0",
+        "--qemu",
+        crate::common::QEMU,
+    ];
+    let out = stdout(&run(&cli));
+    assert!(out.contains(", 2 at a time\n"), "{out}");
+    assert!(out.contains("TIMEOUT s/a_nap.rhai ("), "{out}");
+    assert!(out.contains("FAIL s/d_flaky.rhai ("), "{out}");
+    assert!(out.contains("PASS s/c_machine.rhai ("), "{out}");
+    assert!(!out.contains("the QEMU of vmscript.toml"), "{out}");
+
+    // A QEMU of the file that is not there: the error says where it was set.
+    toml("/nowhere/qemu");
+    let o = run(&[]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("QEMU binary /nowhere/qemu (set in ")
+            && stderr(&o).contains("/s/vmscript.toml) does not exist"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(run(&cli).status.code() == Some(1));
 }
 
 /// A test that records when it ran in `spans/NAME`.
@@ -1258,6 +1552,35 @@ fn the_timeout_multiplier_scales_the_test_timeout_and_the_scripts_waits() {
     assert!(start.elapsed() >= Duration::from_secs(2));
     let o = w.run(&["run", "--timeout-multiplier", "0", "m"]);
     assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn the_timeout_multiplier_scales_the_stdlibs_own_deadlines() {
+    let w = World::new();
+    w.script(
+        "p.rhai",
+        "import \"retry\" as retry;\nassert_eq(timeout_multiplier(), 2.0);\nretry::poll(|| false, 1);\n",
+    );
+    let start = Instant::now();
+    let o = w.run(&["run", "--timeout-multiplier", "2", "p.rhai"]);
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("Timeout: timed out after 2.0s waiting for retry::poll's condition"),
+        "{out}"
+    );
+    assert!(start.elapsed() >= Duration::from_secs(2));
+    // Unscaled: 1 s, and timeout_multiplier() is 1.
+    w.script(
+        "q.rhai",
+        "import \"retry\" as retry;\nassert_eq(timeout_multiplier(), 1.0);\nretry::poll(|| false, 1);\n",
+    );
+    let o = w.run(&["run", "q.rhai"]);
+    let out = stdout(&o);
+    assert!(
+        out.contains("Timeout: timed out after 1.0s waiting for retry::poll's condition"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -1374,6 +1697,78 @@ fn duration_partitions_balance_by_earlier_runs() {
         .iter()
         .any(|s| s.len() == 1 && s.contains("d/t0_long.rhai")));
     assert!(after[0].is_disjoint(&after[1]));
+}
+
+/// The `vmscript run` command lines of docs/ci.md's YAML blocks, each with
+/// its number of shards (`parallel:` or `SHARDS:`), each as one line.
+fn ci_md_commands() -> Vec<(usize, String)> {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/ci.md")).unwrap();
+    let mut found = Vec::new();
+    for block in doc.split("```yaml\n").skip(1) {
+        let block = block.split("```").next().unwrap();
+        let lines: Vec<&str> = block.lines().map(str::trim).collect();
+        let shards: usize = lines
+            .iter()
+            .find_map(|l| {
+                l.strip_prefix("parallel:")
+                    .or_else(|| l.strip_prefix("SHARDS:"))
+            })
+            .unwrap_or_else(|| panic!("no shard count in {block}"))
+            .trim()
+            .parse()
+            .unwrap();
+        let start = lines
+            .iter()
+            .position(|l| l.starts_with("vmscript run "))
+            .unwrap_or_else(|| panic!("no vmscript run in {block}"));
+        // A folded scalar: the command goes on over the lines of options.
+        let mut line = lines[start].to_string();
+        for l in &lines[start + 1..] {
+            if !l.starts_with('-') || l.starts_with("- ") {
+                break;
+            }
+            line = format!("{line} {l}");
+        }
+        found.push((shards, line));
+    }
+    found
+}
+
+#[test]
+fn the_ci_configurations_in_the_docs_shard_a_suite_and_keep_each_shares_reports() {
+    let commands = ci_md_commands();
+    assert_eq!(commands.len(), 2, "GitLab and GitHub: {commands:?}");
+    for (shards, line) in commands {
+        assert!(shards > 1, "{line}");
+        let w = World::new();
+        let all: BTreeSet<String> = (0..7).map(|i| format!("tests/t{i}.rhai")).collect();
+        for name in &all {
+            w.script(name, "let x = 1;\n");
+        }
+        let mut seen = BTreeSet::new();
+        for k in 1..=shards {
+            let line = line
+                .replace("${CI_NODE_INDEX}", &k.to_string())
+                .replace("${{ matrix.shard }}", &k.to_string())
+                .replace("${CI_NODE_TOTAL}", &shards.to_string())
+                .replace("${{ env.SHARDS }}", &shards.to_string());
+            assert!(!line.contains('$'), "{line}");
+            let args: Vec<&str> = line.split_whitespace().skip(1).collect();
+            let o = w.run(&args);
+            assert!(o.status.success(), "{args:?}: {}{}", stdout(&o), stderr(&o));
+            let xml = std::fs::read_to_string(w.path().join(format!("junit-{k}.xml")))
+                .unwrap_or_else(|e| panic!("{args:?}: no junit-{k}.xml: {e}"));
+            let report = quick_junit::Report::deserialize_from_str(&xml).unwrap();
+            for c in report.test_suites.iter().flat_map(|s| &s.test_cases) {
+                // A file that is one test: classname its folder, name the file.
+                assert_eq!(c.classname.as_ref().unwrap().as_str(), "tests");
+                let name = c.name.as_str().to_string();
+                assert!(seen.insert(name.clone()), "{name} ran in two shares");
+            }
+            assert!(w.path().join(format!("artifacts-{k}")).is_dir(), "{args:?}");
+        }
+        assert_eq!(seen, all);
+    }
 }
 
 /// The names `--partition spec` selects in `dir`, by `vmscript list`.

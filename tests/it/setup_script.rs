@@ -4,6 +4,9 @@
 //! package list in a temp folder, so that missing, mismatched and present
 //! packages, root and not root, can all be tried without touching the
 //! machine's packages.
+//! Two tests use the real `id` instead, run by a real non-root user
+//! (`nobody` through setpriv when the tests run as root), one of them on a
+//! PATH with neither dpkg nor QEMU.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -282,4 +285,92 @@ fn a_machine_without_cargo_is_told_how_to_get_it() {
         "{err}"
     );
     assert_eq!(fake.log(), "");
+}
+
+/// Runs `bash SCRIPT` of the project on the fake machine with `path` as
+/// PATH, as the user this test runs as, or as `nobody` when that is root.
+fn run_as_a_real_user(fake: &Fake, script: &str, path: &str) -> Output {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let mut cmd = if nix::unistd::geteuid().is_root() {
+        // nobody must reach the fake machine's files.
+        for p in [fake.dir.path(), &fake.dir.path().join("bin")] {
+            fs::set_permissions(p, fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        fs::set_permissions(
+            fake.dir.path().join("log"),
+            fs::Permissions::from_mode(0o666),
+        )
+        .unwrap();
+        // Found on this PATH, not on the fake machine's.
+        let mut c = Command::new(which("setpriv"));
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"]);
+        c.arg(which("bash"));
+        c
+    } else {
+        Command::new(which("bash"))
+    };
+    cmd.arg(root.join(script))
+        .current_dir(fake.dir.path())
+        .env_clear()
+        .env("PATH", path)
+        .env("HOME", fake.dir.path().join("home"))
+        .env("FAKE_DIR", fake.dir.path())
+        .env("FAKE_CANDIDATE", CANDIDATE)
+        .env("CARGO_TARGET_DIR", fake.dir.path().join("target"))
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_real_non_root_user_without_qemu_is_stopped_before_building() {
+    // The real `id`: no stub says who runs the script.
+    let fake = Fake::new(&without("qemu-system-x86"), true);
+    fs::remove_file(fake.dir.path().join("bin/id")).unwrap();
+    let path = format!("{}:/usr/bin:/bin", fake.dir.path().join("bin").display());
+    for script in ["scripts/examples.sh", "scripts/test-all.sh"] {
+        let out = run_as_a_real_user(&fake, script, &path);
+        let err = stderr(&out);
+        assert!(!out.status.success(), "{script}: {err}");
+        assert!(
+            err.starts_with("sudo apt-get install --no-install-recommends qemu-system-x86 "),
+            "{script}: {err}"
+        );
+        // Looked up with apt-cache at most: no apt-get, no cargo build.
+        assert!(!fake.log().contains("apt-get"), "{script}: {}", fake.log());
+        assert!(!fake.log().contains("cargo"), "{script}: {}", fake.log());
+        assert!(!fake.dir.path().join("target").exists(), "{script}");
+    }
+}
+
+#[test]
+fn a_machine_without_dpkg_or_qemu_is_told_what_to_install() {
+    // A PATH with bash and the few tools the scripts use before the check,
+    // and neither dpkg-query nor any QEMU, cpio or tmux.
+    let fake = Fake::new(ALL_PRESENT, true);
+    let bin = fake.dir.path().join("bin");
+    for stub in ["dpkg-query", "apt-get", "apt-cache", "id"] {
+        fs::remove_file(bin.join(stub)).unwrap();
+    }
+    for tool in ["bash", "dirname", "id"] {
+        std::os::unix::fs::symlink(which(tool), bin.join(tool)).unwrap();
+    }
+    let path = bin.display().to_string();
+    let out = run_as_a_real_user(&fake, "scripts/examples.sh", &path);
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("not a Debian system (no dpkg-query) and these commands are missing: qemu-system-x86_64 qemu-img cpio tmux;"),
+        "{err}"
+    );
+    assert_eq!(fake.log(), "");
+    assert!(!fake.dir.path().join("target").exists());
+}
+
+/// Where `tool` is in /usr/bin or /bin.
+fn which(tool: &str) -> PathBuf {
+    ["/usr/bin", "/bin", "/usr/sbin", "/sbin"]
+        .iter()
+        .map(|d| Path::new(d).join(tool))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| panic!("no {tool}"))
 }

@@ -227,6 +227,19 @@ mod tests {
     }
 
     #[test]
+    fn timeout_flaky_and_skip_have_their_colours() {
+        let t = super::result(&make("t.rhai", &[Verdict::TimedOut]), true);
+        assert!(
+            t.starts_with("\x1b[1m\x1b[31mTIMEOUT\x1b[0m t.rhai"),
+            "{t:?}"
+        );
+        let f = super::result(&make("t.rhai", &[Verdict::Failed, Verdict::Passed]), true);
+        assert!(f.starts_with("\x1b[33mFLAKY\x1b[0m t.rhai"), "{f:?}");
+        let s = super::result(&make("t.rhai", &[Verdict::Skipped]), true);
+        assert!(s.starts_with("\x1b[33mSKIP\x1b[0m t.rhai"), "{s:?}");
+    }
+
+    #[test]
     fn lines_show_status_error_output_and_artifacts() {
         assert_eq!(
             result(&make("t.rhai", &[Verdict::Passed]), true),

@@ -36,7 +36,8 @@ fn attempt(a: &Attempt) -> Value {
 
 /// A `step()`: its start (seconds since the Unix epoch, and since the
 /// test started), duration, status and error.
-fn step(st: &StepRecord) -> Value {
+/// One step as JSON (in `--format json` and in TAP's YAML blocks).
+pub(super) fn step(st: &StepRecord) -> Value {
     json!({
         "name": st.name,
         "start": unix_seconds(st.started_at),

@@ -1,8 +1,9 @@
 //! `--format tap`: the Test Anything Protocol, version 14. The plan comes
 //! first; test points are numbered in the order tests end; a failure
-//! carries a YAML block (values as double-quoted scalars) with its kind,
-//! message, position, what it was waiting for and its artifacts. A run cut
-//! short by `--fail-fast` or a signal ends with `Bail out!`.
+//! carries a YAML block (values as double-quoted scalars, lists as flow
+//! sequences) with its kind, message, position, what it was waiting for,
+//! its steps and its artifacts. A run cut short by `--fail-fast` or a
+//! signal ends with `Bail out!`.
 
 use serde_json::json;
 
@@ -66,6 +67,12 @@ pub fn test_point(n: usize, r: &TestResult) -> String {
     }
     s.push_str(&yaml("duration_ms", ms));
     s.push_str(&yaml("tries", r.attempts().len()));
+    let steps = &last.outcome.report.steps;
+    if !steps.is_empty() {
+        // A JSON array is a YAML flow sequence: one line, as every value here.
+        let steps: Vec<serde_json::Value> = steps.iter().map(super::json::step).collect();
+        s.push_str(&yaml("steps", steps));
+    }
     let kept: Vec<String> = r
         .attempts()
         .iter()
