@@ -49,7 +49,8 @@ Exit status: 0 nothing failed, 1 a test failed, 2 usage or setup error,
 
 const REPL_HELP: &str = "\
 In the REPL: :help, :doc NAME (also MODULE and MODULE::f), :load FILE, :save FILE,
-:vms, :events on|off, :quit. Tab completes functions, methods, variables, module
+:vms (vms() returns the machines), :console NAME (the terminal on a machine's
+serial console; Ctrl-] comes back), :events on|off, :quit. Tab completes functions, methods, variables, module
 functions (guest::run), QMP command names and argument keys in
 vm.command(\"…\", #{…}) and event names in vm.event_wait(\"…\"). The bundled
 modules need no import. Ctrl-C interrupts a wait; Ctrl-D leaves and shuts down

@@ -439,8 +439,11 @@ fn help() -> String {
          QMP commands in qmp(\"…\") and command(\"…\") with their argument keys and\n\
          values, and events in event_wait(\"…\"); Ctrl-R searches the history;\n\
          Ctrl-C interrupts a running wait (the machines keep running); Ctrl-D leaves.\n\
-         Every machine is shut down when the session ends. The bundled modules\n\
-         (guest, retry, …) need no import. `vmscript doc` lists the API.",
+         vms() returns the session's machines; under :console, keys go to the guest\n\
+         and Ctrl-] comes back. Every machine is shut down when the session ends\n\
+         (in `vmscript run --debug-on-fail`, the failed test is cleaned up and the\n\
+         run goes on). The bundled modules (guest, retry, …) need no import.\n\
+         `vmscript doc` lists the API.",
     );
     out
 }
