@@ -337,6 +337,12 @@ fn machines_banner(run: &Run) -> String {
         if m.is_running() {
             out.push_str(&format!("\n    {}", shell_words(m.full_args())));
         }
+        if let Some(p) = m.second_qmp_path() {
+            out.push_str(&format!(
+                "\n    from another terminal: vmscript qmp {}",
+                shell_words(&[p.display().to_string()])
+            ));
+        }
     }
     out
 }

@@ -492,6 +492,8 @@ impl Run {
         opts.base_temp_dir = Some(self.temp_path.clone());
         opts.log_dir = Some(self.config.artifacts.clone());
         opts.qmp_transcript = true;
+        // `--debug-on-fail`: a monitor for `vmscript qmp` while debugging.
+        opts.second_qmp = self.config.debugger.is_some();
         opts.clock = Some(self.output.start);
         opts.qmp_timer = super::args::scaled(opts.qmp_timer);
         Ok(opts)

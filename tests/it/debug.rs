@@ -278,6 +278,25 @@ fn debug_repl_opens_in_the_failed_test_and_the_run_goes_on() {
     assert!(banner.contains("-chardev socket,id=mon"), "{banner}");
     assert!(banner.contains("-M none -nodefaults"), "{banner}");
 
+    // A second monitor, for `vmscript qmp` from another terminal.
+    let line = banner
+        .lines()
+        .find(|l| l.contains("from another terminal: vmscript qmp "))
+        .unwrap_or_else(|| panic!("no monitor in {banner}"));
+    let socket = line.rsplit(' ').next().unwrap().trim_matches('\'');
+    let mut shell = std::process::Command::new(vmscript())
+        .args(["qmp", socket])
+        .env("XDG_STATE_HOME", w.dir("state"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut shell.stdin.take().unwrap(), b"query-status\n").unwrap();
+    let out = shell.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("\"status\": \"running\""), "{text}");
+
     assert!(t.run("answer", PROMPT).ends_with("\n41"));
     let out = t.run("vms()", PROMPT);
     assert!(out.ends_with("\n[Machine(vm0)]"), "{out}");
