@@ -426,13 +426,15 @@ impl Session {
     }
 
     /// The serial console of the machine named `name` (or held by the
-    /// variable `name`), for `:console`.
+    /// variable `name`), for `:console`. Waits for a machine that is busy
+    /// fetching its schema (for at most [`SCHEMA_DEADLINE`]): no input
+    /// runs while a command does.
     pub fn console(&self, name: &str) -> Result<(String, Console), String> {
         let by_name = self
             .run
             .machines()
             .into_iter()
-            .find(|m| m.try_lock().is_ok_and(|m| m.name() == name));
+            .find(|m| script::run::lock(m).name() == name);
         let by_variable = || {
             let v = self.scope.get(name)?;
             v.read_lock::<MachineRef>().map(|m| m.machine().clone())
@@ -444,9 +446,7 @@ impl Session {
                 false => format!("no machine {name}; the machines are {}", names.join(", ")),
             });
         };
-        let m = machine
-            .try_lock()
-            .map_err(|_| format!("machine {name} is busy"))?;
+        let m = script::run::lock(&machine);
         if !m.is_running() {
             return Err(format!("machine {} is not running", m.name()));
         }

@@ -414,3 +414,45 @@ fn debug_console_reaches_the_guest_shell_and_comes_back() {
     drop(t);
     w.assert_clean();
 }
+
+#[test]
+fn repl_console_attaches_in_vmscript_repl_too_and_ctrl_bracket_returns() {
+    let w = World::new();
+    let tmp = w.tmp();
+    let state = w.dir("state");
+    let mark = Path::new(w.mark());
+    let t = Terminal::start(
+        &[vmscript(), "repl", "--qemu", QEMU],
+        &[
+            ("TMPDIR", &tmp),
+            ("VMSCRIPT_TEST_MARK", mark),
+            ("XDG_STATE_HOME", &state),
+        ],
+    );
+    t.wait_for(PROMPT);
+    t.run(
+        r#"let vm = machine(#{args: ["-accel", "tcg", "-M", "pc", "-nodefaults", "-m", "64"]})"#,
+        PROMPT,
+    );
+    t.run("vm.set_console(); vm.launch()", PROMPT);
+    let before = t.screen().trim_end().len();
+    t.line(":console vm0");
+    t.wait_for_after(
+        before,
+        "[attached to vm0's console; Ctrl-] returns to the prompt]",
+    );
+    // Keys go to the guest, not to the REPL: no prompt comes back.
+    t.burst("1 + 1\r");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!t.wait_for_after(before, "attached").contains("\n2\n"));
+    t.press("C-]");
+    t.wait_for_after(before, "[detached from vm0's console]");
+    let out = t.run("vm.is_running()", PROMPT);
+    assert!(out.ends_with("\ntrue"), "{out}");
+    let pid = pid_of(&t.run(":vms", PROMPT), "vm0");
+    t.press("C-d");
+    t.wait_for("[exit 0]");
+    assert!(!pid_exists(pid));
+    drop(t);
+    w.assert_clean();
+}
