@@ -27,6 +27,7 @@ Examples:
   vmscript run tests/ --filter migration -- guest=/srv/guest
   vmscript run tests/ -j 4 --retries 2 --junit junit.xml --partition hash:1/3
   vmscript run tests/ --tag smoke --timeout-multiplier 3
+  vmscript run tests/boot.rhai --debug-on-fail  a REPL in a failed test, its machines alive
   vmscript list tests/ --format json            what run would run, cases included
   vmscript check scripts/examples               compile only
   vmscript doc | grep event_wait                the script API reference
@@ -48,7 +49,8 @@ Exit status: 0 nothing failed, 1 a test failed, 2 usage or setup error,
 
 const REPL_HELP: &str = "\
 In the REPL: :help, :doc NAME (also MODULE and MODULE::f), :load FILE, :save FILE,
-:vms, :events on|off, :quit. Tab completes functions, methods, variables, module
+:vms (vms() returns the machines), :console NAME (the terminal on a machine's
+serial console; Ctrl-] comes back), :events on|off, :quit. Tab completes functions, methods, variables, module
 functions (guest::run), QMP command names and argument keys in
 vm.command(\"…\", #{…}) and event names in vm.event_wait(\"…\"). The bundled
 modules need no import. Ctrl-C interrupts a wait; Ctrl-D leaves and shuts down
@@ -235,6 +237,9 @@ struct RunArgs {
     /// Also write a JUnit XML report to FILE.
     #[arg(long, value_name = "FILE")]
     junit: Option<PathBuf>,
+    /// When a test fails or times out, keep its machines and open a REPL in its scope (its variables, vms(), :console NAME) before its cleanup; Ctrl-D goes on with the next test. Runs tests one at a time, without retries; needs a terminal.
+    #[arg(long)]
+    debug_on_fail: bool,
     /// Also write FILE.html: one self-contained page with every test, failures first, each with its error, steps, console and a timeline of its machines.
     #[arg(long, value_name = "FILE.html")]
     report: Option<PathBuf>,
@@ -363,6 +368,12 @@ fn list(select: SelectArgs, format: ListFormat) -> i32 {
 }
 
 fn run(args: RunArgs) -> i32 {
+    if args.debug_on_fail {
+        if let Err(e) = repl::debug_available() {
+            eprintln!("vmscript: error: {e}");
+            return 2;
+        }
+    }
     sweep_stale_temp_dirs();
     start_watchdog();
     let options = (|| -> Result<runner::Options, String> {
@@ -383,6 +394,9 @@ fn run(args: RunArgs) -> i32 {
             report: args.report,
             params: runner::parse_params(&args.params).map_err(|e| e.0)?,
             progress: true,
+            debugger: args
+                .debug_on_fail
+                .then(|| script::Debugger::new(repl::debug)),
             ..selection(args.select)?
         })
     })();

@@ -101,6 +101,18 @@ pub(super) fn console_args(fd: RawFd, console: &ConsoleConfig) -> Vec<String> {
 /// `-qtest` selects the qtest accelerator where QEMU has it; Debian's 7.2
 /// lacks it and runs the firmware under TCG instead, racing qtest's port
 /// I/O. `-S` keeps guest code from ever running, which is what qtest means.
+/// A second QMP monitor, listening on `path` for a client of its own
+/// (`vmscript qmp` from another terminal) beside the machine's.
+pub(super) fn second_qmp_args(path: &Path) -> Vec<String> {
+    vec![
+        "-qmp".into(),
+        format!(
+            "unix:{},server=on,wait=off",
+            option_value(&path.display().to_string())
+        ),
+    ]
+}
+
 pub(super) fn qtest_args(path: &Path) -> Vec<String> {
     vec![
         "-qtest".into(),
@@ -216,6 +228,14 @@ mod tests {
                 "-device",
                 "virtconsole,chardev=console"
             ]
+        );
+    }
+
+    #[test]
+    fn a_second_monitor_listens_on_an_escaped_path_without_waiting() {
+        assert_eq!(
+            second_qmp_args(Path::new("/s,d/vm0.qmp.sock")),
+            ["-qmp", "unix:/s,,d/vm0.qmp.sock,server=on,wait=off"]
         );
     }
 

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use super::args::{
     add_fd_args, command_line, console_args, display_args, machine_args, monitor_args,
-    monitor_null_args, qtest_args, serial_padding_args, MonitorChardev,
+    monitor_null_args, qtest_args, second_qmp_args, serial_padding_args, MonitorChardev,
 };
 use super::lifecycle::{Exited, Launched, Running, State};
 use super::process::Process;
@@ -204,6 +204,10 @@ impl Plan {
                 .map(|fd| console_args(fd, &m.console))
                 .unwrap_or_default(),
             qtest_path.as_deref().map(qtest_args).unwrap_or_default(),
+            m.second_qmp_path_in(&sock_dir)
+                .as_deref()
+                .map(second_qmp_args)
+                .unwrap_or_default(),
             m.opts.args.clone(),
         ]);
         Ok(Plan {

@@ -78,6 +78,10 @@ pub struct MachineOptions {
     pub qmp_timer: Duration,
     /// Write every QMP message with a timestamp to `NAME.qmp.jsonl` in the log dir.
     pub qmp_transcript: bool,
+    /// Also listen for a second QMP client on `NAME.qmp.sock` in the
+    /// socket folder ([`Machine::second_qmp_path`]): for a person's
+    /// `vmscript qmp` beside the script's own monitor.
+    pub second_qmp: bool,
     /// What the transcript's timestamps count from: a test's start, so
     /// that every artifact of the test is on one clock; the launch when
     /// `None`.
@@ -100,6 +104,7 @@ impl MachineOptions {
             console_log: None,
             qmp_timer: Duration::from_secs(30),
             qmp_transcript: false,
+            second_qmp: false,
             clock: None,
         }
     }
@@ -371,6 +376,18 @@ impl Machine {
     /// Where socket files go (set at launch).
     pub fn sock_dir(&self) -> &Path {
         self.launched().map_or(Path::new(""), |l| &l.sock_dir)
+    }
+
+    /// The socket of the second QMP monitor ([`MachineOptions::second_qmp`])
+    /// while the machine runs.
+    pub fn second_qmp_path(&self) -> Option<PathBuf> {
+        self.running()?;
+        self.second_qmp_path_in(self.sock_dir())
+    }
+
+    fn second_qmp_path_in(&self, sock_dir: &Path) -> Option<PathBuf> {
+        (self.opts.second_qmp && self.qmp_enabled)
+            .then(|| sock_dir.join(format!("{}.qmp.sock", self.name)))
     }
 
     /// Where logs go (set at launch).

@@ -12,6 +12,8 @@ pub enum Command {
     Help,
     Quit,
     Vms,
+    /// `:console NAME`: attach the terminal to a machine's serial console.
+    Console(String),
     Doc(String),
     Load(PathBuf),
     Save(PathBuf),
@@ -34,7 +36,14 @@ pub const COMMANDS: &[(&str, &str)] = &[
         ":save FILE",
         "write the input that ran without error as a script",
     ),
-    (":vms", "the session's machines: name, pid, status"),
+    (
+        ":vms",
+        "the session's machines: name, pid, status (vms() returns them)",
+    ),
+    (
+        ":console NAME",
+        "attach the terminal to machine NAME's serial console; Ctrl-] comes back",
+    ),
     (
         ":events on|off",
         "show QMP events as they arrive (on at start)",
@@ -72,6 +81,7 @@ pub fn parse_command(line: &str) -> Option<Result<Command, String>> {
         "help" | "h" | "?" => no_arg(Command::Help),
         "quit" | "q" | "exit" => no_arg(Command::Quit),
         "vms" => no_arg(Command::Vms),
+        "console" => need("a machine name (:vms lists them)").map(Command::Console),
         "doc" => need("a function name").map(Command::Doc),
         "load" => need("a file").map(|f| Command::Load(f.into())),
         "save" => need("a file").map(|f| Command::Save(f.into())),
@@ -168,6 +178,8 @@ mod tests {
         assert_eq!(c(":events off"), Ok(Command::Events(Some(false))));
         assert_eq!(c(":events"), Ok(Command::Events(None)));
         assert!(c(":doc").unwrap_err().contains("needs"));
+        assert_eq!(c(":console vm0"), Ok(Command::Console("vm0".into())));
+        assert!(c(":console").unwrap_err().contains("machine name"));
         assert!(c(":vms x").unwrap_err().contains("no argument"));
         assert!(c(":nope").unwrap_err().contains(":help"));
         assert_eq!(parse_command("let x = 1"), None);

@@ -17,6 +17,7 @@
 //! until the input has returned, since a wait may start just after an
 //! interrupt. SIGTERM and SIGHUP kill the session's machines and exit.
 
+pub mod attach;
 pub mod complete;
 pub mod input;
 pub mod qmp_shell;
@@ -43,7 +44,7 @@ use rustyline::{CompletionType, Config, Editor};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
 use crate::qmp;
-use crate::script::{Cancel, Reason};
+use crate::script::{Cancel, Reason, Run, Scene};
 use input::Command;
 use session::{Session, SessionOptions};
 use terminal::{save_history, AbovePrompt};
@@ -133,12 +134,41 @@ impl rustyline::Helper for Helper {}
 pub fn run(opts: ReplOptions) -> Result<(), String> {
     let own_artifacts = opts.session.artifacts.is_none();
     let session = Session::new(opts.session).map_err(|e| format!("starting the session: {e}"))?;
-    let cancel = session.cancel();
     // What a signal that ends the REPL removes: only what the session made.
     let mut cleanup = vec![session.run().temp_dir().to_path_buf()];
     if own_artifacts {
         cleanup.push(session.run().artifacts().to_path_buf());
     }
+    println!(
+        "vmscript repl: Rhai with the vmscript API. :help for help, Tab completes, Ctrl-D leaves."
+    );
+    interact(session, opts.history.as_deref(), cleanup, |session| {
+        let running: Vec<String> = session
+            .vms()
+            .into_iter()
+            .filter(|v| v.pid.is_some())
+            .map(|v| v.name)
+            .collect();
+        if !running.is_empty() {
+            println!("Shutting down {}", running.join(", "));
+        }
+        let report = session.finish();
+        for p in report.problems {
+            eprintln!("vmscript: {p}");
+        }
+    })
+}
+
+/// Reads and runs inputs on `session` until Ctrl-D or `:quit`, then calls
+/// `at_end` (while a signal still ends the process cleanly). A signal that
+/// ends the REPL removes the folders of `cleanup`.
+fn interact(
+    session: Session,
+    history: Option<&std::path::Path>,
+    cleanup: Vec<PathBuf>,
+    at_end: impl FnOnce(&Session),
+) -> Result<(), String> {
+    let cancel = session.cancel();
     let session = Rc::new(RefCell::new(session));
     let config = Config::builder()
         .auto_add_history(true)
@@ -162,7 +192,7 @@ pub fn run(opts: ReplOptions) -> Result<(), String> {
         files: FilenameCompleter::new(),
         empty: Cell::new(true),
     }));
-    if let Some(h) = &opts.history {
+    if let Some(h) = history {
         let _ = editor.load_history(h);
     }
 
@@ -177,9 +207,6 @@ pub fn run(opts: ReplOptions) -> Result<(), String> {
     let signals = watch_signals(cancel.clone(), evaluating.clone(), cleanup)
         .map_err(|e| format!("installing the signal handler: {e}"))?;
 
-    println!(
-        "vmscript repl: Rhai with the vmscript API. :help for help, Tab completes, Ctrl-D leaves."
-    );
     let mut ctx = Loop {
         session: &session,
         cancel: &cancel,
@@ -216,7 +243,7 @@ pub fn run(opts: ReplOptions) -> Result<(), String> {
                 Err(_) => break,
             }
         }
-        if let Some(h) = &opts.history {
+        if let Some(h) = history {
             save_history(editor.history_mut(), h);
         }
         match input::parse_command(&text) {
@@ -229,22 +256,110 @@ pub fn run(opts: ReplOptions) -> Result<(), String> {
     }
 
     events_on.store(false, Ordering::SeqCst);
-    let running: Vec<String> = session
-        .borrow()
-        .vms()
-        .into_iter()
-        .filter(|v| v.pid.is_some())
-        .map(|v| v.name)
-        .collect();
-    if !running.is_empty() {
-        println!("Shutting down {}", running.join(", "));
-    }
-    let report = session.borrow().finish();
-    for p in report.problems {
-        eprintln!("vmscript: {p}");
-    }
+    at_end(&session.borrow());
     signals.close();
     Ok(())
+}
+
+/// Whether `--debug-on-fail` can open a REPL here: it needs a terminal
+/// on stdin and stdout.
+pub fn debug_available() -> Result<(), String> {
+    if std::io::stdin().is_terminal() && std::io::stdout().is_terminal() {
+        return Ok(());
+    }
+    Err("--debug-on-fail opens a REPL when a test fails, which needs a terminal on stdin and stdout; run it from one (not in CI)".into())
+}
+
+/// The REPL in a failed test (`--debug-on-fail`): says what failed and
+/// where, what the session holds (the test's variables, its machines and
+/// their QEMU command lines), and runs until Ctrl-D or `:quit`. The test's
+/// cleanup is the runner's, after this returns.
+pub fn debug(scene: Scene) {
+    let run = scene.run.clone();
+    let what = if scene.timed_out {
+        "timed out; its script was stopped"
+    } else {
+        "failed"
+    };
+    println!();
+    println!(
+        "DEBUG {}: the test {what}; its machines are kept running",
+        scene.test
+    );
+    eprintln!("{}", scene.failure);
+    let mut about = String::from(
+        "This REPL is in the test's scope: its top-level variables, its functions and imports, the whole API.",
+    );
+    if scene.has_setup_value {
+        about.push_str(&format!(
+            "\nsetup()'s value is in `{}`.",
+            crate::script::debug::SETUP_VALUE
+        ));
+    }
+    println!("{about}");
+    println!("{}", machines_banner(&run));
+    println!(
+        "temp dir: {}\nartifacts: {}",
+        run.temp_dir().display(),
+        run.artifacts().display()
+    );
+    println!(
+        "vms() and :vms list the machines, :console NAME attaches to one, :help for more; \
+         Ctrl-D or :quit ends debugging, cleans the test up and goes on with the run."
+    );
+    let session = Session::for_scene(scene);
+    let cleanup = vec![run.temp_dir().to_path_buf()];
+    let history = history_path("repl_history");
+    if let Err(e) = interact(session, history.as_deref(), cleanup, |_| {}) {
+        eprintln!("vmscript: debugging: {e}");
+    }
+    println!("[debugging over: cleaning up and going on]");
+}
+
+/// Each machine of `run` with its state and QEMU's whole command line.
+fn machines_banner(run: &Run) -> String {
+    let machines = run.machines();
+    if machines.is_empty() {
+        return "machines: none".into();
+    }
+    let mut out = String::from("machines:");
+    for m in machines {
+        let Ok(m) = m.try_lock() else {
+            out.push_str("\n  (one is busy)");
+            continue;
+        };
+        let state = match (m.get_pid(), m.exitcode()) {
+            (Some(pid), _) if m.is_running() => format!("running, pid {pid}"),
+            (_, Some(code)) => format!("exited ({code})"),
+            _ => "not launched".into(),
+        };
+        out.push_str(&format!("\n  {} ({state})", m.name()));
+        if m.is_running() {
+            out.push_str(&format!("\n    {}", shell_words(m.full_args())));
+        }
+        if let Some(p) = m.second_qmp_path() {
+            out.push_str(&format!(
+                "\n    from another terminal: vmscript qmp {}",
+                shell_words(&[p.display().to_string()])
+            ));
+        }
+    }
+    out
+}
+
+/// `args` as one shell command line, quoted where a shell would need it.
+fn shell_words(args: &[String]) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-_=+,./:@%^".contains(c);
+    args.iter()
+        .map(|a| {
+            if !a.is_empty() && a.chars().all(plain) {
+                a.clone()
+            } else {
+                format!("'{}'", a.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// What the loop's commands need.
@@ -289,6 +404,13 @@ impl Loop<'_> {
             Command::Help => println!("{}", help()),
             Command::Quit => {}
             Command::Vms => println!("{}", session::vms_table(&self.session.borrow().vms())),
+            Command::Console(name) => {
+                let found = self.session.borrow().console(&name);
+                match found.and_then(|(name, console)| attach::attach(&console, &name)) {
+                    Ok(_) => {}
+                    Err(e) => eprintln!("{e}"),
+                }
+            }
             Command::Doc(name) => match self.session.borrow().doc(&name) {
                 Some(d) => print!("{d}"),
                 None => println!("no function or module {name} (Tab after :doc lists them)"),
@@ -323,8 +445,11 @@ fn help() -> String {
          QMP commands in qmp(\"…\") and command(\"…\") with their argument keys and\n\
          values, and events in event_wait(\"…\"); Ctrl-R searches the history;\n\
          Ctrl-C interrupts a running wait (the machines keep running); Ctrl-D leaves.\n\
-         Every machine is shut down when the session ends. The bundled modules\n\
-         (guest, retry, …) need no import. `vmscript doc` lists the API.",
+         vms() returns the session's machines; under :console, keys go to the guest\n\
+         and Ctrl-] comes back. Every machine is shut down when the session ends\n\
+         (in `vmscript run --debug-on-fail`, the failed test is cleaned up and the\n\
+         run goes on). The bundled modules (guest, retry, …) need no import.\n\
+         `vmscript doc` lists the API.",
     );
     out
 }

@@ -11,6 +11,10 @@
 //! QMP schema of each running machine is fetched on a thread of its own
 //! (completion never waits on QEMU for long). The inputs that ran without error are kept for [`Session::save`]; the
 //! functions of an input that failed are dropped with it.
+//!
+//! A session either owns its run ([`Session::new`], `vmscript repl`) or
+//! takes over a failed test's ([`Session::for_scene`], `--debug-on-fail`):
+//! its variables, functions, imports and machines.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -29,10 +33,11 @@ use serde_json::Value;
 
 use super::complete::{self, Function, Sources};
 use super::schema::Schema;
-use crate::machine::{InterruptHandle, Machine};
+use crate::machine::{Console, InterruptHandle, Machine};
+use crate::script::debug::SharedModule;
 use crate::script::machine_api::MachineRef;
 use crate::script::run::SharedMachine;
-use crate::script::{self, docs, Cancel, Failure, QemuBinary, Run, RunConfig, RunReport};
+use crate::script::{self, docs, Cancel, Failure, QemuBinary, Run, RunConfig, RunReport, Scene};
 
 /// How long the session's run may last: for ever, in effect. Waits that
 /// default to "until the test's timeout" then wait until Ctrl-C.
@@ -142,8 +147,29 @@ impl Session {
             params: Default::default(),
             capture: false,
             lib_dirs: opts.lib_dirs.clone(),
+            debugger: None,
         };
         let run = Arc::new(Run::new(config, Cancel::new())?);
+        let mut session = Session::with_run(run, Scope::new(), AST::empty());
+        session._artifacts = keep;
+        Ok(session)
+    }
+
+    /// A session in a failed test: its run and machines, its top-level
+    /// variables, its functions and the modules it imported.
+    pub fn for_scene(scene: Scene) -> Session {
+        let mut session = Session::with_run(scene.run, scene.scope, scene.functions);
+        for (alias, module) in scene.modules {
+            let path = module.id().unwrap_or(&alias).to_string();
+            session.add_module(&alias, &path, module);
+        }
+        session
+    }
+
+    /// A session on `run` starting with `scope` and `functions`; the
+    /// bundled modules are there without an import, under their own names,
+    /// as `vmscript doc` lists them.
+    fn with_run(run: Arc<Run>, scope: Scope<'static>, functions: AST) -> Session {
         let mut engine = script::engine(&run);
         // Variables of earlier inputs must not be folded into constants.
         engine.set_optimization_level(OptimizationLevel::None);
@@ -153,10 +179,11 @@ impl Session {
             .filter_map(|s| complete::parse_signature(s))
             .collect();
         let reference = docs::reference(&engine);
+        let lib_dirs = run.config().lib_dirs.clone();
         let mut session = Session {
             engine,
-            scope: Scope::new(),
-            functions: AST::empty(),
+            scope,
+            functions,
             run,
             inputs: Vec::new(),
             builtins,
@@ -165,15 +192,13 @@ impl Session {
             schemas: RefCell::default(),
             modules: BTreeMap::new(),
             imported: BTreeSet::new(),
-            lib_dirs: opts.lib_dirs.clone(),
-            _artifacts: keep,
+            lib_dirs,
+            _artifacts: None,
         };
-        // The bundled modules are there without an import, under their
-        // own names, as `vmscript doc` lists them.
         for name in script::stdlib::names() {
             session.register_module(name, name);
         }
-        Ok(session)
+        session
     }
 
     /// The session's run: its machines, its cancellation token.
@@ -243,6 +268,12 @@ impl Session {
         let Ok(module) = resolved else {
             return false;
         };
+        self.add_module(alias, path, module);
+        true
+    }
+
+    /// Makes `module`, imported as `path`, available as `alias::`.
+    fn add_module(&mut self, alias: &str, path: &str, module: SharedModule) {
         let mut functions: Vec<String> = module
             .gen_fn_signatures_with_mapper(|s| s.into())
             .filter_map(|s| s.split_once('(').map(|(n, _)| n.to_string()))
@@ -258,7 +289,6 @@ impl Session {
             },
         );
         self.engine.register_static_module(alias, module);
-        true
     }
 
     /// Writes the inputs that ran without error to `path` as a script;
@@ -393,6 +423,36 @@ impl Session {
                 },
             })
             .collect()
+    }
+
+    /// The serial console of the machine named `name` (or held by the
+    /// variable `name`), for `:console`. Waits for a machine that is busy
+    /// fetching its schema (for at most [`SCHEMA_DEADLINE`]): no input
+    /// runs while a command does.
+    pub fn console(&self, name: &str) -> Result<(String, Console), String> {
+        let by_name = self
+            .run
+            .machines()
+            .into_iter()
+            .find(|m| script::run::lock(m).name() == name);
+        let by_variable = || {
+            let v = self.scope.get(name)?;
+            v.read_lock::<MachineRef>().map(|m| m.machine().clone())
+        };
+        let Some(machine) = by_name.or_else(by_variable) else {
+            let names: Vec<String> = self.vms().into_iter().map(|v| v.name).collect();
+            return Err(match names.is_empty() {
+                true => format!("no machine {name}: the session has none yet"),
+                false => format!("no machine {name}; the machines are {}", names.join(", ")),
+            });
+        };
+        let m = script::run::lock(&machine);
+        if !m.is_running() {
+            return Err(format!("machine {} is not running", m.name()));
+        }
+        m.console_socket()
+            .map(|c| (m.name().to_string(), c))
+            .map_err(|e| format!("machine {}: {e}", m.name()))
     }
 
     /// Shuts down every machine still running and releases the run.

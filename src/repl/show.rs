@@ -21,10 +21,18 @@ pub fn value(v: &Dynamic) -> Option<String> {
         return Some(s.to_string());
     }
     if v.is_map() || v.is_array() {
-        // A map holding a Machine has no JSON form: Rhai's own then.
-        return Some(match convert::to_json(v) {
-            Ok(j) => pretty(&j),
-            Err(_) => format!("{v:?}"),
+        // A map holding a Machine has no JSON form: Rhai's own then, but
+        // an array (`vms()`) shows each item as the REPL would.
+        return Some(match (convert::to_json(v), v.read_lock::<rhai::Array>()) {
+            (Ok(j), _) => pretty(&j),
+            (Err(_), Some(items)) => {
+                let shown: Vec<String> = items
+                    .iter()
+                    .map(|i| value(i).unwrap_or_else(|| "()".into()))
+                    .collect();
+                format!("[{}]", shown.join(", "))
+            }
+            (Err(_), None) => format!("{v:?}"),
         });
     }
     if let Some(m) = v.read_lock::<MachineRef>() {

@@ -4,7 +4,8 @@
 //! ([`script::run_program`] does the rest, on the file compiled once for
 //! the whole run), retries of failed tries,
 //! `--fail-fast`, signals, and a backstop for a test that does not stop at
-//! its timeout.
+//! its timeout. A test handed to a debugger (`--debug-on-fail`) has ended
+//! its script: it is neither announced slow nor abandoned after that.
 //!
 //! One thread, the caller's, owns the schedule: worker threads only run a
 //! script and send its [`Outcome`] back over a channel, so results are
@@ -13,10 +14,14 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::script::{self, Cancel, Failure, Outcome, QemuBinary, RunConfig, RunReport, Status};
+use crate::script::{
+    self, Cancel, Debugger, Failure, Outcome, QemuBinary, RunConfig, RunReport, Status,
+};
 
 use super::artifacts::Artifacts;
 use super::discover::Test;
@@ -53,6 +58,8 @@ struct Running {
     dir: Option<PathBuf>,
     /// It has been announced `SLOW`.
     slow: bool,
+    /// A debugger has (or had) it: its script is over.
+    debugged: Arc<AtomicBool>,
 }
 
 /// The schedule of one `vmscript run`; see the module documentation.
@@ -191,6 +198,7 @@ impl<'a> Executor<'a> {
         let started = Instant::now();
         let shown = test.path.display().to_string();
         let dir = self.artifacts.create(&test, number);
+        let debugged = Arc::new(AtomicBool::new(false));
         // Registered either way: a failure to start still ends as a result.
         self.running.insert(
             id,
@@ -203,6 +211,7 @@ impl<'a> Executor<'a> {
                 started_at: SystemTime::now(),
                 dir: dir.as_ref().ok().cloned(),
                 slow: false,
+                debugged: debugged.clone(),
             },
         );
         let dir = match dir {
@@ -229,6 +238,7 @@ impl<'a> Executor<'a> {
             params: self.options.params.clone(),
             capture: self.options.capture,
             lib_dirs: self.options.lib_dirs.clone(),
+            debugger: self.debugger(debugged),
         };
         let program = self.programs.get(&test.path).cloned();
         let case = test.case.clone();
@@ -273,10 +283,23 @@ impl<'a> Executor<'a> {
         }
     }
 
+    /// The run's debugger, told that it has the test of `debugged` and
+    /// holding Ctrl-C for itself meanwhile.
+    fn debugger(&self, debugged: Arc<AtomicBool>) -> Option<Debugger> {
+        let debugger = self.options.debugger.clone()?;
+        let signals = self.signals.clone();
+        Some(Debugger::new(move |scene| {
+            debugged.store(true, Ordering::SeqCst);
+            signals.hold_interrupts(true);
+            debugger.debug(scene);
+            signals.hold_interrupts(false);
+        }))
+    }
+
     /// Try `id` ended: retry it, or report the test.
     fn finished(&mut self, id: u64, r: Running, outcome: Outcome, reporter: &mut Reporter) {
         self.busy = self.busy.saturating_sub(self.weight(&r.test));
-        let verdict = Verdict::of(&outcome, r.cancel.reason().as_ref());
+        let verdict = Verdict::of(&outcome, r.cancel.ended_by().as_ref());
         let mut attempts = r.earlier;
         attempts.push(Attempt {
             number: r.number,
@@ -323,7 +346,7 @@ impl<'a> Executor<'a> {
         };
         for r in self.running.values_mut() {
             let ran = r.started.elapsed();
-            if r.slow || ran < limit {
+            if r.slow || ran < limit || r.debugged.load(Ordering::SeqCst) {
                 continue;
             }
             r.slow = true;
@@ -350,6 +373,7 @@ impl<'a> Executor<'a> {
             .running
             .iter()
             .filter(|(_, r)| r.started.elapsed() > r.test.settings.timeout + STUCK_GRACE)
+            .filter(|(_, r)| !r.debugged.load(Ordering::SeqCst))
             .map(|(id, _)| *id)
             .collect();
         for id in stuck {

@@ -12,6 +12,9 @@
 //! [`artifacts`] decides where logs go and which stay, [`signal`] turns
 //! Ctrl-C/SIGTERM into a clean stop, [`results`] holds what came out, and
 //! [`reporter`] shows it (human, TAP, JSON, JUnit, the live progress line).
+//! With `--debug-on-fail` ([`Options::debugger`]) tests run one at a time,
+//! without retries, and a failed one is handed to the debugger before
+//! its cleanup.
 //!
 //! Exit status (see [`Summary::exit_code`]): 0 when nothing failed, 1 when
 //! a test failed (timed-out and interrupted tests count as failed), 2 for a
@@ -33,7 +36,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::script::{Program, QemuBinary, QemuSource};
+use crate::script::{Debugger, Program, QemuBinary, QemuSource};
 
 pub use config::{Config, Settings};
 pub use discover::Test;
@@ -92,6 +95,10 @@ pub struct Options {
     pub params: BTreeMap<String, String>,
     /// Draw the live progress line (when stderr is a terminal).
     pub progress: bool,
+    /// `--debug-on-fail`: a failed or timed-out test is handed to this,
+    /// machines running, before its cleanup; tests then run one at a
+    /// time, without retries, slow announcements or a progress line.
+    pub debugger: Option<Debugger>,
 }
 
 /// `--no-tests`: what happens when no test is selected.
@@ -206,6 +213,10 @@ pub struct Selection {
 pub fn configure(options: &Options) -> Result<(Options, Config), SetupError> {
     let config = Config::find(&options.paths)?;
     let mut o = options.clone();
+    if o.debugger.is_some() {
+        // Only the first try of a test is debugged: no retries.
+        o.retries = Some(0);
+    }
     if o.jobs == 0 {
         o.jobs = config.run.jobs.map_or(0, usize::from);
     }
@@ -294,7 +305,7 @@ pub fn select(
 /// `--no-capture`, whose unprefixed output would be unreadable interleaved
 /// (cargo-nextest does the same).
 pub fn jobs(options: &Options) -> usize {
-    if !options.capture {
+    if !options.capture || options.debugger.is_some() {
         return 1;
     }
     match options.jobs {
@@ -417,13 +428,18 @@ pub fn run(given: &Options) -> Result<Summary, SetupError> {
     if options.artifacts.is_none() {
         signals.remove_if_empty_on_exit(artifacts.root().to_path_buf());
     }
-    let live = options.progress && options.capture && reporter::progress::wanted();
+    let live = options.progress
+        && options.capture
+        && options.debugger.is_none()
+        && reporter::progress::wanted();
     let mut reporter = reporter::Reporter::new(options.format, options.capture, live);
     let mut none_selected = false;
     if tests.is_empty() {
         none_selected = nothing_selected(options, |t| reporter.note(t));
     }
-    if !options.capture && options.jobs > 1 {
+    if options.debugger.is_some() && options.jobs > 1 {
+        reporter.note("--debug-on-fail runs one test at a time");
+    } else if !options.capture && options.jobs > 1 {
         reporter.note("--no-capture runs one test at a time, so that output stays readable");
     }
     let jobs = jobs(options);

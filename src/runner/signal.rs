@@ -7,11 +7,13 @@
 //! every running test's machines, removes their temp dirs and the
 //! artifacts that would not have been kept, and exits with 128+N.
 //!
-//! The executor [`SignalWatch::track`]s each test while it runs.
+//! The executor [`SignalWatch::track`]s each test while it runs. While a
+//! debugger has a failed test (`--debug-on-fail`), Ctrl-C is its business
+//! and the run ignores it ([`SignalWatch::hold_interrupts`]).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
@@ -31,6 +33,8 @@ struct Tracked {
 struct Shared {
     running: Mutex<HashMap<u64, Tracked>>,
     received: AtomicI32,
+    /// SIGINT belongs to a debugger for now.
+    hold_interrupts: AtomicBool,
     /// Folders to remove when empty on exiting at once.
     remove_if_empty: Mutex<Vec<PathBuf>>,
 }
@@ -60,6 +64,9 @@ impl SignalWatch {
             .stack_size(256 << 10)
             .spawn(move || {
                 for sig in signals.forever() {
+                    if sig == SIGINT && s.hold_interrupts.load(Ordering::SeqCst) {
+                        continue;
+                    }
                     let first = s
                         .received
                         .compare_exchange(0, sig, Ordering::SeqCst, Ordering::SeqCst)
@@ -96,6 +103,12 @@ impl SignalWatch {
     /// A folder to remove, when empty, if a second signal exits at once.
     pub fn remove_if_empty_on_exit(&self, dir: PathBuf) {
         lock(&self.shared.remove_if_empty).push(dir);
+    }
+
+    /// While `hold`, Ctrl-C (SIGINT) does not stop the run: a debugger
+    /// on the terminal interrupts what it runs with it instead.
+    pub fn hold_interrupts(&self, hold: bool) {
+        self.shared.hold_interrupts.store(hold, Ordering::SeqCst);
     }
 
     /// The first signal received, if any.

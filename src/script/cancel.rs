@@ -13,7 +13,10 @@
 //! An interrupt ([`Cancel::interrupt`], Ctrl-C in the REPL) is the mild
 //! form: it ends what the script is doing now (its waits, its sleep, its
 //! loop) without killing any machine, and lasts until
-//! [`Cancel::clear_interrupt`].
+//! [`Cancel::clear_interrupt`]. A watchdog that keeps the machines
+//! ([`Watchdog::start_keeping`], for `--debug-on-fail`) ends a script
+//! that way at its timeout: the run is not cancelled, it has only
+//! [`Cancel::expired`].
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -73,6 +76,8 @@ struct State {
     done: bool,
     /// Set by [`Cancel::interrupt`] until [`Cancel::clear_interrupt`].
     interrupted: bool,
+    /// The timeout that ended the script while its machines were kept.
+    expired: Option<Reason>,
 }
 
 #[derive(Default)]
@@ -271,11 +276,32 @@ impl Cancel {
         }
     }
 
+    /// Records that the script ran out of `timeout` while its machines
+    /// are kept, and interrupts it; see [`Watchdog::start_keeping`].
+    pub fn expire(&self, timeout: Duration) {
+        self.lock().expired.get_or_insert(Reason::Timeout(timeout));
+        self.interrupt();
+    }
+
+    /// The timeout recorded by [`Cancel::expire`].
+    pub fn expired(&self) -> Option<Reason> {
+        self.lock().expired.clone()
+    }
+
+    /// What ended the run: why it was cancelled, else the timeout that
+    /// expired while its machines were kept.
+    pub fn ended_by(&self) -> Option<Reason> {
+        let st = self.lock();
+        st.reason.clone().or_else(|| st.expired.clone())
+    }
+
     fn lock(&self) -> Guard<'_, State> {
         self.inner.state.lock()
     }
 
-    fn finish(&self) {
+    /// The script is over: its watchdog stops watching, so what follows
+    /// (a debugger, the cleanup) takes as long as it takes.
+    pub fn finish(&self) {
         self.lock().done = true;
         self.inner.state.notify_all();
     }
@@ -308,6 +334,33 @@ impl Watchdog {
             .spawn(move || {
                 if c.wait_until(deadline) {
                     c.cancel(Reason::Timeout(timeout));
+                }
+            })?;
+        Ok(Watchdog {
+            cancel: cancel.clone(),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Watchdog {
+    /// A watchdog that keeps the machines: at the deadline it records the
+    /// timeout ([`Cancel::expire`]) and interrupts the script, again every
+    /// 50 ms (a wait may start just after an interrupt), until the script
+    /// is over ([`Cancel::finish`]); nothing is killed.
+    pub fn start_keeping(cancel: &Cancel, timeout: Duration) -> std::io::Result<Watchdog> {
+        let c = cancel.clone();
+        let deadline = Instant::now() + timeout;
+        let thread = std::thread::Builder::new()
+            .name("script-watchdog".into())
+            .stack_size(64 << 10)
+            .spawn(move || {
+                if !c.wait_until(deadline) {
+                    return;
+                }
+                c.expire(timeout);
+                while c.wait_until(Instant::now() + Duration::from_millis(50)) {
+                    c.interrupt();
                 }
             })?;
         Ok(Watchdog {
@@ -367,6 +420,26 @@ mod tests {
         c.register_temp_dir(t.clone());
         c.abandon();
         assert!(!t.exists());
+    }
+
+    #[test]
+    fn a_keeping_watchdog_interrupts_at_the_deadline_and_kills_nothing() {
+        let c = Cancel::new();
+        let w = Watchdog::start_keeping(&c, Duration::from_millis(50)).unwrap();
+        assert_eq!(c.sleep(Duration::from_secs(10)), Err(Reason::Interrupt));
+        assert!(!c.is_cancelled());
+        let timeout = Reason::Timeout(Duration::from_millis(50));
+        assert_eq!(c.expired(), Some(timeout.clone()));
+        assert_eq!(c.ended_by(), Some(timeout));
+        // It keeps interrupting until the script is over.
+        c.clear_interrupt();
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(c.is_interrupted());
+        c.finish();
+        drop(w);
+        c.clear_interrupt();
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(!c.is_interrupted());
     }
 
     #[test]

@@ -7,20 +7,21 @@
 //! A [`Program`] is a file compiled once per run and shared, read-only, by
 //! every case and worker thread. Its cases come from the compiled AST's
 //! function list, sorted by name (as Python's unittest orders methods).
-//! When the file has cases, one statement is appended to its AST: a call
-//! to a native driver that, registered afresh for each run, calls setup,
-//! the case and teardown from inside the top level's own evaluation, so
-//! that they see the modules the top level imported.
+//! When the file has cases, one statement is appended to its AST: a
+//! custom syntax, the driver, whose handler (registered afresh for each
+//! run) calls setup, the case and teardown from inside the top level's own
+//! evaluation, so that they see the modules the top level imported, and a
+//! debugger sees the top level's variables ([`super::debug`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use rhai::{Dynamic, Engine, EvalAltResult, FnAccess, NativeCallContext, AST};
+use rhai::{Dynamic, Engine, EvalAltResult, EvalContext, FnAccess, Scope, AST};
 
 use super::errors::{self, Failure};
 use super::run::{lock, Run};
 
-/// The native function the driver statement calls.
+/// The custom syntax of the driver statement.
 const DRIVER: &str = "vmscript_run_case";
 /// The prefix of a case's function name.
 const CASE_PREFIX: &str = "test_";
@@ -65,6 +66,14 @@ impl Program {
         &self.path
     }
 
+    /// The file's functions (none when it does not compile).
+    pub fn functions(&self) -> AST {
+        match &self.compiled {
+            Ok(c) => c.ast.clone_functions_only(),
+            Err(_) => AST::empty(),
+        }
+    }
+
     /// The names of its cases (`test_*` functions), sorted; empty for a
     /// file that is one test.
     pub fn cases(&self) -> Vec<String> {
@@ -75,12 +84,14 @@ impl Program {
     }
 
     /// Runs the whole file (`case` None) or one of its cases under `run`,
-    /// on `engine`, which has the script API registered for `run`.
+    /// on `engine`, which has the script API registered for `run`. The
+    /// top level's variables are left in `scope`, also when it fails.
     pub fn execute(
         &self,
         engine: &mut Engine,
         run: &Arc<Run>,
         case: Option<&str>,
+        scope: &mut Scope,
     ) -> Result<(), Box<Failure>> {
         let compiled = self.compiled.as_ref().map_err(|f| f.clone())?;
         let Some(case) = case else {
@@ -92,7 +103,7 @@ impl Program {
                 )));
             }
             return engine
-                .run_ast(&compiled.ast)
+                .run_ast_with_scope(scope, &compiled.ast)
                 .map_err(|e| Box::new(Failure::from_eval(&e, &self.shown)));
         };
         let Some(&(_, arity)) = compiled.cases.iter().find(|(n, _)| n == case) else {
@@ -110,14 +121,24 @@ impl Program {
             has_setup: compiled.has_setup,
             teardown: compiled.teardown,
             run: run.clone(),
+            functions: compiled.ast.clone_functions_only(),
         };
         let state = Arc::new(Mutex::new(DriveState::default()));
         let s = state.clone();
-        engine.register_fn(DRIVER, move |ctx: NativeCallContext| {
-            let ended = driver.drive(&ctx);
-            lock(&s).ended = Some(ended);
-        });
-        let top = engine.run_ast(&compiled.ast);
+        engine
+            .register_custom_syntax([DRIVER], false, move |ctx, _| {
+                let ended = driver.drive(ctx);
+                lock(&s).ended = Some(ended);
+                Ok(Dynamic::UNIT)
+            })
+            .map_err(|e| {
+                Failure::plain(
+                    &self.shown,
+                    "HostError",
+                    format!("vmscript bug: the case driver: {e}"),
+                )
+            })?;
+        let top = engine.run_ast_with_scope(scope, &compiled.ast);
         let ended = lock(&state).ended.take();
         match (top, ended) {
             (_, Some(ended)) => ended,
@@ -176,8 +197,12 @@ impl Compiled {
         let ast = if cases.is_empty() {
             ast
         } else {
-            let mut driver = super::base_engine()
-                .compile(format!("{DRIVER}();"))
+            let mut engine = super::base_engine();
+            engine
+                .register_custom_syntax([DRIVER], false, |_, _| Ok(Dynamic::UNIT))
+                .map_err(|e| format!("vmscript bug: the case driver: {e}"))?;
+            let mut driver = engine
+                .compile(format!("{DRIVER};"))
                 .map_err(|e| format!("vmscript bug: the case driver does not compile: {e}"))?;
             if let Some(source) = ast.source() {
                 driver.set_source(source.to_string());
@@ -207,12 +232,14 @@ struct Driver {
     has_setup: bool,
     teardown: Option<usize>,
     run: Arc<Run>,
+    /// The file's functions, for a debugger.
+    functions: AST,
 }
 
 impl Driver {
     /// setup, the case, teardown; the first failure decides, a teardown
     /// failure after another is added to it.
-    fn drive(&self, ctx: &NativeCallContext) -> Result<(), Box<Failure>> {
+    fn drive(&self, ctx: &mut EvalContext) -> Result<(), Box<Failure>> {
         let mut value = Dynamic::UNIT;
         if self.has_setup {
             match self.call(ctx, "setup", Vec::new()) {
@@ -222,6 +249,7 @@ impl Driver {
                     let f = self.failure(&e, "setup", || {
                         format!("in setup(), so {} did not run", self.case)
                     });
+                    self.debug(ctx, &f, None);
                     return Err(f);
                 }
             }
@@ -235,10 +263,15 @@ impl Driver {
             .call(ctx, &self.case, args)
             .map(|_| ())
             .map_err(|e| self.failure(&e, &self.case, || format!("in {}", self.case)));
+        if let Err(f) = &result {
+            // Before teardown, which may stop the machines.
+            self.debug(ctx, f, self.has_setup.then(|| value.clone()));
+        }
         let Some(n) = self.teardown else {
             return result;
         };
-        if self.run.cancel().is_cancelled() {
+        let cancel = self.run.cancel();
+        if cancel.is_cancelled() || cancel.expired().is_some() {
             // Stopped by its timeout or a signal: nothing more may run,
             // and the cleanup that follows kills every machine.
             return result;
@@ -263,9 +296,29 @@ impl Driver {
         }
     }
 
+    /// Hands the failed case to the run's debugger, if it has one, with
+    /// the file's top-level variables and imports and `setup_value`.
+    fn debug(&self, ctx: &EvalContext, f: &Failure, setup_value: Option<Dynamic>) {
+        if self.run.config().debugger.is_none() {
+            return;
+        }
+        let modules = ctx
+            .global_runtime_state()
+            .scan_imports_raw()
+            .map(|(alias, m)| (alias.to_string(), m.clone()))
+            .collect();
+        let remains = super::debug::Remains {
+            scope: ctx.scope(),
+            functions: self.functions.clone(),
+            modules,
+            setup_value,
+        };
+        super::debug::open(&self.run, f, remains);
+    }
+
     fn call(
         &self,
-        ctx: &NativeCallContext,
+        ctx: &mut EvalContext,
         name: &str,
         mut args: Vec<Dynamic>,
     ) -> Result<Dynamic, Box<EvalAltResult>> {

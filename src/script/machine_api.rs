@@ -326,6 +326,18 @@ fn register_constructors(e: &mut Engine) {
         make_machine(&ctx, &b, Some(&o))
     });
     func(
+        "vms() -> Array",
+        "Every machine the test (or REPL session) made so far, oldest first, launched or not.",
+    )
+    .register_into_engine(e, |ctx: NativeCallContext| {
+        Run::of(&ctx).map(|run| {
+            run.machines()
+                .into_iter()
+                .map(|m| Dynamic::from(MachineRef::new(m)))
+                .collect::<Array>()
+        })
+    });
+    func(
         "qtest_machine(binary: String, options: Map) -> Machine",
         "A machine with a qtest socket, not yet launched: configure it, launch() it, then vm.qtest(line).",
     )

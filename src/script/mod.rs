@@ -7,7 +7,9 @@
 //! timeout, and returns an [`Outcome`]. The bindings themselves live in
 //! [`machine_api`] (the `Machine` type), [`console_api`] (the console) and
 //! [`host`] (the helpers), [`steps`] (`step`, `test_name`); [`cases`]
-//! runs a file's `test_*` functions as cases of their own; [`errors`] decides how errors look, [`convert`] converts
+//! runs a file's `test_*` functions as cases of their own; [`debug`] hands
+//! a failed test, machines running, to a debugger (`--debug-on-fail`);
+//! [`errors`] decides how errors look, [`convert`] converts
 //! between Rhai and JSON values, and [`docs`] carries the doc comments that
 //! `vmscript doc` prints. [`modules`] resolves `import`, finding bundled
 //! [`stdlib`] modules last.
@@ -17,6 +19,7 @@ pub mod cancel;
 pub mod cases;
 pub mod console_api;
 pub mod convert;
+pub mod debug;
 pub mod docs;
 pub mod errors;
 pub mod host;
@@ -34,10 +37,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rhai::{Dynamic, Engine, AST};
+use rhai::{Dynamic, Engine, Scope, AST};
 
 pub use cancel::{Cancel, Reason, Watchdog};
 pub use cases::Program;
+pub use debug::{Debugger, Scene};
 pub use errors::Failure;
 pub use run::{
     MachineLogs, QemuBinary, QemuSource, Run, RunConfig, RunReport, StepRecord, StepStatus,
@@ -199,7 +203,13 @@ pub fn run_program(
             return outcome(Status::Failed(f), RunReport::default());
         }
     };
-    let watchdog = match Watchdog::start(&cancel, timeout) {
+    let debugging = run.config().debugger.is_some();
+    let watchdog = if debugging {
+        Watchdog::start_keeping(&cancel, timeout)
+    } else {
+        Watchdog::start(&cancel, timeout)
+    };
+    let watchdog = match watchdog {
         Ok(w) => w,
         Err(e) => {
             let f = Failure::plain(&shown, "HostError", format!("starting the watchdog: {e}"));
@@ -207,14 +217,30 @@ pub fn run_program(
         }
     };
     let mut engine = engine(&run);
-    let result = program.execute(&mut engine, &run, case).map_err(|mut f| {
-        if let Some(step) = run.failed_step(&f) {
-            f.context.insert(0, format!("in step {step}"));
-        }
-        f
-    });
+    let mut scope = Scope::new();
+    let result = program
+        .execute(&mut engine, &run, case, &mut scope)
+        .map_err(|mut f| {
+            if let Some(step) = run.failed_step(&f) {
+                f.context.insert(0, format!("in step {step}"));
+            }
+            f
+        });
+    if let (Err(f), true) = (&result, debugging) {
+        let text = modules::read_source(program.path()).unwrap_or_default();
+        let remains = debug::Remains {
+            scope: &scope,
+            functions: program.functions(),
+            modules: debug::top_level_imports(&engine, &text, &shown),
+            setup_value: None,
+        };
+        debug::open(&run, f, remains);
+    }
+    drop(scope);
     drop(engine);
-    if matches!(&result, Err(f) if f.kind != errors::SKIPPED) && !cancel.is_cancelled() {
+    let debugged = run.debugged.load(std::sync::atomic::Ordering::SeqCst);
+    if matches!(&result, Err(f) if f.kind != errors::SKIPPED) && !cancel.is_cancelled() && !debugged
+    {
         run.screenshot_machines();
     }
     let report = run.finish();
@@ -224,22 +250,29 @@ pub fn run_program(
         Err(f) if f.kind == errors::SKIPPED => Status::Skipped(f.message),
         Err(f) => {
             let mut f = *f;
-            if let Some(r) = cancel.reason() {
-                if f.kind != r.kind() || f.message != r.message() {
-                    f.context.push(format!(
-                        "(the call it stopped ended with {}: {})",
-                        f.kind,
-                        first_line(&f.message)
-                    ));
-                    f.kind = r.kind().to_string();
-                    f.message = r.message();
-                }
+            if let Some(r) = cancel.ended_by() {
+                stopped_by(&mut f, &r);
             }
             Status::Failed(f)
         }
     };
     let status = run::with_crashes(status, &report, &shown);
     outcome(with_lost_artifacts(status, &report, &shown), report)
+}
+
+/// `f`, the error a script ended with after it was stopped for `r` (its
+/// timeout, a signal), as the report shows it: the kind and message of
+/// `r`, with what the call it stopped said as context.
+pub(crate) fn stopped_by(f: &mut Failure, r: &Reason) {
+    if f.kind != r.kind() || f.message != r.message() {
+        f.context.push(format!(
+            "(the call it stopped ended with {}: {})",
+            f.kind,
+            first_line(&f.message)
+        ));
+        f.kind = r.kind().to_string();
+        f.message = r.message();
+    }
 }
 
 /// A test whose logs could not all be written (a full or read-only disk)

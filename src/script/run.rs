@@ -19,7 +19,7 @@ use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, TryLockError};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -131,6 +131,9 @@ pub struct RunConfig {
     pub capture: bool,
     /// Extra module folders (`--lib`).
     pub lib_dirs: Vec<PathBuf>,
+    /// `--debug-on-fail`: what a failed test is handed to, machines
+    /// running, before its cleanup ([`super::debug`]).
+    pub debugger: Option<super::debug::Debugger>,
 }
 
 /// A machine's logs, for the failure report.
@@ -215,7 +218,7 @@ pub struct StepToken(usize);
 /// `print` and `log` output: captured for the report or sent to stdout,
 /// and always written to `script.log` in the artifacts.
 struct Output {
-    capture: bool,
+    capture: AtomicBool,
     start: Instant,
     lines: Mutex<VecDeque<String>>,
     file: Mutex<Option<File>>,
@@ -234,7 +237,7 @@ impl Output {
             }
         }
         drop(file);
-        if self.capture {
+        if self.capture.load(Ordering::Relaxed) {
             let mut lines = lock(&self.lines);
             for l in line.lines() {
                 if lines.len() == CAPTURE_LINES {
@@ -256,7 +259,7 @@ pub struct Run {
     temp: Mutex<Option<OwnedTempDir>>,
     temp_path: PathBuf,
     cancel: Cancel,
-    deadline: Instant,
+    deadline: Mutex<Instant>,
     machines: Mutex<Vec<SharedMachine>>,
     next_vm: AtomicUsize,
     /// How many machines were made under each name, so that a second
@@ -269,6 +272,8 @@ pub struct Run {
     /// What `test_name()` returns.
     test_name: Mutex<String>,
     steps: Mutex<Steps>,
+    /// A debugger has had the run ([`super::debug::open`]).
+    pub(crate) debugged: AtomicBool,
 }
 
 /// Makes the QMP observer of the machine with the given name.
@@ -315,13 +320,13 @@ impl Run {
         let test_name = config.script.display().to_string();
         Ok(Run {
             output: Output {
-                capture: config.capture,
+                capture: AtomicBool::new(config.capture),
                 start: now,
                 lines: Default::default(),
                 file: Mutex::new(file),
                 error: Mutex::new(error),
             },
-            deadline: now + config.timeout,
+            deadline: Mutex::new(now + config.timeout),
             config,
             temp: Mutex::new(Some(temp)),
             temp_path,
@@ -333,6 +338,7 @@ impl Run {
             observers: Default::default(),
             test_name: Mutex::new(test_name),
             steps: Default::default(),
+            debugged: AtomicBool::new(false),
         })
     }
 
@@ -434,7 +440,19 @@ impl Run {
     /// The time left before the run's timeout (the default for waits that
     /// `QEMUMachine` leaves unbounded).
     pub fn remaining(&self) -> Duration {
-        self.deadline.saturating_duration_since(Instant::now())
+        lock(&self.deadline).saturating_duration_since(Instant::now())
+    }
+
+    /// Moves the run's timeout to `left` from now (a debugger stops the
+    /// clock: the time it took is given back afterwards).
+    pub fn set_remaining(&self, left: Duration) {
+        *lock(&self.deadline) = Instant::now() + left;
+    }
+
+    /// Captures `print`/`log` output for the report (`true`) or sends it to
+    /// stdout; returns the setting it replaces.
+    pub fn set_capture(&self, capture: bool) -> bool {
+        self.output.capture.swap(capture, Ordering::Relaxed)
     }
 
     /// Fails when the run was cancelled.
@@ -477,6 +495,8 @@ impl Run {
         opts.base_temp_dir = Some(self.temp_path.clone());
         opts.log_dir = Some(self.config.artifacts.clone());
         opts.qmp_transcript = true;
+        // `--debug-on-fail`: a monitor for `vmscript qmp` while debugging.
+        opts.second_qmp = self.config.debugger.is_some();
         opts.clock = Some(self.output.start);
         opts.qmp_timer = super::args::scaled(opts.qmp_timer);
         Ok(opts)
@@ -721,6 +741,7 @@ mod tests {
             params: BTreeMap::new(),
             capture: true,
             lib_dirs: Vec::new(),
+            debugger: None,
         }
     }
 

@@ -52,6 +52,12 @@ impl World {
         self.dir.path()
     }
 
+    /// The marker in the environment of everything the world's vmscript
+    /// starts (for a vmscript started some other way, under tmux say).
+    pub fn mark(&self) -> &str {
+        &self.mark
+    }
+
     /// Writes a script (folders made as needed).
     pub fn script(&self, name: &str, text: &str) -> PathBuf {
         let p = self.path().join(name);

@@ -97,6 +97,7 @@ fn world() -> (Arc<Run>, Engine, Scope<'static>, tempfile::TempDir) {
                 params: Default::default(),
                 capture: true,
                 lib_dirs: Vec::new(),
+                debugger: None,
             },
             Cancel::new(),
         )

@@ -220,6 +220,7 @@ fn a_module_imported_by_many_tests_at_once_is_compiled_once() {
                         params: Default::default(),
                         capture: true,
                         lib_dirs: vec![lib.clone()],
+                        debugger: None,
                     },
                     Cancel::new(),
                 );

@@ -14,7 +14,7 @@ use crate::common::{pid_exists, QEMU};
 const SHOW: Duration = Duration::from_secs(30);
 
 /// A terminal of 160x50 on a tmux server of its own, killed when dropped.
-struct Terminal {
+pub(crate) struct Terminal {
     socket: String,
 }
 
@@ -24,7 +24,7 @@ impl Terminal {
     /// Runs `argv` with `env` set under a shell that shows its exit status
     /// as `[exit N]` (catching Ctrl-C itself, so that only the program
     /// acts on it) and then keeps the pane open.
-    fn start(argv: &[&str], env: &[(&str, &Path)]) -> Terminal {
+    pub(crate) fn start(argv: &[&str], env: &[(&str, &Path)]) -> Terminal {
         let socket = format!(
             "vmscript-test-{}-{}",
             std::process::id(),
@@ -60,7 +60,7 @@ impl Terminal {
     /// Types `text` (no Enter) by pasting it, then waits until it shows.
     /// A bracketed paste, so that a newline in `text` is part of the line;
     /// [`Terminal::burst`] sends keys as typed.
-    fn type_text(&self, text: &str) {
+    pub(crate) fn type_text(&self, text: &str) {
         if text.is_empty() {
             return;
         }
@@ -82,24 +82,24 @@ impl Terminal {
     }
 
     /// Presses keys by tmux name: Enter, Tab, C-c, C-d.
-    fn press(&self, key: &str) {
+    pub(crate) fn press(&self, key: &str) {
         self.tmux(&["send-keys", key]);
     }
 
     /// Types a line and presses Enter.
-    fn line(&self, text: &str) {
+    pub(crate) fn line(&self, text: &str) {
         self.type_text(text);
         self.press("Enter");
     }
 
     /// The whole screen, scrollback included, with wrapped lines joined.
-    fn screen(&self) -> String {
+    pub(crate) fn screen(&self) -> String {
         self.tmux(&["capture-pane", "-p", "-J", "-S", "-"])
     }
 
     /// Waits until the screen shows `text` after the first `after` bytes;
     /// returns the screen from there.
-    fn wait_for_after(&self, after: usize, text: &str) -> String {
+    pub(crate) fn wait_for_after(&self, after: usize, text: &str) -> String {
         let start = Instant::now();
         loop {
             let s = self.screen();
@@ -115,12 +115,12 @@ impl Terminal {
     }
 
     /// Waits until the screen shows `text`.
-    fn wait_for(&self, text: &str) -> String {
+    pub(crate) fn wait_for(&self, text: &str) -> String {
         self.wait_for_after(0, text)
     }
 
     /// Types a line and waits for what it shows up to the next prompt.
-    fn run(&self, text: &str, prompt: &str) -> String {
+    pub(crate) fn run(&self, text: &str, prompt: &str) -> String {
         let before = self.screen().trim_end().len();
         self.line(text);
         let out = self.wait_for_after(before, &format!("\n{prompt}"));
@@ -141,10 +141,10 @@ impl Drop for Terminal {
     }
 }
 
-const PROMPT: &str = "vmscript> ";
+pub(crate) const PROMPT: &str = "vmscript> ";
 const EXIT_OK: &str = "[exit 0]";
 
-fn vmscript() -> &'static str {
+pub(crate) fn vmscript() -> &'static str {
     env!("CARGO_BIN_EXE_vmscript")
 }
 
@@ -448,7 +448,7 @@ fn qmp_shell_on_a_qemu_started_by_someone_else() {
 impl Terminal {
     /// Sends `text` as keys in one write, as a terminal without bracketed
     /// paste delivers a pasted line (`\r` is Enter).
-    fn burst(&self, text: &str) {
+    pub(crate) fn burst(&self, text: &str) {
         self.tmux(&["send-keys", "-l", "--", text]);
     }
 

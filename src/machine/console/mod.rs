@@ -350,6 +350,23 @@ impl Console {
         self.inner.shared.lock().buf.clone()
     }
 
+    /// Where the transcript ends now, as an offset in the whole output
+    /// (decoded text): where [`Console::output_since`] starts to follow it.
+    pub fn end_offset(&self) -> usize {
+        self.inner.read_arrived();
+        self.inner.shared.lock().end()
+    }
+
+    /// The output after offset `from` (of [`Console::end_offset`]) and
+    /// where it ends, without waiting and consuming nothing: a terminal
+    /// follows the console with it while waits and reads still see every
+    /// character.
+    pub fn output_since(&self, from: usize) -> (String, usize) {
+        self.inner.read_arrived();
+        let st = self.inner.shared.lock();
+        (st.from(from.max(st.base)).to_string(), st.end())
+    }
+
     /// The last `max_bytes` of the transcript; consumes nothing.
     pub fn tail(&self, max_bytes: usize) -> String {
         self.inner.read_arrived();

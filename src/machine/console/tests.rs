@@ -602,3 +602,30 @@ fn an_interrupt_ends_a_wait_and_consumes_nothing() {
         );
     }
 }
+
+#[test]
+fn output_since_follows_the_console_without_consuming_it() {
+    for drain in [true, false] {
+        let (con, mut peer) = console(drain);
+        peer.write_all(b"old\n").unwrap();
+        arrived(&con, 4);
+        let at = con.end_offset();
+        assert_eq!(con.output_since(at), (String::new(), at));
+        peer.write_all(b"/ # 42\r\n").unwrap();
+        arrived(&con, 12);
+        let (text, end) = con.output_since(at);
+        assert_eq!(text, "/ # 42\r\n");
+        assert_eq!(con.output_since(end).0, "");
+        // A wait still sees everything the follower was shown.
+        assert_eq!(con.wait_for("42", LONG).unwrap(), "old\n/ # 42");
+    }
+}
+
+/// Waits until `len` bytes of text arrived, reading them in direct mode.
+fn arrived(con: &Console, len: usize) {
+    let deadline = Instant::now() + LONG;
+    while con.output_since(0).0.len() < len {
+        assert!(Instant::now() < deadline, "only got {:?}", con.output());
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
