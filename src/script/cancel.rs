@@ -78,6 +78,8 @@ struct State {
     interrupted: bool,
     /// The timeout that ended the script while its machines were kept.
     expired: Option<Reason>,
+    /// Set by [`Cancel::script_over`]: no more interrupts are needed.
+    script_over: bool,
 }
 
 #[derive(Default)]
@@ -288,15 +290,25 @@ impl Cancel {
         self.lock().expired.clone()
     }
 
-    /// What ended the run: why it was cancelled, else the timeout that
-    /// expired while its machines were kept.
+    /// What ended the run: the timeout that stopped the script, else why
+    /// the run was cancelled.
     pub fn ended_by(&self) -> Option<Reason> {
         let st = self.lock();
-        st.reason.clone().or_else(|| st.expired.clone())
+        // A timeout that stopped the script comes first: a signal or a
+        // cancellation during its grace only ended what it had started.
+        st.expired.clone().or_else(|| st.reason.clone())
     }
 
     fn lock(&self) -> Guard<'_, State> {
         self.inner.state.lock()
+    }
+
+    /// The script has returned; what follows (screenshots of a timed-out
+    /// test's machines) is not interrupted, though a watchdog's hard
+    /// deadline still holds until [`Cancel::finish`].
+    pub fn script_over(&self) {
+        self.lock().script_over = true;
+        self.clear_interrupt();
     }
 
     /// The script is over: its watchdog stops watching, so what follows
@@ -317,6 +329,10 @@ impl Cancel {
     }
 }
 
+/// How long a timed-out script has to end by itself (and its machines to
+/// be screenshotted) before its machines are killed.
+pub const TIMEOUT_GRACE: Duration = Duration::from_secs(5);
+
 /// A thread that cancels a run when its time is up; stops when dropped.
 pub struct Watchdog {
     cancel: Cancel,
@@ -324,7 +340,11 @@ pub struct Watchdog {
 }
 
 impl Watchdog {
-    /// Cancels `cancel` with [`Reason::Timeout`] after `timeout`.
+    /// Stops the script after `timeout`: first as [`Watchdog::start_keeping`]
+    /// does, so that the script ends where it waits with its machines
+    /// still running (the runner screenshots them, then cancels the run
+    /// itself); a script still running [`TIMEOUT_GRACE`] later is
+    /// cancelled with [`Reason::Timeout`], its machines killed.
     pub fn start(cancel: &Cancel, timeout: Duration) -> std::io::Result<Watchdog> {
         let c = cancel.clone();
         let deadline = Instant::now() + timeout;
@@ -332,8 +352,23 @@ impl Watchdog {
             .name("script-watchdog".into())
             .stack_size(64 << 10)
             .spawn(move || {
-                if c.wait_until(deadline) {
-                    c.cancel(Reason::Timeout(timeout));
+                if !c.wait_until(deadline) {
+                    return;
+                }
+                c.expire(timeout);
+                let hard = Instant::now() + TIMEOUT_GRACE;
+                loop {
+                    let next = (Instant::now() + Duration::from_millis(50)).min(hard);
+                    if !c.wait_until(next) {
+                        return;
+                    }
+                    if Instant::now() >= hard {
+                        c.cancel(Reason::Timeout(timeout));
+                        return;
+                    }
+                    if !c.lock().script_over {
+                        c.interrupt();
+                    }
                 }
             })?;
         Ok(Watchdog {
@@ -401,12 +436,15 @@ mod tests {
     }
 
     #[test]
-    fn watchdog_cancels_at_the_deadline_and_first_reason_wins() {
+    fn a_timeout_stays_what_ended_the_script_whatever_comes_after() {
         let c = Cancel::new();
         let _w = Watchdog::start(&c, Duration::from_millis(50)).unwrap();
         assert!(c.sleep(Duration::from_secs(10)).is_err());
         c.cancel(Reason::Signal(2));
-        assert_eq!(c.reason(), Some(Reason::Timeout(Duration::from_millis(50))));
+        assert_eq!(
+            c.ended_by(),
+            Some(Reason::Timeout(Duration::from_millis(50)))
+        );
         assert!(c.is_cancelled());
     }
 
@@ -440,6 +478,29 @@ mod tests {
         c.clear_interrupt();
         std::thread::sleep(Duration::from_millis(100));
         assert!(!c.is_interrupted());
+    }
+
+    #[test]
+    fn a_watchdog_stops_mildly_first_and_kills_after_the_grace() {
+        let c = Cancel::new();
+        let w = Watchdog::start(&c, Duration::from_millis(50)).unwrap();
+        let start = Instant::now();
+        assert_eq!(c.sleep(Duration::from_secs(30)), Err(Reason::Interrupt));
+        assert!(!c.is_cancelled(), "killed at once");
+        assert_eq!(
+            c.expired(),
+            Some(Reason::Timeout(Duration::from_millis(50)))
+        );
+        // The script returned: no more interrupts, but the deadline holds.
+        c.script_over();
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(!c.is_interrupted());
+        let timeout = Reason::Timeout(Duration::from_millis(50));
+        assert_eq!(c.sleep(Duration::from_secs(30)), Err(timeout.clone()));
+        assert!(c.is_cancelled());
+        assert!(start.elapsed() >= TIMEOUT_GRACE);
+        assert_eq!(c.reason(), Some(timeout));
+        drop(w);
     }
 
     #[test]

@@ -238,10 +238,16 @@ pub fn run_program(
     }
     drop(scope);
     drop(engine);
+    cancel.script_over();
     let debugged = run.debugged.load(std::sync::atomic::Ordering::SeqCst);
     if matches!(&result, Err(f) if f.kind != errors::SKIPPED) && !cancel.is_cancelled() && !debugged
     {
         run.screenshot_machines();
+    }
+    // A timed-out test's machines were kept for their screenshots only:
+    // they are killed, as the timeout's cancellation always did.
+    if let (Some(r @ Reason::Timeout(_)), false) = (cancel.expired(), debugging) {
+        cancel.cancel(r);
     }
     let report = run.finish();
     drop(watchdog);

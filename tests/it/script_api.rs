@@ -765,3 +765,59 @@ fn the_qmp_transcript_the_log_and_steps_share_the_tests_clock() {
         "greeting at {greeted}, step at {step}: {qmp}"
     );
 }
+
+#[test]
+fn a_timed_out_test_screenshots_its_machines_before_they_are_killed() {
+    let w = World::new();
+    // One waits for an event, the other spins in pure Rhai: both are
+    // stopped where they are, their machines screenshotted, then killed.
+    w.script(
+        "wait.rhai",
+        "let vm = machine();\nvm.add_args(\"-M\", \"pc\", \"-vga\", \"std\");\nvm.launch();\nvm.event_wait(\"NEVER\", 600);\n",
+    );
+    w.script(
+        "spin.rhai",
+        "let vm = machine();\nvm.add_args(\"-M\", \"pc\", \"-vga\", \"std\");\nvm.launch();\nlet n = 0;\nloop { n += 1; }\n",
+    );
+    let art = w.path().join("art");
+    let start = std::time::Instant::now();
+    let o = w.run(&[
+        "run",
+        "--timeout",
+        "3",
+        "--artifacts",
+        art.to_str().unwrap(),
+        "--format",
+        "json",
+        "wait.rhai",
+        "spin.rhai",
+    ]);
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(20),
+        "{out}"
+    );
+    for test in ["wait", "spin"] {
+        let size = png_size(&art.join(test).join("vm0-failure.png"));
+        assert!([(640, 480), (720, 400)].contains(&size), "{test}: {size:?}");
+        // The machine died with the test, by the timeout's kill.
+        let log = std::fs::read_to_string(art.join(test).join("vm0.qmp.jsonl")).unwrap();
+        assert!(log.contains("screendump"), "{log}");
+        assert!(
+            !log.contains("\"quit\""),
+            "{test} was shut down, not killed:\n{log}"
+        );
+    }
+    let results: Vec<serde_json::Value> = out
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|v: &serde_json::Value| v.get("name").is_some())
+        .collect();
+    assert_eq!(results.len(), 2, "{out}");
+    for r in &results {
+        assert_eq!(r["status"], "timeout", "{r}");
+        assert_eq!(r["error"]["kind"], "Timeout", "{r}");
+    }
+    w.assert_clean();
+}
