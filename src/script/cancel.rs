@@ -303,6 +303,18 @@ impl Cancel {
         self.inner.state.lock()
     }
 
+    /// What stops the script now: the timeout that is stopping it, else
+    /// why the run was cancelled. Unlike [`Cancel::ended_by`], a timeout
+    /// counts only until the script is over, so that what runs after it
+    /// (a debugger's REPL) gets its errors as they are.
+    pub fn stopping(&self) -> Option<Reason> {
+        let st = self.lock();
+        match (&st.expired, st.done || st.script_over) {
+            (Some(r), false) => Some(r.clone()),
+            _ => st.reason.clone(),
+        }
+    }
+
     /// The script has returned; what follows (screenshots of a timed-out
     /// test's machines) is not interrupted, though a watchdog's hard
     /// deadline still holds until [`Cancel::finish`].

@@ -131,21 +131,26 @@ pub fn enter_run(cancel: &Cancel) {
 /// report then points at the wait and names what it awaited.
 pub fn machine_error(err: machine::Error) -> Box<EvalAltResult> {
     let map = machine_error_map(&err);
-    let reason = RUN.with(|r| r.borrow().as_ref().and_then(Cancel::reason));
+    // `stopping`: a timeout first stops the script with an interrupt,
+    // before any cancellation; the wait it ended is the timeout's too.
+    let reason = RUN.with(|r| r.borrow().as_ref().and_then(Cancel::stopping));
     match reason {
-        Some(r) => cancelled(&r, map),
+        Some(r) => cancelled(&r, map, err.kind() != "Interrupted"),
         None => throw_map(map),
     }
 }
 
 /// The cancellation `reason`, with what the failed call `saw` (its error
-/// map: what it awaited, and the error itself).
-fn cancelled(reason: &Reason, saw: Map) -> Box<EvalAltResult> {
+/// map: what it awaited, and, when `show`, the error itself: an
+/// interrupt that the stop itself caused says nothing more).
+fn cancelled(reason: &Reason, saw: Map, show: bool) -> Box<EvalAltResult> {
     let mut fields = Vec::new();
     if let Some(what) = saw.get("what") {
         fields.push(("what", what.clone()));
     }
-    fields.push(("saw", saw.into()));
+    if show {
+        fields.push(("saw", saw.into()));
+    }
     EvalAltResult::ErrorTerminated(
         error_map(reason.kind(), reason.message(), fields).into(),
         Position::NONE,
@@ -212,6 +217,8 @@ fn console_fields(err: &ConsoleError) -> Vec<(&'static str, Dynamic)> {
         ]
     } else if let ConsoleError::Closed { what, tail } = err {
         vec![("what", what.clone().into()), ("tail", tail.clone().into())]
+    } else if let ConsoleError::Interrupted { what } = err {
+        vec![("what", what.clone().into())]
     } else {
         Vec::new()
     }
