@@ -19,6 +19,7 @@ pub mod console_api;
 pub mod convert;
 pub mod docs;
 pub mod errors;
+pub mod guest_api;
 pub mod host;
 pub mod lint;
 pub mod machine_api;
@@ -92,6 +93,7 @@ pub fn api_engine() -> Engine {
     convert::register(&mut engine);
     machine_api::register(&mut engine);
     console_api::register(&mut engine);
+    guest_api::register(&mut engine);
     host::register(&mut engine);
     memory::register_growth(&mut engine);
     parallel::register(&mut engine);
@@ -216,6 +218,7 @@ pub fn run_program(
     drop(engine);
     if matches!(&result, Err(f) if f.kind != errors::SKIPPED) && !cancel.is_cancelled() {
         run.screenshot_machines();
+        run.collect_guest_files();
     }
     let report = run.finish();
     drop(watchdog);
