@@ -10,6 +10,8 @@
 #   bash bench/run.sh layer       script vs Rust API, interleaved, per workload
 #                                 (command_loop included): what Rhai costs
 #   bash bench/run.sh idle        CPU while waiting 10 s, RSS with 16 idle machines
+#   bash bench/run.sh guest       guest::run latency and copy throughput, the guest
+#                                 agent's channel against the console (N=20, 64 MiB)
 #   bash bench/run.sh smoke       every bench script once with a small N (for CI)
 #
 # Environment: everything the harness takes (REPS, WORKLOADS, N_ROUNDTRIP,
@@ -106,13 +108,17 @@ EOF
     "$rustbench" idle_wait "${N:-10}" | sed 's/^WORKLOAD /WORKLOAD rust-api:/'
     "$rustbench" idle_rss 16 | sed 's/^WORKLOAD /WORKLOAD rust-api:/'
     ;;
+  guest)
+    cargo build --release --bin vmscript >&2
+    "$vmscript" run --no-capture bench/guest_channel.rhai -- N="${N:-20}" MIB="${MIB:-64}"
+    ;;
   smoke)
     cargo build --release --bin vmscript >&2
     # Every script once, with N small (console: 2 KiB; idle: 2 s waits).
     "$vmscript" run bench -- N=2
     ;;
   *)
-    echo "usage: bash bench/run.sh [harness|rust|layer|idle|smoke]" >&2
+    echo "usage: bash bench/run.sh [harness|rust|layer|idle|guest|smoke]" >&2
     exit 2
     ;;
 esac

@@ -8,8 +8,10 @@
 #   VERSION    the version of this recipe the guest was built with
 #
 # The guest's /init mounts proc, sysfs and devtmpfs, loads the virtio
-# drivers (PCI, network, block: modules in Debian's kernel, copied from the
-# same kernel package with their dependencies), brings up lo, prints the
+# drivers (PCI, network, block, virtio-serial: modules in Debian's kernel,
+# copied from the same kernel package with their dependencies), brings up
+# lo, starts the agent (scripts/guest-agent.sh: commands and files on a
+# virtio-serial port of their own) in the background, prints the
 # line "VMSCRIPT-READY" on the console and runs a shell there, so a test
 # boots with -kernel/-initrd/-append "console=ttyS0", waits for the marker
 # and types commands.
@@ -29,10 +31,11 @@ say() { echo "build-guest: $*" >&2; }
 
 # Bump when the guest changes, so that an old cached guest is rebuilt.
 # 2: virtio drivers (virtio_pci, virtio_net, virtio_blk) loaded by /init.
-recipe=2
+# 3: virtio_console and the agent (scripts/guest-agent.sh) on its port.
+recipe=3
 
 # The kernel modules /init loads, after their dependencies.
-guest_modules=(virtio_pci virtio_net virtio_blk)
+guest_modules=(virtio_pci virtio_net virtio_blk virtio_console)
 
 complete() {
   [ -s "$out/vmlinuz" ] && [ -s "$out/initrd.gz" ] && [ -s "$out/KERNEL" ] &&
@@ -140,6 +143,7 @@ dpkg-deb --fsys-tarfile "${debs[0]}" | tar -x --wildcards \
   './lib/modules/*/kernel/drivers/virtio/*' \
   './lib/modules/*/kernel/drivers/net/*.ko*' \
   './lib/modules/*/kernel/drivers/block/*.ko*' \
+  './lib/modules/*/kernel/drivers/char/virtio_console.ko*' \
   './lib/modules/*/kernel/net/core/*'
 kernels=("$work"/boot/vmlinuz-*)
 [ -f "${kernels[0]}" ] || { say "$pkg holds no /boot/vmlinuz-*"; exit 1; }
@@ -191,6 +195,8 @@ say "making the initramfs"
 rd=$work/rd
 mkdir -p "$rd/bin" "$rd/dev" "$rd/proc" "$rd/sys" "$rd/tmp" "$rd/root" "$rd/lib/modules"
 cp "$busybox" "$rd/bin/busybox"
+cp "$root/scripts/guest-agent.sh" "$rd/bin/vmscript-agent"
+chmod 755 "$rd/bin/vmscript-agent"
 for m in "${guest_modules[@]}"; do
   add_module "$m"
 done
@@ -207,6 +213,7 @@ for m in $(cat /lib/modules/order); do
   insmod "/lib/modules/$m.ko" || echo "init: insmod $m failed"
 done
 ip link set lo up
+vmscript-agent </dev/null >/dev/null 2>&1 &
 echo "VMSCRIPT-READY"
 exec setsid cttyhack sh
 INIT

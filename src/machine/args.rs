@@ -96,6 +96,21 @@ pub(super) fn console_args(fd: RawFd, console: &ConsoleConfig) -> Vec<String> {
     a
 }
 
+/// The guest agent's virtio-serial port on the socket `fd`.
+pub(super) fn agent_args(fd: RawFd) -> Vec<String> {
+    vec![
+        "-chardev".into(),
+        format!("socket,id=vmscript-agent,fd={fd}"),
+        "-device".into(),
+        "virtio-serial-pci,id=vmscript-agent-bus".into(),
+        "-device".into(),
+        format!(
+            "virtserialport,bus=vmscript-agent-bus.0,chardev=vmscript-agent,name={}",
+            super::agent::PORT_NAME
+        ),
+    ]
+}
+
 /// qtest on the unix socket `path`.
 ///
 /// `-qtest` selects the qtest accelerator where QEMU has it; Debian's 7.2

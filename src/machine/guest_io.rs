@@ -25,6 +25,15 @@ impl Machine {
         })
     }
 
+    /// The guest agent of the running machine; `None` without
+    /// `set_guest_agent`.
+    pub fn guest_agent(&self) -> Result<Option<super::Agent>> {
+        let running = self
+            .running()
+            .ok_or_else(|| self.not_running("guest_agent"))?;
+        Ok(running.agent.clone())
+    }
+
     /// Turns a console failure into the user's view: a hang-up because
     /// QEMU exited names its exit code.
     fn console_failure(&self, what: &str, err: ConsoleError) -> Error {

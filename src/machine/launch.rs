@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::args::{
-    add_fd_args, command_line, console_args, display_args, machine_args, monitor_args,
+    add_fd_args, agent_args, command_line, console_args, display_args, machine_args, monitor_args,
     monitor_null_args, qtest_args, second_qmp_args, serial_padding_args, MonitorChardev,
 };
 use super::lifecycle::{Exited, Launched, Running, State};
@@ -101,6 +101,7 @@ pub(super) struct Plan {
     theirs: Vec<OwnedFd>,
     monitor: Option<MonitorEnd>,
     console: Option<UnixStream>,
+    agent: Option<UnixStream>,
     qtest: Option<UnixListener>,
 }
 
@@ -109,6 +110,7 @@ pub(super) struct Connected {
     pub qmp: Option<qmp::Client>,
     pub greeting: serde_json::Value,
     pub console: Option<Console>,
+    pub agent: Option<super::Agent>,
     pub qtest: Option<super::qtest::Qtest>,
 }
 
@@ -180,6 +182,13 @@ impl Plan {
             (None, None)
         };
 
+        let (agent, agent_fd) = if m.agent {
+            let (ours, fd) = pair("guest agent socketpair")?;
+            (Some(ours), Some(fd))
+        } else {
+            (None, None)
+        };
+
         let (qtest, qtest_path) = if m.qtest {
             let path = sock_dir.join(format!("{}.qtest.sock", m.name));
             let l = UnixListener::bind(&path).map_err(LaunchError::plan(format!(
@@ -203,6 +212,9 @@ impl Plan {
             console_fd
                 .map(|fd| console_args(fd, &m.console))
                 .unwrap_or_default(),
+            // Before the user's devices, so that a migration destination
+            // (the source's arguments, then more) has the same layout.
+            agent_fd.map(agent_args).unwrap_or_default(),
             qtest_path.as_deref().map(qtest_args).unwrap_or_default(),
             m.second_qmp_path_in(&sock_dir)
                 .as_deref()
@@ -219,6 +231,7 @@ impl Plan {
             theirs,
             monitor,
             console,
+            agent,
             qtest,
         })
     }
@@ -257,6 +270,7 @@ impl Plan {
             qmp: None,
             greeting: serde_json::Value::Null,
             console: None,
+            agent: None,
             qtest: None,
         };
         if let Some(end) = self.monitor.take() {
@@ -305,6 +319,12 @@ impl Plan {
                     .map_err(LaunchError::connect("starting the console reader"))?;
             out.console = Some(console);
         }
+        if let Some(ours) = self.agent.take() {
+            out.agent = Some(
+                super::Agent::new(ours)
+                    .map_err(LaunchError::connect("setting up the guest agent's socket"))?,
+            );
+        }
         Ok(out)
     }
 }
@@ -346,6 +366,7 @@ impl Machine {
             process: process.clone(),
             qmp: None,
             console: None,
+            agent: None,
             qtest: None,
             transcript: None,
             quit_issued: false,
@@ -397,6 +418,7 @@ impl Machine {
         running.launched.greeting = connected.greeting;
         running.qmp = connected.qmp;
         running.console = connected.console;
+        running.agent = connected.agent;
         running.qtest = connected.qtest;
         Ok(())
     }

@@ -49,6 +49,7 @@ pub(super) struct Running {
     pub process: Arc<Process>,
     pub qmp: Option<qmp::Client>,
     pub console: Option<Console>,
+    pub agent: Option<super::Agent>,
     pub qtest: Option<Qtest>,
     pub transcript: Option<Arc<Mutex<Transcript>>>,
     /// `quit` was sent, or QEMU is expected to exit by itself: the

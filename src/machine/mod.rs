@@ -16,6 +16,7 @@
 //! end at once; an [`InterruptHandle`] ends the waits in progress instead
 //! and leaves QEMU running (Ctrl-C in the REPL).
 
+pub mod agent;
 mod args;
 pub mod console;
 mod error;
@@ -37,6 +38,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+pub use agent::{Agent, RunOutput};
 pub use console::{Console, ConsoleError};
 pub use error::{Error, Result};
 pub use events::{event_match, numbers_equal};
@@ -206,6 +208,8 @@ pub struct Machine {
     name: String,
     machine_type: Option<String>,
     console: ConsoleConfig,
+    /// Whether the guest agent's port is added (`set_guest_agent`).
+    agent: bool,
     qmp_enabled: bool,
     monitor_null: bool,
     add_fds: Vec<AddFd>,
@@ -237,6 +241,7 @@ impl Machine {
             name,
             machine_type: None,
             console: ConsoleConfig::default(),
+            agent: false,
             qmp_enabled: true,
             monitor_null: false,
             add_fds: Vec::new(),
@@ -302,6 +307,20 @@ impl Machine {
             index: console_index,
         };
         Ok(())
+    }
+
+    /// Adds a virtio-serial port for the guest agent
+    /// (`scripts/guest-agent.sh`) on a socket of ours: see
+    /// [`Machine::guest_agent`].
+    pub fn set_guest_agent(&mut self) -> Result<()> {
+        self.configurable("set_guest_agent")?;
+        self.agent = true;
+        Ok(())
+    }
+
+    /// Whether `set_guest_agent` added the agent's port.
+    pub fn has_guest_agent(&self) -> bool {
+        self.agent
     }
 
     /// Turns the QMP monitor on or off.

@@ -22,6 +22,7 @@ pub mod convert;
 pub mod debug;
 pub mod docs;
 pub mod errors;
+pub mod guest_api;
 pub mod host;
 pub mod lint;
 pub mod machine_api;
@@ -96,6 +97,7 @@ pub fn api_engine() -> Engine {
     convert::register(&mut engine);
     machine_api::register(&mut engine);
     console_api::register(&mut engine);
+    guest_api::register(&mut engine);
     host::register(&mut engine);
     memory::register_growth(&mut engine);
     parallel::register(&mut engine);
@@ -243,6 +245,7 @@ pub fn run_program(
     if matches!(&result, Err(f) if f.kind != errors::SKIPPED) && !cancel.is_cancelled() && !debugged
     {
         run.screenshot_machines();
+        run.collect_guest_files();
     }
     // A timed-out test's machines were kept for their screenshots only:
     // they are killed, as the timeout's cancellation always did.

@@ -274,6 +274,11 @@ pub struct Run {
     steps: Mutex<Steps>,
     /// A debugger has had the run ([`super::debug::open`]).
     pub(crate) debugged: AtomicBool,
+    /// What `first_time` was asked about.
+    told: Mutex<std::collections::BTreeSet<String>>,
+    /// Guest files to copy into the artifacts when the test fails
+    /// ([`Run::collect_guest_files`]).
+    collect: Mutex<Vec<(SharedMachine, Vec<String>)>>,
 }
 
 /// Makes the QMP observer of the machine with the given name.
@@ -337,6 +342,8 @@ impl Run {
             fds: Default::default(),
             observers: Default::default(),
             test_name: Mutex::new(test_name),
+            told: Mutex::new(Default::default()),
+            collect: Mutex::new(Vec::new()),
             steps: Default::default(),
             debugged: AtomicBool::new(false),
         })
@@ -601,6 +608,60 @@ impl Run {
             if m.is_running() && !m.log_dir().as_os_str().is_empty() {
                 let path = screenshot_path(&m, "failure");
                 let _ = m.screendump(&path);
+            }
+        }
+    }
+
+    /// Whether this is the first time the run is asked about `key`: for
+    /// what the log says once.
+    pub fn first_time(&self, key: &str) -> bool {
+        lock(&self.told).insert(key.to_string())
+    }
+
+    /// Copies `paths` from `machine`'s guest into the artifacts should the
+    /// test fail ([`Run::collect_guest_files`]).
+    pub fn collect_on_failure(&self, machine: SharedMachine, paths: Vec<String>) {
+        lock(&self.collect).push((machine, paths));
+    }
+
+    /// Copies the guest files `collect_on_failure` named into
+    /// `NAME-files/` in each machine's artifacts, when a test has failed
+    /// and before its machines are stopped; what cannot be copied (no
+    /// agent, no such file) is named in `NAME-files/ERRORS`.
+    pub fn collect_guest_files(&self) {
+        let wanted = std::mem::take(&mut *lock(&self.collect));
+        for (m, paths) in wanted {
+            let Ok(m) = m.try_lock() else { continue };
+            if !m.is_running() || m.log_dir().as_os_str().is_empty() {
+                continue;
+            }
+            let dir = m
+                .log_dir()
+                .join(format!("{}-files", file_name_part(m.name())));
+            let agent = m.guest_agent().ok().flatten();
+            drop(m);
+            if std::fs::create_dir_all(&dir).is_err() {
+                continue;
+            }
+            let mut errors = Vec::new();
+            for p in paths {
+                let to = dir.join(file_name_part(p.trim_start_matches('/')));
+                let r = match &agent {
+                    Some(a) => a.available().and_then(|ok| {
+                        if ok {
+                            a.copy_from(&p, &to)
+                        } else {
+                            Err(machine::Error::host(&p, "the guest agent does not answer"))
+                        }
+                    }),
+                    None => Err(machine::Error::host(&p, "the machine has no guest agent")),
+                };
+                if let Err(e) = r {
+                    errors.push(e.to_string());
+                }
+            }
+            if !errors.is_empty() {
+                let _ = std::fs::write(dir.join("ERRORS"), errors.join("\n") + "\n");
             }
         }
     }

@@ -55,7 +55,7 @@ fn the_html_report_shows_tests_errors_steps_events_and_consoles_in_a_browser() {
     w.script(
         "t/bad.rhai",
         "import \"guest\" as guest;\n\
-         let vm = guest::boot(#{});\n\
+         let vm = guest::boot(#{ agent: false });\n\
          step(\"pause it\", || {\n\
          \x20   vm.cmd(\"stop\");\n\
          \x20   log(\"paused </script> <b>not bold</b>\");\n\

@@ -1,0 +1,419 @@
+//! The host's end of the guest agent (`scripts/guest-agent.sh`): commands
+//! and files carried on a virtio-serial port of their own, so that nothing
+//! of it passes through the serial console.
+//!
+//! QEMU gets one end of a socketpair as the port's chardev; an [`Agent`]
+//! holds the other for the machine's whole run. Requests go one at a time,
+//! each a line perhaps followed by as many bytes as it announces, and so
+//! does each reply (the protocol is in the agent's header). A request that
+//! failed half-way leaves the stream somewhere unknown: the next one first
+//! sends `sync NONCE` and skips everything up to its echo.
+//!
+//! Knows nothing of the machine around it, nor of scripts; the machine
+//! adds the port to QEMU's command line (`args.rs`) and hands out the
+//! [`Agent`].
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::{Error, Result};
+use crate::sync::lock;
+
+/// The port's name, which the agent looks for.
+pub const PORT_NAME: &str = "org.vmscript.agent";
+
+/// How long a guest that has the port may take to answer its first sync
+/// before it counts as one without the agent.
+const FIRST_SYNC: Duration = Duration::from_secs(5);
+/// How long a later sync may take: the agent may still be finishing what
+/// an abandoned request started.
+const RESYNC: Duration = Duration::from_secs(30);
+/// How long the guest may leave a reply (or a copy) without progress
+/// beyond a command's own time.
+const SLACK: Duration = Duration::from_secs(30);
+/// Copies move in pieces this big.
+const CHUNK: usize = 1 << 20;
+
+/// What a command in the guest did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunOutput {
+    pub status: i64,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+/// A handle on a machine's agent; clones share the one connection.
+#[derive(Debug, Clone)]
+pub struct Agent {
+    conn: Arc<Mutex<Conn>>,
+}
+
+#[derive(Debug)]
+struct Conn {
+    writer: UnixStream,
+    reader: BufReader<UnixStream>,
+    state: Sync,
+    nonce: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Sync {
+    /// Never asked: whether the guest runs the agent is unknown.
+    Unknown,
+    /// The stream is at a request's start.
+    InStep,
+    /// A request failed half-way; sync before the next.
+    Lost,
+    /// The guest did not answer the first sync: it has no agent.
+    Absent,
+}
+
+impl Agent {
+    /// The agent on `stream`, our end of the port's chardev.
+    pub fn new(stream: UnixStream) -> std::io::Result<Agent> {
+        let reader = BufReader::with_capacity(CHUNK, stream.try_clone()?);
+        let nonce = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+            ^ u64::from(std::process::id());
+        Ok(Agent {
+            conn: Arc::new(Mutex::new(Conn {
+                writer: stream,
+                reader,
+                state: Sync::Unknown,
+                nonce,
+            })),
+        })
+    }
+
+    /// Whether the guest answers on the port: the first call waits a few
+    /// seconds for it, later ones know. `false` means the guest has no
+    /// agent (use the console instead).
+    pub fn available(&self) -> Result<bool> {
+        let mut c = lock(&self.conn);
+        c.ready()
+    }
+
+    /// Runs `cmd` with `sh -c` in the guest, with stdin `/dev/null`, in a
+    /// process group of its own that is killed when it takes longer than
+    /// `timeout` ([`Error::Timeout`], with what it wrote so far). More than
+    /// `max` bytes of output is an error.
+    pub fn run(&self, cmd: &str, timeout: Duration, max: u64) -> Result<RunOutput> {
+        let what = format!("running `{cmd}` in the guest");
+        let mut c = lock(&self.conn);
+        c.require(&what)?;
+        let secs = timeout.as_secs_f64().ceil().max(1.0) as u64;
+        let deadline = Instant::now() + Duration::from_secs(secs) + SLACK;
+        c.state = Sync::Lost;
+        c.send(
+            format!("run {secs} {max} {}\n", cmd.len()).as_bytes(),
+            &what,
+        )?;
+        c.send(cmd.as_bytes(), &what)?;
+        let reply = c.line(deadline, &what)?;
+        let f: Vec<&str> = reply.split(' ').collect();
+        let num = |i: usize| f.get(i).and_then(|s| s.parse::<i64>().ok());
+        let (Some("ran"), Some(status), Some(timed_out), Some(out), Some(err), Some(sent)) =
+            (f.first().copied(), num(1), num(2), num(3), num(4), num(5))
+        else {
+            return Err(c.protocol(&what, &reply));
+        };
+        if sent != 1 {
+            c.state = Sync::InStep;
+            return Err(Error::host(
+                what,
+                format!(
+                    "it wrote {} bytes (stdout {out}, stderr {err}), more than the {max} allowed",
+                    out + err
+                ),
+            ));
+        }
+        let stdout = c.bytes(out as usize, deadline, &what)?;
+        let stderr = c.bytes(err as usize, deadline, &what)?;
+        c.state = Sync::InStep;
+        if timed_out == 1 {
+            let mut seen = String::from_utf8_lossy(&stdout).into_owned();
+            seen.push_str(&String::from_utf8_lossy(&stderr));
+            return Err(Error::Timeout {
+                what: format!("`{cmd}` in the guest (killed there, with its process group)"),
+                after: timeout,
+                seen: if seen.is_empty() {
+                    Vec::new()
+                } else {
+                    vec![format!("{:?}", super::tail(&seen, 2000))]
+                },
+            });
+        }
+        Ok(RunOutput {
+            status,
+            stdout,
+            stderr,
+        })
+    }
+
+    /// Copies the host file `from` to `to` in the guest, byte for byte.
+    pub fn copy_to(&self, from: &Path, to: &str) -> Result<()> {
+        let what = format!("copying {} to {to} in the guest", from.display());
+        check_guest_path(to, &what)?;
+        let mut file = File::open(from).map_err(|e| Error::host(&what, e))?;
+        let meta = file.metadata().map_err(|e| Error::host(&what, e))?;
+        if meta.is_dir() {
+            return Err(Error::host(
+                what,
+                "it is a folder; copy its files one by one",
+            ));
+        }
+        let size = meta.len();
+        let mut c = lock(&self.conn);
+        c.require(&what)?;
+        c.state = Sync::Lost;
+        c.send(format!("put {size} {}\n", to.len()).as_bytes(), &what)?;
+        c.send(to.as_bytes(), &what)?;
+        // Exactly `size` bytes go, whatever happens to the file meanwhile:
+        // the agent reads that many before it answers.
+        let mut buf = vec![0u8; CHUNK];
+        let mut left = size;
+        let mut read_error = None;
+        while left > 0 {
+            let want = left.min(CHUNK as u64) as usize;
+            let n = if read_error.is_some() {
+                buf[..want].fill(0);
+                want
+            } else {
+                match file.read(&mut buf[..want]) {
+                    Ok(0) => {
+                        read_error = Some(format!("{} shrank while it was copied", from.display()));
+                        continue;
+                    }
+                    Ok(n) => n,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        read_error = Some(e.to_string());
+                        continue;
+                    }
+                }
+            };
+            c.send(&buf[..n], &what)?;
+            left -= n as u64;
+        }
+        let reply = c.line(Instant::now() + SLACK, &what)?;
+        c.state = Sync::InStep;
+        if let Some(e) = read_error {
+            return Err(Error::host(what, e));
+        }
+        match reply.split_once(' ') {
+            _ if reply == "ok" => Ok(()),
+            Some(("err", msg)) => Err(Error::host(what, msg)),
+            _ => Err(c.protocol(&what, &reply)),
+        }
+    }
+
+    /// Copies the guest file `from` to the host file `to`, byte for byte.
+    pub fn copy_from(&self, from: &str, to: &Path) -> Result<()> {
+        let what = format!("copying {from} in the guest to {}", to.display());
+        check_guest_path(from, &what)?;
+        let mut c = lock(&self.conn);
+        c.require(&what)?;
+        c.state = Sync::Lost;
+        c.send(format!("get {}\n", from.len()).as_bytes(), &what)?;
+        c.send(from.as_bytes(), &what)?;
+        let reply = c.line(Instant::now() + SLACK, &what)?;
+        let size = match reply.split_once(' ') {
+            Some(("data", n)) => match n.parse::<u64>() {
+                Ok(n) => n,
+                Err(_) => return Err(c.protocol(&what, &reply)),
+            },
+            Some(("err", msg)) => {
+                c.state = Sync::InStep;
+                return Err(Error::host(what, msg));
+            }
+            _ => return Err(c.protocol(&what, &reply)),
+        };
+        // The bytes are read off the port even when the file cannot be
+        // written, so that the stream stays in step.
+        let mut file = File::create(to).map_err(|e| (e, true));
+        let mut write_error = None;
+        let mut left = size;
+        while left > 0 {
+            let deadline = Instant::now() + SLACK;
+            let want = left.min(CHUNK as u64) as usize;
+            let got = c.some(want, deadline, &what)?;
+            if let Ok(f) = &mut file {
+                if let Err(e) = f.write_all(got) {
+                    write_error.get_or_insert(e.to_string());
+                }
+            }
+            let n = got.len();
+            c.reader.consume(n);
+            left -= n as u64;
+        }
+        c.state = Sync::InStep;
+        match (file, write_error) {
+            (Err((e, _)), _) => Err(Error::host(what, e)),
+            (_, Some(e)) => Err(Error::host(what, e)),
+            (Ok(_), None) => Ok(()),
+        }
+    }
+}
+
+/// A guest path the protocol can carry.
+fn check_guest_path(path: &str, what: &str) -> Result<()> {
+    if path.is_empty() || path.contains('\n') || path.contains('\0') {
+        return Err(Error::host(
+            what,
+            format!(
+                "{path:?} is not a guest path this copy can name (empty, or with a newline or NUL)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+impl Conn {
+    /// Whether the agent answers, syncing the stream first when needed.
+    fn ready(&mut self) -> Result<bool> {
+        let wait = match self.state {
+            Sync::InStep => return Ok(true),
+            Sync::Absent => return Ok(false),
+            Sync::Unknown => FIRST_SYNC,
+            Sync::Lost => RESYNC,
+        };
+        self.nonce = self
+            .nonce
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let token = format!("sync {:016x}", self.nonce);
+        let what = "waiting for the guest agent to answer";
+        self.send(format!("{token}\n").as_bytes(), what)?;
+        let deadline = Instant::now() + wait;
+        // Whatever an abandoned request left comes first: skip it.
+        loop {
+            match self.line(deadline, what) {
+                Ok(l) if l == token => {
+                    self.state = Sync::InStep;
+                    return Ok(true);
+                }
+                Ok(_) => {}
+                Err(Error::Timeout { .. }) if self.state == Sync::Unknown => {
+                    self.state = Sync::Absent;
+                    return Ok(false);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Like `ready`, but a guest without the agent is an error.
+    fn require(&mut self, what: &str) -> Result<()> {
+        if self.ready()? {
+            Ok(())
+        } else {
+            Err(Error::host(
+                what,
+                format!("the guest agent did not answer on the {PORT_NAME} port; is scripts/guest-agent.sh running in the guest?"),
+            ))
+        }
+    }
+
+    fn send(&mut self, bytes: &[u8], what: &str) -> Result<()> {
+        self.writer
+            .set_write_timeout(Some(SLACK))
+            .and_then(|_| self.writer.write_all(bytes))
+            .map_err(|e| self.io_error(what, e, SLACK))
+    }
+
+    /// One line of reply, without its newline; lines past 64 KiB are cut
+    /// (they are not the agent's).
+    fn line(&mut self, deadline: Instant, what: &str) -> Result<String> {
+        let mut line = Vec::new();
+        loop {
+            let buf = self.some(64 << 10, deadline, what)?;
+            match buf.iter().position(|&b| b == b'\n') {
+                Some(i) => {
+                    if line.len() < 64 << 10 {
+                        line.extend_from_slice(&buf[..i]);
+                    }
+                    self.reader.consume(i + 1);
+                    return Ok(String::from_utf8_lossy(&line).into_owned());
+                }
+                None => {
+                    let n = buf.len();
+                    if line.len() < 64 << 10 {
+                        line.extend_from_slice(buf);
+                    }
+                    self.reader.consume(n);
+                }
+            }
+        }
+    }
+
+    /// Exactly `n` bytes of reply.
+    fn bytes(&mut self, n: usize, deadline: Instant, what: &str) -> Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            let buf = self.some(n - out.len(), deadline, what)?;
+            let k = buf.len();
+            out.extend_from_slice(buf);
+            self.reader.consume(k);
+        }
+        Ok(out)
+    }
+
+    /// Up to `max` (at least one) buffered bytes, waiting until `deadline`
+    /// for some; the caller consumes what it used.
+    fn some(&mut self, max: usize, deadline: Instant, what: &str) -> Result<&[u8]> {
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Error::Timeout {
+                    what: what.to_string(),
+                    after: SLACK,
+                    seen: Vec::new(),
+                });
+            }
+            if let Err(e) = self.reader.get_ref().set_read_timeout(Some(left)) {
+                return Err(Error::host(what, e));
+            }
+            match self.reader.fill_buf() {
+                Ok([]) => {
+                    return Err(Error::host(
+                        what,
+                        "the guest agent's port closed (QEMU exited?)",
+                    ))
+                }
+                Ok(_) => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(e) => return Err(Error::host(what, e)),
+            }
+        }
+        let buf = self.reader.buffer();
+        Ok(&buf[..buf.len().min(max)])
+    }
+
+    fn io_error(&self, what: &str, e: std::io::Error, after: Duration) -> Error {
+        if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) {
+            Error::Timeout {
+                what: what.to_string(),
+                after,
+                seen: Vec::new(),
+            }
+        } else {
+            Error::host(what, e)
+        }
+    }
+
+    fn protocol(&self, what: &str, reply: &str) -> Error {
+        Error::host(
+            what,
+            format!(
+                "the guest agent answered {:?}, which this vmscript does not understand",
+                super::tail(reply, 200)
+            ),
+        )
+    }
+}
