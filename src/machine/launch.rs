@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::args::{
-    add_fd_args, command_line, console_args, display_args, machine_args, monitor_args,
-    monitor_null_args, qtest_args, serial_padding_args, MonitorChardev,
+    add_fd_args, command_line, console_args, display_args, incoming_args, machine_args,
+    monitor_args, monitor_null_args, qtest_args, serial_padding_args, MonitorChardev,
 };
 use super::lifecycle::{Exited, Launched, Running, State};
 use super::process::Process;
@@ -205,6 +205,7 @@ impl Plan {
                 .unwrap_or_default(),
             qtest_path.as_deref().map(qtest_args).unwrap_or_default(),
             m.opts.args.clone(),
+            incoming_args(m.incoming),
         ]);
         Ok(Plan {
             temp_dir: Some(temp_dir),

@@ -13,6 +13,7 @@
 //! [`stdlib`] modules last.
 
 pub mod args;
+pub mod boot_api;
 pub mod cancel;
 pub mod cases;
 pub mod console_api;
@@ -91,6 +92,7 @@ pub fn api_engine() -> Engine {
     let mut engine = base_engine();
     convert::register(&mut engine);
     machine_api::register(&mut engine);
+    boot_api::register(&mut engine);
     console_api::register(&mut engine);
     host::register(&mut engine);
     memory::register_growth(&mut engine);

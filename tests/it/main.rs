@@ -10,6 +10,7 @@
 mod common;
 
 mod bad_input;
+mod boot_cache;
 mod faults;
 mod guest;
 mod load;
