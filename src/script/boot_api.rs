@@ -59,4 +59,21 @@ pub fn register(e: &mut Engine) {
     .register_into_engine(e, |ctx: NativeCallContext, vm: &mut MachineRef, o: Map| {
         launch_guest(&ctx, vm, &o)
     });
+    func(
+        "snapshot_save(vm: Machine, name: String)",
+        "Saves the running machine as snapshot `name`, to roll back to with snapshot_load(name). QEMU's internal snapshots (snapshot-save): memory and devices go to a qcow2 file in the machine's temp dir, and each writable disk, which must be qcow2 (guest::boot's are), keeps a snapshot of its own, so disks roll back with the machine. The same QEMU goes on: console, monitor and pid stay. Saving the same name again replaces it.",
+    )
+    .register_into_engine(e, |vm: &mut MachineRef, name: &str| {
+        vm.with(|m| m.snapshot_save(name, args::scaled(SNAPSHOT_WAIT)))
+    });
+    func(
+        "snapshot_load(vm: Machine, name: String)",
+        "Rolls the running machine back to snapshot `name` (snapshot-load): memory, devices and disks as they were at snapshot_save(name); it runs on from there. An unknown name is a QEMUMachineError. The guest's wall clock goes back with it.",
+    )
+    .register_into_engine(e, |vm: &mut MachineRef, name: &str| {
+        vm.with(|m| m.snapshot_load(name, args::scaled(SNAPSHOT_WAIT)))
+    });
 }
+
+/// How long an in-test snapshot may take to save or load.
+const SNAPSHOT_WAIT: std::time::Duration = std::time::Duration::from_secs(120);

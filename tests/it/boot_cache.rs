@@ -243,3 +243,54 @@ fn another_qemu_version_misses() {
     assert_eq!(entries(&w).len(), 2);
     w.assert_clean();
 }
+
+#[test]
+fn snapshot_load_rolls_the_guest_and_its_disk_back() {
+    let w = World::new();
+    let disk = w.path().join("disk.raw");
+    std::fs::write(&disk, vec![b'.'; 1 << 20]).unwrap();
+    let a = w.script(
+        "a.rhai",
+        &format!(
+            r#"
+import "guest" as guest;
+let g = guest::test_guest();
+let opts = #{{ kernel: g.kernel, initrd: g.initrd, disk: "{disk}", timeout: 200 }};
+let vm = guest::boot(opts);
+let pid = vm.get_pid();
+guest::run_ok(vm, "echo one > /tmp/a; printf BEFORE | dd of=/dev/vda conv=notrunc 2>/dev/null; sync");
+vm.snapshot_save("start");
+guest::run_ok(vm, "rm /tmp/a; echo two > /tmp/b; printf AFTER! | dd of=/dev/vda conv=notrunc 2>/dev/null; sync");
+vm.snapshot_save("later");
+vm.snapshot_load("start");
+assert_eq(guest::run_ok(vm, "cat /tmp/a; test -e /tmp/b || echo no-b"), "one\nno-b\n");
+assert_eq(guest::run_ok(vm, "echo 3 > /proc/sys/vm/drop_caches; dd if=/dev/vda bs=6 count=1 iflag=direct 2>/dev/null"), "BEFORE");
+vm.snapshot_load("later");
+assert_eq(guest::run_ok(vm, "cat /tmp/b"), "two\n");
+assert_eq(vm.get_pid(), pid, "the same QEMU goes on");
+try {{
+    vm.snapshot_load("never-saved");
+    fail("an unknown snapshot loaded");
+}} catch (e) {{
+    assert_eq(e.kind, "QEMUMachineError");
+    assert(e.message.contains("never-saved"), e.message);
+}}
+assert_eq(guest::run_ok(vm, "echo alive"), "alive\n");
+vm.shutdown();
+// A raw disk written in place cannot roll back: refused, not half done.
+opts.snapshot = false;
+let raw = guest::boot(opts);
+try {{
+    raw.snapshot_save("x");
+    fail("a snapshot of a raw disk was taken");
+}} catch (e) {{
+    assert(e.message.contains("qcow2"), e.message);
+}}
+raw.shutdown();
+"#,
+            disk = disk.display()
+        ),
+    );
+    passed(&run(&w, &[&a], &[]), 1);
+    w.assert_clean();
+}
