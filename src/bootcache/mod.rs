@@ -154,6 +154,8 @@ fn cached_boot(m: &mut Machine, req: &Request, store: &Store, key: &key::Key) ->
     match store.lookup(&id, &key.descriptor) {
         Ok(Some(entry)) => match restore(m, req, key, &entry) {
             Ok(()) => return Ok(Outcome::Restored),
+            // Stopped from outside (Ctrl-C, a timeout): the entry is fine.
+            Err(e @ Error::Interrupted { .. }) => return Err(e),
             Err(e) => {
                 (req.log)(&format!(
                     "boot cache: restoring {id} failed, removing it and booting: {e}"
