@@ -13,6 +13,9 @@
 #   bash bench/run.sh guest       guest::run latency and copy throughput, the guest
 #                                 agent's channel against the console (N=20, 64 MiB)
 #   bash bench/run.sh smoke       every bench script once with a small N (for CI)
+#   bash bench/run.sh suite       guest_suite: the Python anchor and vmscript with
+#                                 the boot cache off, cold and warm, interleaved
+#                                 (REPS, default 3; N_SUITE, default 16)
 #
 # Environment: everything the harness takes (REPS, WORKLOADS, N_ROUNDTRIP,
 # EXTRAS, ...; see ../shared/bench/README.md), VMBENCH_HARNESS (the harness
@@ -111,6 +114,45 @@ EOF
   guest)
     cargo build --release --bin vmscript >&2
     "$vmscript" run --no-capture bench/guest_channel.rhai -- N="${N:-20}" MIB="${MIB:-64}"
+    ;;
+  suite)
+    cargo build --release --bin vmscript >&2
+    bash "$harness/setup.sh" >&2
+    reps=${REPS:-3}
+    n=${N_SUITE:-16}
+    py=/tmp/vmbench-venv/bin/python
+    out=$(mktemp /tmp/vmbench-suite.XXXXXX)
+    for rep in $(seq "$reps"); do
+      for who in python off cold warm; do
+        echo "--- rep $rep/$reps: $who" >&2
+        if [ "$who" = python ]; then
+          line=$("$py" "$harness/py_anchor.py" guest_suite "$n" | grep '^WORKLOAD') ||
+            { echo "$who: the run failed" >&2; continue; }
+        else
+          line=$("$vmscript" run --no-capture bench/guest_suite.rhai -- "N=$n" "MODE=$who" \
+            "VMSCRIPT=$vmscript" | grep '^WORKLOAD') ||
+            { echo "$who: the run failed" >&2; continue; }
+        fi
+        echo "$who $line" | tee -a "$out" >&2
+      done
+    done
+    echo "raw results: $out" >&2
+    # Median wall time of the suite per contender, and the ratios.
+    awk '{ t[$1] = t[$1] " " $5 }
+      END {
+        split("python off cold warm", names, " ")
+        for (i = 1; i <= 4; i++) {
+          k = split(substr(t[names[i]], 2), v, " ")
+          for (a = 1; a <= k; a++) for (b = a + 1; b <= k; b++) if (v[b] < v[a]) { x = v[a]; v[a] = v[b]; v[b] = x }
+          med[names[i]] = (k % 2) ? v[(k + 1) / 2] : (v[k / 2] + v[k / 2 + 1]) / 2
+        }
+        printf "| contender | suite wall s (median of %d) | per test s | Python / this | cache-off / this |\n", k
+        print "|---|---|---|---|---|"
+        for (i = 1; i <= 4; i++) {
+          m = med[names[i]]
+          printf "| %s | %.1f | %.2f | %.1fx | %.1fx |\n", names[i], m, m / '"$n"', med["python"] / m, med["off"] / m
+        }
+      }' "$out"
     ;;
   smoke)
     cargo build --release --bin vmscript >&2

@@ -11,6 +11,12 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 banner() { printf '\n==> %s\n' "$*"; }
 
+# guest::boot's boot cache goes to a folder of this run, removed at the
+# end: the user's own cache (~/.cache/vmscript) is never touched.
+XDG_CACHE_HOME=$(mktemp -d "${TMPDIR:-/tmp}/vmscript-test-cache.XXXXXX")
+export XDG_CACHE_HOME
+trap 'rm -rf "$XDG_CACHE_HOME"' EXIT
+
 # The HTML report's test renders it in Debian's chromium, headless.
 export VMSCRIPT_SETUP_EXTRA="chromium ${VMSCRIPT_SETUP_EXTRA:-}"
 # shellcheck source=scripts/setup.sh

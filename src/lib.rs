@@ -5,6 +5,7 @@
 //! - [`qmp`]: the QMP wire protocol on one socket (no processes).
 //! - [`machine`]: a QEMU process with its QMP monitor, events and serial
 //!   console, as a plain Rust API modelled on QEMU's Python `QEMUMachine`.
+//! - [`bootcache`]: boot once, save the booted state, restore it after.
 //! - [`script`]: the Rhai bindings over [`machine`], and running one script.
 //! - [`runner`]: `vmscript run`: finding, running and reporting tests.
 //! - [`repl`]: `vmscript repl` (a script session, line by line) and
@@ -14,6 +15,7 @@
 //! [`sync`] holds the one way every layer waits (a deadline, an interrupt,
 //! several waiters).
 
+pub mod bootcache;
 pub mod machine;
 pub mod qmp;
 pub mod repl;

@@ -152,6 +152,20 @@ enum Command {
         #[arg(short = 'N', long)]
         no_negotiation: bool,
     },
+    /// The boot cache of guest::boot ($XDG_CACHE_HOME/vmscript, else ~/.cache/vmscript).
+    Cache {
+        #[command(subcommand)]
+        action: CacheAction,
+    },
+}
+
+/// What `vmscript cache` does.
+#[derive(Subcommand)]
+enum CacheAction {
+    /// One line per saved boot: id, size, last use, QEMU and what it boots.
+    List,
+    /// Remove every saved boot.
+    Clear,
 }
 
 /// How `vmscript list` prints.
@@ -326,6 +340,40 @@ fn dispatch(cli: Cli) -> i32 {
             log,
             no_negotiation,
         } => qmp_shell(address, hmp, timeout, log, no_negotiation),
+        Command::Cache { action } => cache(action),
+    }
+}
+
+fn cache(action: CacheAction) -> i32 {
+    let Some(store) = vmscript::bootcache::Store::from_env() else {
+        eprintln!("vmscript: error: no cache dir: neither XDG_CACHE_HOME nor HOME is set");
+        return 2;
+    };
+    match action {
+        CacheAction::List => {
+            let lines: Vec<String> = store
+                .list()
+                .iter()
+                .map(vmscript::bootcache::describe_entry)
+                .collect();
+            let text = if lines.is_empty() {
+                format!("no saved boots in {}\n", store.root().display())
+            } else {
+                lines.join("\n") + "\n"
+            };
+            print_out(&text).map_or_else(|code| code, |()| 0)
+        }
+        CacheAction::Clear => match store.clear() {
+            Ok(n) => print_out(&format!(
+                "removed {n} saved boot(s) from {}\n",
+                store.root().display()
+            ))
+            .map_or_else(|code| code, |()| 0),
+            Err(e) => {
+                eprintln!("vmscript: error: clearing {}: {e}", store.root().display());
+                2
+            }
+        },
     }
 }
 

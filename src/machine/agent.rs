@@ -144,7 +144,7 @@ impl Agent {
                 seen: if seen.is_empty() {
                     Vec::new()
                 } else {
-                    vec![format!("{:?}", super::tail(&seen, 2000))]
+                    vec![format!("{:?}", super::tail::last_bytes(&seen, 2000))]
                 },
             });
         }
@@ -412,7 +412,7 @@ impl Conn {
             what,
             format!(
                 "the guest agent answered {:?}, which this vmscript does not understand",
-                super::tail(reply, 200)
+                super::tail::last_bytes(reply, 200)
             ),
         )
     }

@@ -138,6 +138,15 @@ pub(super) fn qtest_args(path: &Path) -> Vec<String> {
     ]
 }
 
+/// `-incoming defer`: wait for `migrate-incoming` instead of booting.
+pub(super) fn incoming_args(incoming: bool) -> Vec<String> {
+    if incoming {
+        strings(&["-incoming", "defer"])
+    } else {
+        Vec::new()
+    }
+}
+
 /// `text` as the value of a QEMU option (`path=…` in `-chardev socket,…`):
 /// QEMU reads a `,` as the end of the value, and `,,` as a comma in it.
 fn option_value(text: &str) -> String {

@@ -28,6 +28,7 @@ mod lifecycle;
 mod monitor;
 pub mod process;
 mod qtest;
+mod snapshot;
 pub mod tail;
 
 use std::os::fd::RawFd;
@@ -214,6 +215,8 @@ pub struct Machine {
     monitor_null: bool,
     add_fds: Vec<AddFd>,
     qtest: bool,
+    /// Start with `-incoming defer` (a restore from a saved state).
+    incoming: bool,
     state: State,
     kill_handle: KillHandle,
     interrupt_handle: InterruptHandle,
@@ -246,6 +249,7 @@ impl Machine {
             monitor_null: false,
             add_fds: Vec::new(),
             qtest: false,
+            incoming: false,
             state: State::Configured,
             kill_handle: KillHandle::default(),
             interrupt_handle: InterruptHandle::default(),
@@ -359,6 +363,12 @@ impl Machine {
         self.configurable("enable_qtest")?;
         self.qtest = true;
         Ok(())
+    }
+
+    /// Whether the command line holds something a saved state cannot
+    /// stand for: descriptors passed with `add_fd`, or qtest.
+    pub fn has_outside_state(&self) -> bool {
+        !self.add_fds.is_empty() || self.qtest
     }
 
     // ---- properties ----------------------------------------------------

@@ -15,6 +15,7 @@
 //! [`stdlib`] modules last.
 
 pub mod args;
+pub mod boot_api;
 pub mod cancel;
 pub mod cases;
 pub mod console_api;
@@ -96,6 +97,7 @@ pub fn api_engine() -> Engine {
     let mut engine = base_engine();
     convert::register(&mut engine);
     machine_api::register(&mut engine);
+    boot_api::register(&mut engine);
     console_api::register(&mut engine);
     guest_api::register(&mut engine);
     host::register(&mut engine);

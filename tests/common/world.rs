@@ -84,6 +84,8 @@ impl World {
             .current_dir(self.path())
             .env("TMPDIR", self.tmp())
             .env("VMSCRIPT_TEST_MARK", &self.mark)
+            // The boot cache of the world, never the user's.
+            .env("XDG_CACHE_HOME", self.path().join("cache"))
             .env_remove("VMSCRIPT_QEMU")
             .env_remove("VMSCRIPT_MAX_MEMORY_MB")
             // Reports are compared as plain text unless a test asks for colour.

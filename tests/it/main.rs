@@ -10,6 +10,7 @@
 mod common;
 
 mod bad_input;
+mod boot_cache;
 mod debug;
 mod faults;
 mod guest;

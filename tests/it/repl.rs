@@ -659,7 +659,11 @@ fn repl_says_a_machine_is_booting_while_boot_waits() {
     let guest = crate::common::guest_dir();
     let t = Terminal::start(
         &[vmscript(), "repl", "--qemu", QEMU],
-        &[("XDG_STATE_HOME", state.path()), ("VMSCRIPT_GUEST", &guest)],
+        &[
+            ("XDG_STATE_HOME", state.path()),
+            ("XDG_CACHE_HOME", state.path()),
+            ("VMSCRIPT_GUEST", &guest),
+        ],
     );
     t.wait_for(PROMPT);
     let before = t.screen().trim_end().len();
