@@ -253,12 +253,14 @@ fail("on purpose");
     w.assert_clean();
 }
 
-/// The one thing in `dir` (a test's artifacts folder).
+/// The one test folder in `dir` (a run's artifacts folder, which also
+/// holds the run's results.json).
 fn only_entry(dir: &std::path::Path) -> std::path::PathBuf {
     let entries: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'))
+        .filter(|p| !p.ends_with("results.json"))
         .collect();
     assert_eq!(entries.len(), 1, "{entries:?}");
     entries[0].clone()
