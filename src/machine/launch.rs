@@ -16,9 +16,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::args::{
-    add_fd_args, agent_args, command_line, console_args, display_args, incoming_args,
-    machine_args, monitor_args, monitor_null_args, qtest_args, second_qmp_args,
-    serial_padding_args, MonitorChardev,
+    add_fd_args, agent_args, command_line, console_args, display_args, incoming_args, machine_args,
+    monitor_args, monitor_null_args, qtest_args, second_qmp_args, serial_padding_args,
+    MonitorChardev,
 };
 use super::lifecycle::{Exited, Launched, Running, State};
 use super::process::Process;
