@@ -271,10 +271,17 @@ impl Driver {
             return result;
         };
         let cancel = self.run.cancel();
-        if cancel.is_cancelled() || cancel.expired().is_some() {
-            // Stopped by its timeout or a signal: nothing more may run,
-            // and the cleanup that follows kills every machine.
+        if cancel.is_cancelled() {
+            // Stopped by a signal (or past its timeout's grace): nothing
+            // more may run, and the cleanup that follows kills every
+            // machine.
             return result;
+        }
+        if cancel.expired().is_some() && self.run.config().debugger.is_none() {
+            // Timed out: the machines are still up for the grace the
+            // watchdog gives before it kills them, and teardown runs in
+            // what remains of it, no longer interrupted.
+            cancel.script_over();
         }
         let args = if n == 1 { vec![value] } else { Vec::new() };
         let torn = self.call(ctx, "teardown", args);

@@ -963,7 +963,7 @@ fn setup() {{
     write_file("{}/pid", `${{vm.get_pid()}}`);
     vm
 }}
-fn teardown(vm) {{ write_file("{}/torn", "x"); }}
+fn teardown(vm) {{ write_file("{}/torn", `${{vm.is_running()}}`); }}
 fn test_wait(vm) {{
     vm.event_wait("NEVER", 600);
 }}
@@ -998,10 +998,50 @@ fn test_quick(vm) {{ assert(vm.is_running()); }}
         .unwrap();
     assert!(!is_qemu_process(pid), "QEMU {pid} outlived its case");
     assert!(sockets_below(&w.tmp()).is_empty());
+    // Its teardown ran, with the machine still up.
+    let torn = w.path().join("torn");
+    assert_eq!(std::fs::read_to_string(&torn).unwrap(), "true");
+    std::fs::remove_file(&torn).unwrap();
     // The other case, on its own machine, passes.
     let o = w.run(&["run", "--filter", "test_quick", "m.rhai"]);
     assert!(o.status.success(), "{}", stdout(&o));
-    assert!(w.path().join("torn").exists());
+    assert_eq!(std::fs::read_to_string(&torn).unwrap(), "true");
+}
+
+#[test]
+fn a_teardown_that_hangs_after_its_case_timed_out_is_stopped_too() {
+    let w = World::new();
+    w.script(
+        "h.rhai",
+        r#"
+fn setup() {
+    let vm = machine();
+    vm.add_args("-M", "none");
+    vm.launch();
+    vm
+}
+fn teardown(vm) { vm.event_wait("ALSO_NEVER", 600); }
+fn test_wait(vm) { vm.event_wait("NEVER", 600); }
+"#,
+    );
+    let start = Instant::now();
+    let o = w.run(&["run", "--timeout", "2", "h.rhai"]);
+    let took = start.elapsed();
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    // The timeout, then the grace in which teardown ran, then the kill.
+    assert!(took >= Duration::from_secs(7), "{took:?}\n{out}");
+    assert!(took < Duration::from_secs(20), "{took:?}\n{out}");
+    assert!(out.starts_with("TIMEOUT h.rhai::test_wait ("), "{out}");
+    assert!(
+        out.contains("Timeout: the test timed out after 2s, waiting for event NEVER"),
+        "{out}"
+    );
+    assert!(
+        out.contains("teardown() failed too, at h.rhai: Timeout: the test timed out after 2s"),
+        "{out}"
+    );
+    w.assert_clean();
 }
 
 #[test]
