@@ -15,28 +15,32 @@
 //! A session either owns its run ([`Session::new`], `vmscript repl`) or
 //! takes over a failed test's ([`Session::for_scene`], `--debug-on-fail`):
 //! its variables, functions, imports and machines.
+//!
+//! This file holds the session and its evaluation (inputs, imports,
+//! `:load`, `:save`); `doc` answers `:doc`, `machines` lists and finds the
+//! session's machines (`:vms`, `:console`), and `sources` is what Tab
+//! completion sees, QMP schemas included.
+
+mod doc;
+mod machines;
+mod sources;
+
+pub use machines::{vms_table, VmInfo};
+
+use sources::SchemaSlot;
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
 use std::sync::Arc;
 use std::sync::LazyLock;
 use std::time::Duration;
-use std::time::Instant;
 
 use regex::Regex;
 use rhai::{Dynamic, Engine, OptimizationLevel, Position, Scope, AST};
-use serde_json::Value;
 
-use super::complete::{self, Function, Sources};
-use super::schema::Schema;
-use crate::machine::{Console, InterruptHandle, Machine};
+use super::complete::{self, Function};
 use crate::script::debug::SharedModule;
-use crate::script::machine_api::MachineRef;
-use crate::script::run::SharedMachine;
 use crate::script::{self, docs, Cancel, Failure, QemuBinary, Run, RunConfig, RunReport, Scene};
 
 /// How long the session's run may last: for ever, in effect. Waits that
@@ -55,15 +59,6 @@ pub struct SessionOptions {
     pub lib_dirs: Vec<PathBuf>,
     /// Where machine logs go; a temp dir removed at the end when `None`.
     pub artifacts: Option<PathBuf>,
-}
-
-/// A machine of the session, for `:vms`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VmInfo {
-    pub name: String,
-    pub pid: Option<i32>,
-    /// `running`, `paused`, … (QEMU's run state), `exited (N)` or `not launched`.
-    pub status: String,
 }
 
 /// One REPL session; see the module documentation.
@@ -108,19 +103,6 @@ struct ModuleInfo {
     path: String,
     functions: Vec<String>,
 }
-
-/// A QMP schema being fetched, or fetched.
-enum SchemaSlot {
-    Pending(mpsc::Receiver<Schema>),
-    Ready(Rc<Schema>),
-}
-
-/// How long Tab waits for a schema being fetched before it offers nothing
-/// (the next Tab looks again).
-const SCHEMA_WAIT: Duration = Duration::from_secs(1);
-
-/// How long fetching a schema may keep the machine's monitor busy.
-const SCHEMA_DEADLINE: Duration = Duration::from_secs(3);
 
 static IMPORT: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r#"(?m)^\s*import\s+"([^"]+)"\s+as\s+(\w+)\s*;?"#).expect("a valid regex")
@@ -326,355 +308,22 @@ impl Session {
         }
     }
 
-    /// The signatures and documentation of `name` (`Machine.name` for a
-    /// property), from the engine's metadata and the session's functions.
-    pub fn doc(&self, name: &str) -> Option<String> {
-        if name.contains("::") || self.modules.contains_key(name) {
-            return self.module_doc(name);
-        }
-        if let Some(e) = self.reference.iter().find(|e| e.name == name) {
-            return Some(entry_text(e));
-        }
-        let mut out = String::new();
-        for f in self.functions.iter_functions().filter(|f| f.name == name) {
-            for c in f.comments.iter() {
-                out.push_str(c);
-                out.push('\n');
-            }
-            out.push_str(&format!("fn {f}\n"));
-        }
-        let prefix = format!("{name}(");
-        for s in self
-            .std_signatures
-            .iter()
-            .filter(|s| s.starts_with(&prefix))
-        {
-            out.push_str(s);
-            out.push('\n');
-        }
-        if out.is_empty() {
-            // A module of the project that no input imported yet.
-            return self.module_doc(name);
-        }
-        Some(out)
-    }
-
-    /// `:doc MODULE` and `:doc MODULE::f`, as `vmscript doc MODULE` shows
-    /// them. A module is an alias of the session, else found as `import`
-    /// finds it.
-    fn module_doc(&self, name: &str) -> Option<String> {
-        let (module, function) = match name.split_once("::") {
-            Some((m, f)) => (m, Some(f)),
-            None => (name, None),
-        };
-        let path = self
-            .modules
-            .get(module)
-            .map_or(module.to_string(), |m| m.path.clone());
-        let doc = script::module_docs(&path, &self.lib_dirs).ok()?;
-        let Some(f) = function else {
-            return Some(script::docs::render_module(&doc));
-        };
-        let wanted = format!("{path}::{f}");
-        doc.functions
-            .iter()
-            .find(|e| e.name == wanted)
-            .map(entry_text)
-    }
-
-    /// Starts fetching the QMP schema of every running machine that has
-    /// none yet, so that it is there by the time Tab asks.
-    pub fn prefetch_schemas(&self) {
-        for m in self.run.machines() {
-            let _ = self.start_schema(&m);
-        }
-    }
-
-    /// Starts fetching the schema of `machine` unless it is in or coming;
-    /// returns its key, `None` when the machine is not running (or busy
-    /// with no schema asked for yet).
-    fn start_schema(&self, machine: &SharedMachine) -> Option<usize> {
-        let key = Arc::as_ptr(machine) as usize;
-        let mut schemas = self.schemas.borrow_mut();
-        // Busy: fetching its schema, say; what was asked for stands.
-        let Ok(m) = machine.try_lock() else {
-            return schemas.contains_key(&key).then_some(key);
-        };
-        let pid = m.get_pid().filter(|_| m.is_running())?;
-        if schemas.get(&key).is_some_and(|(p, _)| *p == pid) {
-            return Some(key);
-        }
-        let slot = SchemaSlot::Pending(fetch_schema(machine.clone(), m.interrupt_handle()));
-        schemas.insert(key, (pid, slot));
-        Some(key)
-    }
-
-    /// The session's machines, oldest first.
-    pub fn vms(&self) -> Vec<VmInfo> {
-        self.run
-            .machines()
-            .iter()
-            .map(|m| match m.try_lock() {
-                Ok(mut m) => info(&mut m),
-                Err(_) => VmInfo {
-                    name: "?".into(),
-                    pid: None,
-                    status: "busy".into(),
-                },
-            })
-            .collect()
-    }
-
-    /// The serial console of the machine named `name` (or held by the
-    /// variable `name`), for `:console`. Waits for a machine that is busy
-    /// fetching its schema (for at most [`SCHEMA_DEADLINE`]): no input
-    /// runs while a command does.
-    pub fn console(&self, name: &str) -> Result<(String, Console), String> {
-        let by_name = self
-            .run
-            .machines()
-            .into_iter()
-            .find(|m| script::run::lock(m).name() == name);
-        let by_variable = || {
-            let v = self.scope.get(name)?;
-            v.read_lock::<MachineRef>().map(|m| m.machine().clone())
-        };
-        let Some(machine) = by_name.or_else(by_variable) else {
-            let names: Vec<String> = self.vms().into_iter().map(|v| v.name).collect();
-            return Err(match names.is_empty() {
-                true => format!("no machine {name}: the session has none yet"),
-                false => format!("no machine {name}; the machines are {}", names.join(", ")),
-            });
-        };
-        let m = script::run::lock(&machine);
-        if !m.is_running() {
-            return Err(format!("machine {} is not running", m.name()));
-        }
-        m.console_socket()
-            .map(|c| (m.name().to_string(), c))
-            .map_err(|e| format!("machine {}: {e}", m.name()))
-    }
-
     /// Shuts down every machine still running and releases the run.
     pub fn finish(&self) -> RunReport {
         self.run.finish()
     }
-
-    /// The machine held by variable `name`, else the latest running one.
-    fn machine_for(&self, name: Option<&str>) -> Option<SharedMachine> {
-        if let Some(v) = name.and_then(|n| self.scope.get(n)) {
-            if let Some(m) = v.read_lock::<MachineRef>() {
-                return Some(m.machine().clone());
-            }
-        }
-        self.run
-            .machines()
-            .into_iter()
-            .rev()
-            .find(|m| m.try_lock().is_ok_and(|m| m.is_running()))
-    }
-}
-
-fn info(m: &mut Machine) -> VmInfo {
-    let status = if m.is_running() {
-        m.command("query-status", None, true)
-            .ok()
-            .and_then(|s| s.get("status").and_then(Value::as_str).map(str::to_string))
-            .unwrap_or_else(|| "running".into())
-    } else if let Some(code) = m.exitcode() {
-        format!("exited ({code})")
-    } else {
-        "not launched".into()
-    };
-    VmInfo {
-        name: m.name().to_string(),
-        pid: m.get_pid(),
-        status,
-    }
-}
-
-/// `:vms` as a table.
-pub fn vms_table(vms: &[VmInfo]) -> String {
-    if vms.is_empty() {
-        return "no machines yet: let vm = machine(); vm.launch();".into();
-    }
-    let width = vms.iter().map(|v| v.name.len()).max().unwrap_or(4).max(4);
-    let mut out = format!("{:width$}  {:>8}  STATUS", "NAME", "PID");
-    for v in vms {
-        let pid = v.pid.map_or("-".to_string(), |p| p.to_string());
-        out.push_str(&format!("\n{:width$}  {pid:>8}  {}", v.name, v.status));
-    }
-    out
-}
-
-impl Sources for Session {
-    fn functions(&self) -> Vec<Function> {
-        let mut out = self.builtins.clone();
-        out.extend(self.functions.iter_functions().map(|f| Function {
-            name: f.name.to_string(),
-            receiver: None,
-            property: false,
-        }));
-        out
-    }
-
-    fn variables(&self) -> Vec<(String, String)> {
-        self.scope
-            .iter_raw()
-            .map(|(name, _, v)| {
-                let ty = if v.is_shared() {
-                    v.flatten_clone().type_name()
-                } else {
-                    v.type_name()
-                };
-                (name.to_string(), self.engine.map_type_name(ty).to_string())
-            })
-            .collect()
-    }
-
-    fn map_keys(&self, variable: &str) -> Vec<String> {
-        self.scope
-            .get(variable)
-            .and_then(|v| {
-                v.read_lock::<rhai::Map>()
-                    .map(|m| m.keys().map(|k| k.to_string()).collect())
-            })
-            .unwrap_or_default()
-    }
-
-    /// Never waits on QEMU for long: the schema is fetched on a thread of
-    /// its own, which a stopped QEMU cannot hold past [`SCHEMA_DEADLINE`];
-    /// until it is in, Tab offers nothing.
-    fn schema(&self, receiver: Option<&str>) -> Option<Rc<Schema>> {
-        let machine = self.machine_for(receiver)?;
-        let key = self.start_schema(&machine)?;
-        let mut schemas = self.schemas.borrow_mut();
-        let (_, slot) = schemas.get_mut(&key)?;
-        if let SchemaSlot::Pending(rx) = slot {
-            match rx.recv_timeout(SCHEMA_WAIT) {
-                // Nothing came (a QEMU that did not answer in time): ask
-                // again at the next Tab.
-                Ok(s) if s.commands.is_empty() => {
-                    schemas.remove(&key);
-                    return None;
-                }
-                Ok(s) => *slot = SchemaSlot::Ready(Rc::new(s)),
-                Err(mpsc::RecvTimeoutError::Timeout) => return None,
-                // The fetch found no machine to ask: ask again next time.
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    schemas.remove(&key);
-                    return None;
-                }
-            }
-        }
-        match slot {
-            SchemaSlot::Ready(s) => Some(s.clone()),
-            SchemaSlot::Pending(_) => None,
-        }
-    }
-
-    fn modules(&self) -> Vec<String> {
-        self.modules.keys().cloned().collect()
-    }
-
-    fn module_functions(&self, name: &str) -> Vec<String> {
-        self.modules
-            .get(name)
-            .map(|m| m.functions.clone())
-            .unwrap_or_default()
-    }
-}
-
-/// Asks `machine` for its QMP schema on a thread of its own. A QEMU that
-/// does not answer (stopped with SIGSTOP, say) is given up on after
-/// [`SCHEMA_DEADLINE`]: the wait is interrupted, which frees the machine
-/// for the next input; its schema then stays empty for the session.
-fn fetch_schema(machine: SharedMachine, interrupt: InterruptHandle) -> mpsc::Receiver<Schema> {
-    let (tx, rx) = mpsc::channel();
-    let done = Arc::new(AtomicBool::new(false));
-    let gave_up = Arc::new(AtomicBool::new(false));
-    let (finished, giving_up) = (done.clone(), gave_up.clone());
-    let _ = std::thread::Builder::new()
-        .name("repl-schema-deadline".into())
-        .spawn(move || {
-            let start = Instant::now();
-            while start.elapsed() < SCHEMA_DEADLINE {
-                if finished.load(Ordering::SeqCst) {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            if !finished.load(Ordering::SeqCst) {
-                giving_up.store(true, Ordering::SeqCst);
-                interrupt.interrupt();
-            }
-        });
-    let _ = std::thread::Builder::new()
-        .name("repl-schema".into())
-        .spawn(move || {
-            let schema = {
-                let mut m = script::run::lock(&machine);
-                schema_of(&mut m, &gave_up)
-            };
-            done.store(true, Ordering::SeqCst);
-            let _ = tx.send(schema);
-        });
-    rx
-}
-
-/// The schema of a running machine, from `query-qmp-schema`, else from
-/// `query-commands` and `query-events` (names only); what it has when
-/// `gave_up` is set.
-fn schema_of(m: &mut Machine, gave_up: &AtomicBool) -> Schema {
-    let mut schema = match m.command("query-qmp-schema", None, true) {
-        Ok(Value::Array(entries)) => Schema::from_entries(&entries),
-        _ => Schema::default(),
-    };
-    if gave_up.load(Ordering::SeqCst) {
-        return Schema::default();
-    }
-    if schema.commands.is_empty() {
-        if let Ok(Value::Array(cmds)) = m.command("query-commands", None, true) {
-            schema.add_command_names(&cmds);
-        }
-    }
-    if schema.events.is_empty() && !gave_up.load(Ordering::SeqCst) {
-        if let Ok(Value::Array(evs)) = m.command("query-events", None, true) {
-            schema.events = evs
-                .iter()
-                .filter_map(|e| e.get("name").and_then(Value::as_str).map(str::to_string))
-                .collect();
-            schema.events.sort();
-        }
-    }
-    schema
-}
-
-/// `:doc`'s text of one documented function: its signatures, then its
-/// doc lines indented.
-fn entry_text(e: &script::docs::Entry) -> String {
-    let mut out = String::new();
-    for s in &e.signatures {
-        out.push_str(s);
-        out.push('\n');
-    }
-    for d in &e.docs {
-        out.push_str("    ");
-        out.push_str(d);
-        out.push('\n');
-    }
-    out
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::complete::Sources;
     use super::*;
 
-    fn session() -> Session {
+    pub(super) fn session() -> Session {
         Session::new(SessionOptions::default()).unwrap()
     }
 
-    fn show(s: &mut Session, input: &str) -> String {
+    pub(super) fn show(s: &mut Session, input: &str) -> String {
         match s.eval(input) {
             Ok(v) => super::super::show::value(&v).unwrap_or_default(),
             Err(f) => super::super::show::failure(&f),
@@ -735,39 +384,6 @@ mod tests {
     }
 
     #[test]
-    fn doc_shows_signatures_and_documentation() {
-        let mut s = session();
-        let d = s.doc("event_wait").unwrap();
-        assert!(
-            d.contains("event_wait(vm: Machine, name: String) -> Map"),
-            "{d}"
-        );
-        assert!(d.contains("    Waits up to 60s"), "{d}");
-        assert!(s
-            .doc("Machine.name")
-            .unwrap()
-            .contains("The machine's name"));
-        show(&mut s, "/// Doubles.\nfn twice(x) { x * 2 }");
-        assert_eq!(s.doc("twice").unwrap(), "/// Doubles.\nfn twice(x)\n");
-        assert!(s.doc("len").unwrap().contains("len(string: string)"));
-        assert_eq!(s.doc("no_such_function"), None);
-    }
-
-    #[test]
-    fn doc_shows_modules_and_their_functions_as_vmscript_doc_does() {
-        let s = session();
-        let whole = s.doc("guest").unwrap();
-        assert_eq!(
-            whole,
-            script::docs::render_module(&script::module_docs("guest", &[]).unwrap())
-        );
-        let f = s.doc("guest::run_ok").unwrap();
-        assert!(f.starts_with("guest::run_ok(vm, cmd)\n"), "{f}");
-        assert!(!f.contains("guest::run("), "{f}");
-        assert_eq!(s.doc("guest::no_such"), None);
-    }
-
-    #[test]
     fn bundled_modules_are_there_without_import_and_saved_with_one() {
         let mut s = session();
         assert!(s.modules().contains(&"guest".to_string()));
@@ -818,27 +434,5 @@ mod tests {
         .unwrap();
         assert_eq!(show(&mut s, "import \"m\" as m;"), "");
         assert_eq!(show(&mut s, "m::three()"), "3");
-    }
-
-    #[test]
-    fn completion_sees_the_sessions_variables_and_functions() {
-        let mut s = session();
-        show(&mut s, "let st = #{status: \"running\"}; fn helper() {}");
-        let (_, ctx) = complete::context("st.sta");
-        let c = complete::candidates(&ctx, &s);
-        assert_eq!(
-            c.iter().map(|p| p.replacement.as_str()).collect::<Vec<_>>(),
-            ["status"]
-        );
-        let (_, ctx) = complete::context("hel");
-        let c = complete::candidates(&ctx, &s);
-        assert_eq!(c[0].replacement, "helper(");
-        let vars = s.variables();
-        assert_eq!(vars, [("st".to_string(), "map".to_string())]);
-        assert!(s
-            .functions()
-            .iter()
-            .any(|f| f.name == "event_wait" && f.receiver.as_deref() == Some("Machine")));
-        assert!(s.schema(None).is_none());
     }
 }

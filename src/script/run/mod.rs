@@ -13,245 +13,47 @@
 //! The run also keeps the test's name (`test_name()`) and the record of
 //! its `step(name, fn)` calls ([`StepRecord`]), which end up in the
 //! [`RunReport`].
+//!
+//! This file holds the [`Run`] and its lifecycle (making it, the machines
+//! and descriptors it owns, [`Run::finish`]); the rest is split by
+//! concern: `config` (what a run is given), `output` (`print`/`log`),
+//! `steps` (the record of `step()` calls), `artifacts` (what a failed test
+//! saves before its machines stop) and `report` (what is left at the end).
 
-use std::collections::{BTreeMap, VecDeque};
+mod artifacts;
+mod config;
+mod output;
+mod report;
+mod steps;
+
+pub use artifacts::{file_name_part, screenshot_path};
+pub use config::{QemuBinary, QemuSource, RunConfig};
+pub(crate) use report::with_crashes;
+pub use report::{MachineLogs, RunReport};
+pub use steps::{StepRecord, StepStatus, StepToken};
+
+use output::Output;
+use steps::Steps;
+
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, TryLockError};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use rhai::NativeCallContext;
 
 use crate::machine::{self, Machine, MachineOptions};
 
 use super::cancel::Cancel;
-use super::errors::{self, Failure, ScriptResult};
+use super::errors::{self, ScriptResult};
 use super::temp::OwnedTempDir;
 
 /// How long a machine left running at the end gets to quit by itself.
 const FINAL_GRACE: Duration = Duration::from_secs(1);
-/// How many lines of captured output are kept for the report.
-const CAPTURE_LINES: usize = 2000;
-
-/// Where the default QEMU binary came from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum QemuSource {
-    /// `--qemu BINARY`.
-    Flag,
-    /// `$VMSCRIPT_QEMU`.
-    Env,
-    /// `qemu` in `[run]` of this `vmscript.toml`.
-    File(PathBuf),
-    /// `qemu-system-<host arch>` in `$PATH`.
-    Default,
-}
-
-/// The QEMU binary `machine()` uses when given none.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QemuBinary {
-    pub path: PathBuf,
-    pub source: QemuSource,
-}
-
-impl QemuBinary {
-    /// `flag` (from `--qemu`), else `$VMSCRIPT_QEMU`, else
-    /// `qemu-system-<host arch>`.
-    pub fn resolve(flag: Option<PathBuf>) -> QemuBinary {
-        if let Some(path) = flag {
-            return QemuBinary {
-                path,
-                source: QemuSource::Flag,
-            };
-        }
-        match std::env::var_os("VMSCRIPT_QEMU").filter(|v| !v.is_empty()) {
-            Some(v) => QemuBinary {
-                path: v.into(),
-                source: QemuSource::Env,
-            },
-            None => QemuBinary {
-                path: format!("qemu-system-{}", std::env::consts::ARCH).into(),
-                source: QemuSource::Default,
-            },
-        }
-    }
-
-    /// Whether the binary was chosen by the user (`--qemu` or the
-    /// environment) rather than defaulted.
-    pub fn is_explicit(&self) -> bool {
-        self.source != QemuSource::Default
-    }
-
-    /// The binary's full path, or one line saying what was tried and how
-    /// to choose another.
-    pub fn locate(&self) -> Result<PathBuf, String> {
-        let shown = self.path.display();
-        let how = "pass --qemu BINARY or set VMSCRIPT_QEMU";
-        let from = match &self.source {
-            QemuSource::Flag => "given with --qemu".to_string(),
-            QemuSource::Env => "from $VMSCRIPT_QEMU".to_string(),
-            QemuSource::File(f) => format!("set in {}", f.display()),
-            QemuSource::Default => "the default for this host".to_string(),
-        };
-        if self.path.components().count() > 1 || self.path.is_absolute() {
-            use std::os::unix::fs::PermissionsExt;
-            return match self.path.metadata() {
-                Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => {
-                    Ok(self.path.clone())
-                }
-                Ok(_) => Err(format!(
-                    "QEMU binary {shown} ({from}) is not an executable file; {how}"
-                )),
-                Err(_) => Err(format!(
-                    "QEMU binary {shown} ({from}) does not exist; {how}"
-                )),
-            };
-        }
-        machine::process::which(&self.path.to_string_lossy())
-            .ok_or_else(|| format!("QEMU binary {shown} ({from}) not found in $PATH; {how}"))
-    }
-}
-
-/// What a run is given.
-#[derive(Debug, Clone)]
-pub struct RunConfig {
-    /// The script file.
-    pub script: PathBuf,
-    /// The folder for logs; must exist.
-    pub artifacts: PathBuf,
-    /// How long the script may run.
-    pub timeout: Duration,
-    /// The default QEMU binary.
-    pub qemu: QemuBinary,
-    /// `KEY=VALUE` pairs for `param()`.
-    pub params: BTreeMap<String, String>,
-    /// Keep `print`/`log` output for the report (else: to stdout).
-    pub capture: bool,
-    /// Extra module folders (`--lib`).
-    pub lib_dirs: Vec<PathBuf>,
-    /// `--debug-on-fail`: what a failed test is handed to, machines
-    /// running, before its cleanup ([`super::debug`]).
-    pub debugger: Option<super::debug::Debugger>,
-}
-
-/// A machine's logs, for the failure report.
-#[derive(Debug, Clone)]
-pub struct MachineLogs {
-    pub name: String,
-    pub qemu_log: PathBuf,
-    pub console_log: Option<PathBuf>,
-}
-
-/// What is left of a run once it has finished.
-#[derive(Debug, Clone, Default)]
-pub struct RunReport {
-    /// Every launched machine's logs.
-    pub machines: Vec<MachineLogs>,
-    /// The captured `print`/`log` lines (the last ones).
-    pub output: Vec<String>,
-    /// Cleanup problems (a machine that would not die, a temp dir that
-    /// would not go).
-    pub problems: Vec<String>,
-    /// Machines the cleanup found crashed (killed by a signal vmscript did
-    /// not send), one line each naming the machine and the signal.
-    pub crashes: Vec<String>,
-    /// Artifacts that could not be written or were cut short (a full or
-    /// read-only disk), one line each naming the file and the error.
-    pub lost: Vec<String>,
-    /// Every `step()` the script took, in the order they started.
-    pub steps: Vec<StepRecord>,
-}
-
-/// How a `step()` ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StepStatus {
-    Passed,
-    /// Its closure ended with an error (a timeout included).
-    Failed,
-    /// Its closure called `skip()`.
-    Skipped,
-}
-
-impl StepStatus {
-    /// `passed`, `failed` or `skipped`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StepStatus::Passed => "passed",
-            StepStatus::Failed => "failed",
-            StepStatus::Skipped => "skipped",
-        }
-    }
-}
-
-/// One `step(name, fn)`: when it started, how long it took, how it ended.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StepRecord {
-    /// The step's name; a step inside another is `outer > inner`.
-    pub name: String,
-    /// Since the run started.
-    pub offset: Duration,
-    /// Wall-clock start.
-    pub started_at: SystemTime,
-    pub duration: Duration,
-    pub status: StepStatus,
-    /// `KIND: message` of the error that ended a failed step.
-    pub error: Option<String>,
-}
-
-/// The steps of a run: those taken, those open now, and which failed last.
-#[derive(Debug, Default)]
-struct Steps {
-    taken: Vec<StepRecord>,
-    /// Indexes into `taken` of the steps still running, outermost first.
-    open: Vec<usize>,
-    /// The innermost step that failed with the latest error: its name and
-    /// the error's kind and message.
-    failed: Option<(String, String, String)>,
-}
-
-/// A step that has started; given back to [`Run::step_end`].
-#[derive(Debug)]
-pub struct StepToken(usize);
-
-/// `print` and `log` output: captured for the report or sent to stdout,
-/// and always written to `script.log` in the artifacts.
-struct Output {
-    capture: AtomicBool,
-    start: Instant,
-    lines: Mutex<VecDeque<String>>,
-    file: Mutex<Option<File>>,
-    /// Why `script.log` is incomplete: the first error, after which it
-    /// is closed (so it never goes on after a gap).
-    error: Mutex<Option<(&'static str, String)>>,
-}
-
-impl Output {
-    fn line(&self, line: String) {
-        let mut file = lock(&self.file);
-        if let Some(f) = file.as_mut() {
-            if let Err(e) = writeln!(f, "{line}") {
-                *file = None;
-                lock(&self.error).get_or_insert(("writing", e.to_string()));
-            }
-        }
-        drop(file);
-        if self.capture.load(Ordering::Relaxed) {
-            let mut lines = lock(&self.lines);
-            for l in line.lines() {
-                if lines.len() == CAPTURE_LINES {
-                    lines.pop_front();
-                }
-                lines.push_back(l.to_string());
-            }
-        } else {
-            let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "{line}");
-            let _ = out.flush();
-        }
-    }
-}
 
 /// One script run; see the module documentation.
 pub struct Run {
@@ -360,65 +162,6 @@ impl Run {
         *lock(&self.test_name) = name;
     }
 
-    /// Records that step `name` starts now.
-    pub fn step_begin(&self, name: &str) -> StepToken {
-        let mut steps = lock(&self.steps);
-        let full = match steps.open.last() {
-            Some(&outer) => format!("{} > {name}", steps.taken[outer].name),
-            None => name.to_string(),
-        };
-        let index = steps.taken.len();
-        steps.taken.push(StepRecord {
-            name: full,
-            offset: self.output.start.elapsed(),
-            started_at: SystemTime::now(),
-            duration: Duration::ZERO,
-            status: StepStatus::Passed,
-            error: None,
-        });
-        steps.open.push(index);
-        StepToken(index)
-    }
-
-    /// Records how the step of `token` ended: `error` is the failure its
-    /// closure ended with, if any.
-    pub fn step_end(&self, token: StepToken, error: Option<&Failure>) {
-        let mut steps = lock(&self.steps);
-        steps.open.retain(|&i| i != token.0);
-        let start = self.output.start + steps.taken[token.0].offset;
-        let mut failed = None;
-        let step = &mut steps.taken[token.0];
-        step.duration = start.elapsed();
-        if let Some(f) = error {
-            if f.kind == errors::SKIPPED {
-                step.status = StepStatus::Skipped;
-            } else {
-                step.status = StepStatus::Failed;
-                step.error = Some(format!("{}: {}", f.kind, f.message));
-                failed = Some((step.name.clone(), f.kind.clone(), f.message.clone()));
-            }
-        }
-        if let Some((name, kind, message)) = failed {
-            // An outer step failing with the error an inner one failed
-            // with keeps the inner one: that is where it happened.
-            let same = steps
-                .failed
-                .as_ref()
-                .is_some_and(|(_, k, m)| *k == kind && *m == message);
-            if !same {
-                steps.failed = Some((name, kind, message));
-            }
-        }
-    }
-
-    /// The step `f` happened in: the innermost step that failed with the
-    /// same error, when one did.
-    pub fn failed_step(&self, f: &Failure) -> Option<String> {
-        let steps = lock(&self.steps);
-        let (name, kind, message) = steps.failed.as_ref()?;
-        (*kind == f.kind && *message == f.message).then(|| name.clone())
-    }
-
     /// The run's configuration.
     pub fn config(&self) -> &RunConfig {
         &self.config
@@ -456,12 +199,6 @@ impl Run {
         *lock(&self.deadline) = Instant::now() + left;
     }
 
-    /// Captures `print`/`log` output for the report (`true`) or sends it to
-    /// stdout; returns the setting it replaces.
-    pub fn set_capture(&self, capture: bool) -> bool {
-        self.output.capture.swap(capture, Ordering::Relaxed)
-    }
-
     /// Fails when the run was cancelled.
     pub fn check_cancelled(&self) -> ScriptResult<()> {
         match self.cancel.reason() {
@@ -476,18 +213,6 @@ impl Run {
             .sleep(d)
             .map_err(|r| errors::terminated(r.kind(), r.message()))
     }
-
-    /// `print` output.
-    pub fn print(&self, text: &str) {
-        self.output.line(text.to_string());
-    }
-
-    /// `log` output: timestamped with the time since the run started.
-    pub fn log(&self, text: &str) {
-        let t = self.output.start.elapsed().as_secs_f64();
-        self.output.line(format!("[{t:9.3}s] {text}"));
-    }
-
     /// Machine options with this run's defaults: the default binary (or
     /// `binary`), the name `vmN`, the temp dir, the artifacts dir as the
     /// log dir, and a QMP transcript.
@@ -598,72 +323,10 @@ impl Run {
         crate::machine::process::fd_is_open(fd)
     }
 
-    /// Saves a screenshot of every running machine that has a display, as
-    /// `NAME-failure.png` in its artifacts, when a test has failed and
-    /// before its machines are stopped. A machine without a display
-    /// answers with an error, which is no problem.
-    pub fn screenshot_machines(&self) {
-        for m in lock(&self.machines).iter() {
-            let Ok(mut m) = m.try_lock() else { continue };
-            if m.is_running() && !m.log_dir().as_os_str().is_empty() {
-                let path = screenshot_path(&m, "failure");
-                let _ = m.screendump(&path);
-            }
-        }
-    }
-
     /// Whether this is the first time the run is asked about `key`: for
     /// what the log says once.
     pub fn first_time(&self, key: &str) -> bool {
         lock(&self.told).insert(key.to_string())
-    }
-
-    /// Copies `paths` from `machine`'s guest into the artifacts should the
-    /// test fail ([`Run::collect_guest_files`]).
-    pub fn collect_on_failure(&self, machine: SharedMachine, paths: Vec<String>) {
-        lock(&self.collect).push((machine, paths));
-    }
-
-    /// Copies the guest files `collect_on_failure` named into
-    /// `NAME-files/` in each machine's artifacts, when a test has failed
-    /// and before its machines are stopped; what cannot be copied (no
-    /// agent, no such file) is named in `NAME-files/ERRORS`.
-    pub fn collect_guest_files(&self) {
-        let wanted = std::mem::take(&mut *lock(&self.collect));
-        for (m, paths) in wanted {
-            let Ok(m) = m.try_lock() else { continue };
-            if !m.is_running() || m.log_dir().as_os_str().is_empty() {
-                continue;
-            }
-            let dir = m
-                .log_dir()
-                .join(format!("{}-files", file_name_part(m.name())));
-            let agent = m.guest_agent().ok().flatten();
-            drop(m);
-            if std::fs::create_dir_all(&dir).is_err() {
-                continue;
-            }
-            let mut errors = Vec::new();
-            for p in paths {
-                let to = dir.join(file_name_part(p.trim_start_matches('/')));
-                let r = match &agent {
-                    Some(a) => a.available().and_then(|ok| {
-                        if ok {
-                            a.copy_from(&p, &to)
-                        } else {
-                            Err(machine::Error::host(&p, "the guest agent does not answer"))
-                        }
-                    }),
-                    None => Err(machine::Error::host(&p, "the machine has no guest agent")),
-                };
-                if let Err(e) = r {
-                    errors.push(e.to_string());
-                }
-            }
-            if !errors.is_empty() {
-                let _ = std::fs::write(dir.join("ERRORS"), errors.join("\n") + "\n");
-            }
-        }
     }
 
     /// Releases everything: every machine still running is shut down
@@ -738,52 +401,10 @@ impl Run {
     }
 }
 
-/// A test during which QEMU crashed does not pass: a pass becomes an
-/// `AbnormalShutdown` naming the machine and the signal; a failure gets it
-/// as context.
-pub(crate) fn with_crashes(
-    status: super::Status,
-    report: &RunReport,
-    shown: &str,
-) -> super::Status {
-    if report.crashes.is_empty() {
-        return status;
-    }
-    let crashes = report.crashes.join("; ");
-    match status {
-        super::Status::Failed(mut f) => {
-            f.context.push(format!("crashed: {crashes}"));
-            super::Status::Failed(f)
-        }
-        _ => super::Status::Failed(errors::Failure::plain(shown, "AbnormalShutdown", crashes)),
-    }
-}
-
 impl Drop for Run {
     fn drop(&mut self) {
         self.finish();
     }
-}
-
-/// The path of a screenshot named `name` of machine `m`: in its artifacts
-/// folder, `NAME-name.png`, with what cannot be in a file name replaced.
-pub fn screenshot_path(m: &Machine, name: &str) -> PathBuf {
-    m.log_dir()
-        .join(format!("{}-{}.png", m.name(), file_name_part(name)))
-}
-
-/// `name` with every character but ASCII letters, digits, `-`, `_` and
-/// `.` replaced by `_`: a part of a file name that is safe anywhere.
-pub fn file_name_part(name: &str) -> String {
-    name.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
 }
 
 #[cfg(test)]
@@ -822,24 +443,6 @@ mod tests {
         assert_eq!(kind, "HostError");
         assert!(message.contains("no run"), "{message}");
         run.finish();
-    }
-
-    #[test]
-    fn missing_binaries_are_one_line_naming_the_path_and_the_fix() {
-        let q = QemuBinary {
-            path: "/nonexistent/qemu-system-x86_64".into(),
-            source: QemuSource::Flag,
-        };
-        let e = q.locate().unwrap_err();
-        assert!(!e.contains('\n'));
-        assert!(e.contains("/nonexistent/qemu-system-x86_64"), "{e}");
-        assert!(e.contains("--qemu"), "{e}");
-        assert!(e.contains("VMSCRIPT_QEMU"), "{e}");
-        let q = QemuBinary {
-            path: "no-such-qemu-binary".into(),
-            source: QemuSource::Default,
-        };
-        assert!(q.locate().unwrap_err().contains("$PATH"));
     }
 
     #[test]
