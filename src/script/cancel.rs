@@ -358,6 +358,24 @@ impl Watchdog {
     /// itself); a script still running [`TIMEOUT_GRACE`] later is
     /// cancelled with [`Reason::Timeout`], its machines killed.
     pub fn start(cancel: &Cancel, timeout: Duration) -> std::io::Result<Watchdog> {
+        Watchdog::spawn(cancel, timeout, Some(TIMEOUT_GRACE))
+    }
+
+    /// A watchdog that keeps the machines: at the deadline it records the
+    /// timeout ([`Cancel::expire`]) and interrupts the script, again every
+    /// 50 ms (a wait may start just after an interrupt), until the script
+    /// is over ([`Cancel::finish`]); nothing is killed.
+    pub fn start_keeping(cancel: &Cancel, timeout: Duration) -> std::io::Result<Watchdog> {
+        Watchdog::spawn(cancel, timeout, None)
+    }
+
+    /// The watch: at `timeout`, expire and interrupt (until the script is
+    /// over); with a `grace`, cancel when it has passed too.
+    fn spawn(
+        cancel: &Cancel,
+        timeout: Duration,
+        grace: Option<Duration>,
+    ) -> std::io::Result<Watchdog> {
         let c = cancel.clone();
         let deadline = Instant::now() + timeout;
         let thread = std::thread::Builder::new()
@@ -368,46 +386,19 @@ impl Watchdog {
                     return;
                 }
                 c.expire(timeout);
-                let hard = Instant::now() + TIMEOUT_GRACE;
+                let hard = grace.map(|g| Instant::now() + g);
                 loop {
-                    let next = (Instant::now() + Duration::from_millis(50)).min(hard);
-                    if !c.wait_until(next) {
+                    let next = Instant::now() + Duration::from_millis(50);
+                    if !c.wait_until(hard.map_or(next, |h| next.min(h))) {
                         return;
                     }
-                    if Instant::now() >= hard {
+                    if hard.is_some_and(|h| Instant::now() >= h) {
                         c.cancel(Reason::Timeout(timeout));
                         return;
                     }
                     if !c.lock().script_over {
                         c.interrupt();
                     }
-                }
-            })?;
-        Ok(Watchdog {
-            cancel: cancel.clone(),
-            thread: Some(thread),
-        })
-    }
-}
-
-impl Watchdog {
-    /// A watchdog that keeps the machines: at the deadline it records the
-    /// timeout ([`Cancel::expire`]) and interrupts the script, again every
-    /// 50 ms (a wait may start just after an interrupt), until the script
-    /// is over ([`Cancel::finish`]); nothing is killed.
-    pub fn start_keeping(cancel: &Cancel, timeout: Duration) -> std::io::Result<Watchdog> {
-        let c = cancel.clone();
-        let deadline = Instant::now() + timeout;
-        let thread = std::thread::Builder::new()
-            .name("script-watchdog".into())
-            .stack_size(64 << 10)
-            .spawn(move || {
-                if !c.wait_until(deadline) {
-                    return;
-                }
-                c.expire(timeout);
-                while c.wait_until(Instant::now() + Duration::from_millis(50)) {
-                    c.interrupt();
                 }
             })?;
         Ok(Watchdog {
