@@ -294,3 +294,22 @@ raw.shutdown();
     passed(&run(&w, &[&a], &[]), 1);
     w.assert_clean();
 }
+
+#[test]
+fn a_restored_guest_answers_on_its_agent_channel() {
+    let w = World::new();
+    // stdout and stderr come back apart only on the agent's channel; the
+    // console method would give one output.
+    let script = w.script(
+        "agent.rhai",
+        "import \"guest\" as guest;\n\
+         let vm = guest::boot();\n\
+         let r = guest::run(vm, \"echo out; echo err >&2; exit 3\");\n\
+         assert_eq(r, #{ status: 3, stdout: \"out\\n\", stderr: \"err\\n\", output: \"out\\nerr\\n\" });\n",
+    );
+    let first = passed(&run(&w, &[&script], &[]), 1);
+    assert_eq!(count(&first, "boot cache: saved"), 1, "{first}");
+    let again = passed(&run(&w, &[&script], &[]), 1);
+    assert_eq!(count(&again, "boot cache: restored"), 1, "{again}");
+    assert_eq!(count(&again, "go through the serial console"), 0, "{again}");
+}
