@@ -13,6 +13,12 @@
 #   bash bench/run.sh guest       guest::run latency and copy throughput, the guest
 #                                 agent's channel against the console (N=20, 64 MiB)
 #   bash bench/run.sh smoke       every bench script once with a small N (for CI)
+#   bash bench/run.sh compare OLD [NEW]
+#                                 another vmscript binary (OLD, e.g. built from an
+#                                 earlier commit) against NEW (default: this tree's
+#                                 release build) and the C floor,
+#                                 interleaved per workload (REPS, default 5): a
+#                                 before/after table for a change
 #   bash bench/run.sh suite       guest_suite: the Python anchor and vmscript with
 #                                 the boot cache off, cold and warm, interleaved
 #                                 (REPS, default 3; N_SUITE, default 16)
@@ -154,13 +160,77 @@ EOF
         }
       }' "$out"
     ;;
+  compare)
+    base=${2:?usage: bash bench/run.sh compare OLD_VMSCRIPT_BINARY [NEW_VMSCRIPT_BINARY]}
+    if [ -n "${3:-}" ]; then vmscript=$3; else cargo build --release --bin vmscript >&2; fi
+    for b in "$base" "$vmscript"; do
+      [ -x "$b" ] || { echo "compare: $b is not an executable" >&2; exit 2; }
+    done
+    bash "$harness/setup.sh" >&2
+    limit=${VMBENCH_LIMIT:-/tmp/vmbench-limit}
+    reps=${REPS:-5}
+    workloads=${WORKLOADS:-"launch roundtrip events parallel console"}
+    out=$(mktemp /tmp/vmbench-compare.XXXXXX)
+    for rep in $(seq "$reps"); do
+      echo "--- rep $rep/$reps" >&2
+      for w in $workloads; do
+        case $w in
+          launch) n=20 ;; roundtrip) n=2000 ;; events) n=500 ;; parallel) n=16 ;;
+          console) n=1024 ;; *) n=${N:-100} ;;
+        esac
+        # Each contender goes first in turn, so none always runs on a
+        # machine the one before it left warm (or busy).
+        case $((rep % 3)) in
+          1) order="floor before after" ;; 2) order="before after floor" ;;
+          *) order="after floor before" ;;
+        esac
+        for who in $order; do
+          case $who in
+            floor) timeout 180 "$limit" "$w" "$n" ;;
+            before) timeout 180 "$base" run --no-capture "bench/$w.rhai" -- "N=$n" ;;
+            after) timeout 180 "$vmscript" run --no-capture "bench/$w.rhai" -- "N=$n" ;;
+          esac | grep '^WORKLOAD ' | sed "s/^/$who /" | tee -a "$out" >&2 ||
+            echo "$who $w: the run failed" >&2
+        done
+      done
+    done
+    python3 - "$out" <<'EOF'
+import collections, statistics, sys
+METRICS = {
+    "launch": ("ms / launch", lambda s, u: u / 1e3),
+    "roundtrip": ("us / command", lambda s, u: u),
+    "events": ("us / event", lambda s, u: u),
+    "parallel": ("s total", lambda s, u: s),
+    "console_boot": ("s to marker", lambda s, u: s),
+    "console_stream": ("ms / MiB read", lambda s, u: u * 1024 / 1e3),
+}
+vals = collections.defaultdict(list)
+for line in open(sys.argv[1]):
+    who, _, name, n, secs, per_op = line.split()[:6]
+    if name in METRICS:
+        vals[(who, name)].append(METRICS[name][1](float(secs), float(per_op)))
+def fmt(v):
+    return f"{v:.0f}" if v >= 100 else f"{v:.1f}" if v >= 10 else f"{v:.2f}" if v >= 1 else f"{v:.3f}"
+def cell(v):
+    return f"{fmt(statistics.median(v))} ({fmt(min(v))}-{fmt(max(v))})"
+print("| workload | metric | C floor | before | after | before / floor | after / floor |")
+print("|---|---|---|---|---|---|---|")
+for name, (metric, _) in METRICS.items():
+    f, b, a = (vals.get((w, name), []) for w in ("floor", "before", "after"))
+    if f and b and a:
+        mf = statistics.median(f)
+        print(f"| {name} | {metric} | {cell(f)} | {cell(b)} | {cell(a)} | "
+              f"{statistics.median(b) / mf:.2f}x | {statistics.median(a) / mf:.2f}x |")
+print(f"\nmedian (min-max) of interleaved runs; raw results: {sys.argv[1]}")
+EOF
+    ;;
   smoke)
     cargo build --release --bin vmscript >&2
     # Every script once, with N small (console: 2 KiB; idle: 2 s waits).
     "$vmscript" run bench -- N=2
     ;;
   *)
-    echo "usage: bash bench/run.sh [harness|rust|layer|idle|guest|smoke]" >&2
+    echo "usage: bash bench/run.sh [harness|rust|layer|idle|guest|suite|smoke|compare OLD]" >&2
     exit 2
     ;;
 esac
