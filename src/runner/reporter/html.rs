@@ -16,7 +16,8 @@ use serde_json::{json, Value};
 
 use super::super::results::TestResult;
 use super::super::Summary;
-use super::{json::result, plain, tail_raw, without_guest_run_plumbing};
+use super::{json::result, plain, without_guest_run_plumbing};
+use crate::machine::tail::last_bytes_of_file;
 
 /// QMP messages kept per machine and test.
 pub const MAX_MESSAGES: usize = 5000;
@@ -254,7 +255,10 @@ fn machine(dir: &Path, name: &str, console: Option<&Path>) -> Value {
     let console = console
         .map(|c| {
             // The end of the log only: it can be as long as the test.
-            let text = plain(&without_guest_run_plumbing(&tail_raw(c, CONSOLE_BYTES)));
+            let text = plain(&without_guest_run_plumbing(&last_bytes_of_file(
+                c,
+                CONSOLE_BYTES,
+            )));
             crate::machine::last_lines(&text, CONSOLE_LINES)
         })
         .unwrap_or_default();

@@ -23,9 +23,10 @@ pub mod progress;
 pub mod snippet;
 pub mod tap;
 
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::Write;
 use std::path::Path;
 
+use crate::machine::tail::last_bytes_of_file;
 use crate::script::Failure;
 
 use super::results::{Attempt, TestResult, Verdict};
@@ -268,7 +269,9 @@ pub fn details(a: &Attempt, captured: bool) -> String {
     }
     for m in &rep.machines {
         if let Some(c) = &m.console_log {
-            let text = plain(&without_guest_run_plumbing(&tail_raw(c, TAIL_BYTES)));
+            let text = plain(&without_guest_run_plumbing(&last_bytes_of_file(
+                c, TAIL_BYTES,
+            )));
             let lines = crate::machine::last_lines(&text, LOG_TAIL_LINES);
             log_section(&mut s, &format!("{} console", m.name), lines);
         }
@@ -393,26 +396,11 @@ pub fn plain(text: &str) -> String {
 /// The last `n` lines of a file (its last 16 KiB at most), with terminal
 /// control sequences removed.
 pub fn tail_lines(path: &Path, n: usize) -> String {
-    crate::machine::last_lines(&plain(&tail_raw(path, TAIL_BYTES)), n)
+    crate::machine::last_lines(&plain(&last_bytes_of_file(path, TAIL_BYTES)), n)
 }
 
 /// Bytes of a log read for the tail under a failure.
 const TAIL_BYTES: u64 = 16 << 10;
-
-/// The last `max` bytes of the file at `path` as text; nothing when it
-/// cannot be read.
-pub(super) fn tail_raw(path: &Path, max: u64) -> String {
-    let Ok(mut f) = std::fs::File::open(path) else {
-        return String::new();
-    };
-    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-    if len > max && f.seek(SeekFrom::Start(len - max)).is_err() {
-        return String::new();
-    }
-    let mut buf = Vec::new();
-    let _ = f.read_to_end(&mut buf);
-    String::from_utf8_lossy(&buf).into_owned()
-}
 
 /// Console text as the guest's user would have seen it: the stdlib's
 /// `guest::run` (stdlib/guest.rhai) types a long command that wraps the
