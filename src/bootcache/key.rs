@@ -22,8 +22,31 @@ use crate::machine::Machine;
 const FILE_OPTIONS: &[&str] = &["-kernel", "-initrd", "-bios", "-dtb"];
 
 /// Keys inside an option value (`-chardev socket,path=…`) that name a
-/// per-instance resource, not part of the state.
-const INSTANCE_KEYS: &[&str] = &["path", "fd", "socket", "logfile"];
+/// per-instance resource, not part of the state; so do keys ending in
+/// `.path`, `.port` or `.fd` (`-netdev stream,addr.path=…`).
+const INSTANCE_KEYS: &[&str] = &["path", "fd", "socket", "logfile", "connect", "listen"];
+
+/// Options that bring state a saved boot cannot stand for.
+const UNCACHEABLE: &[(&str, &str)] = &[
+    ("-incoming", "the machine waits for a migration stream"),
+    ("-loadvm", "the machine loads a snapshot of its own"),
+    ("-daemonize", "QEMU would leave its supervisor"),
+];
+
+/// Network backends joined to the host's side, whose state lives outside
+/// QEMU.
+const HOST_NETDEVS: &[&str] = &[
+    "tap",
+    "bridge",
+    "vhost-user",
+    "vhost-vdpa",
+    "l2tpv3",
+    "vde",
+    "af-xdp",
+    "vmnet-host",
+    "vmnet-shared",
+    "vmnet-bridged",
+];
 
 /// A disk the command line attaches: the machine boots from a per-test
 /// overlay over it, never from the file itself.
@@ -87,6 +110,17 @@ pub fn describe(m: &Machine, hashes: &Path) -> Result<Key, String> {
     let mut i = 0;
     while i < args.len() {
         let a = &args[i];
+        if let Some((_, why)) = UNCACHEABLE.iter().find(|(o, _)| o == a) {
+            return Err(format!("{a}: {why}"));
+        }
+        if matches!(a.as_str(), "-netdev" | "-nic" | "-net") {
+            let kind = args
+                .get(i + 1)
+                .map_or("", |v| v.split(',').next().unwrap_or(""));
+            if HOST_NETDEVS.contains(&kind) {
+                return Err(format!("{a} {kind}: a network backend on the host's side"));
+            }
+        }
         d.push(format!("arg {a}"));
         if FILE_OPTIONS.contains(&a.as_str()) || a == "-append" {
             let Some(v) = args.get(i + 1) else { break };
@@ -177,7 +211,7 @@ fn instance_free(a: &str) -> Result<String, String> {
     let parts: Vec<String> = a
         .split(',')
         .map(|p| match p.split_once('=') {
-            Some((k, _)) if INSTANCE_KEYS.contains(&k) => format!("{k}=*"),
+            Some((k, _)) if per_instance(k) => format!("{k}=*"),
             Some((_, v)) if names_a_file(v) => String::from("\u{0}"),
             _ => p.to_string(),
         })
@@ -188,6 +222,11 @@ fn instance_free(a: &str) -> Result<String, String> {
         ));
     }
     Ok(parts.join(","))
+}
+
+/// Whether the key `k` of an option value names a per-instance resource.
+fn per_instance(k: &str) -> bool {
+    INSTANCE_KEYS.contains(&k) || [".path", ".port", ".fd"].iter().any(|end| k.ends_with(end))
 }
 
 /// Whether `v` looks like a path to an existing regular file.
@@ -372,6 +411,63 @@ mod tests {
             "socket,id=ch,path=*,server=on"
         );
         assert_eq!(instance_free("virtio-serial").unwrap(), "virtio-serial");
+        assert_eq!(
+            instance_free("stream,server=off,addr.type=unix,addr.path=/tmp/a/l-port0.sock,id=net0")
+                .unwrap(),
+            "stream,server=off,addr.type=unix,addr.path=*,id=net0"
+        );
+        assert_eq!(
+            instance_free(
+                "dgram,local.type=unix,local.path=/t/m,remote.type=unix,remote.path=/t/h"
+            )
+            .unwrap(),
+            "dgram,local.type=unix,local.path=*,remote.type=unix,remote.path=*"
+        );
+        assert_eq!(
+            instance_free("socket,connect=127.0.0.1:20417,id=net0").unwrap(),
+            "socket,connect=*,id=net0"
+        );
+        assert_eq!(
+            instance_free("stream,addr.type=inet,addr.host=127.0.0.1,addr.port=4444").unwrap(),
+            "stream,addr.type=inet,addr.host=127.0.0.1,addr.port=*"
+        );
+    }
+
+    /// `describe` of a machine with `args`, in a cache dir of its own.
+    fn describe_args(args: &[&str]) -> Result<Key, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m =
+            Machine::new(crate::machine::MachineOptions::new("qemu-system-x86_64")).unwrap();
+        m.add_args(args).unwrap();
+        describe(&m, &dir.path().join("hashes.json"))
+    }
+
+    #[test]
+    fn host_state_and_incoming_are_refused_and_a_link_is_not() {
+        let why = describe_args(&["-M", "q35", "-incoming", "defer"]).unwrap_err();
+        assert!(why.contains("-incoming"), "{why}");
+        let why = describe_args(&["-netdev", "tap,id=n,ifname=tap0"]).unwrap_err();
+        assert!(why.contains("-netdev tap"), "{why}");
+        let why = describe_args(&["-nic", "bridge,br=br0"]).unwrap_err();
+        assert!(why.contains("-nic bridge"), "{why}");
+        // Two members of a link differ in their socket paths only: one key.
+        let a = describe_args(&[
+            "-netdev",
+            "stream,server=off,addr.type=unix,addr.path=/t/a.sock,id=n",
+        ])
+        .unwrap();
+        let b = describe_args(&[
+            "-netdev",
+            "stream,server=off,addr.type=unix,addr.path=/u/b.sock,id=n",
+        ])
+        .unwrap();
+        assert_eq!(a.id(), b.id());
+        // ... and a different MAC is a different guest.
+        let c =
+            describe_args(&["-device", "virtio-net-pci,netdev=n,mac=52:54:00:12:34:01"]).unwrap();
+        let d =
+            describe_args(&["-device", "virtio-net-pci,netdev=n,mac=52:54:00:12:34:02"]).unwrap();
+        assert_ne!(c.id(), d.id());
     }
 
     #[test]

@@ -313,3 +313,53 @@ fn a_restored_guest_answers_on_its_agent_channel() {
     assert_eq!(count(&again, "boot cache: restored"), 1, "{again}");
     assert_eq!(count(&again, "go through the serial console"), 0, "{again}");
 }
+
+#[test]
+fn guests_on_a_link_are_restored_and_still_reach_each_other() {
+    let w = World::new();
+    // net::boot passes the NIC in `args`; the members differ in their MAC
+    // (two entries) and their socket paths (left out of the key).
+    let script = w.script(
+        "suite/lan.rhai",
+        r#"
+import "net" as net;
+import "guest" as guest;
+let lan = net::boot(2);
+net::check(lan.vms, lan.link);
+assert_eq(guest::run_ok(lan.vms[1], "cat /sys/class/net/eth0/address"), "52:54:00:12:34:02\n");
+"#,
+    );
+    let first = passed(&run(&w, &[&script], &[]), 1);
+    assert_eq!(count(&first, "boot cache: saved"), 2, "{first}");
+    assert_eq!(entries(&w).len(), 2, "{first}");
+    let again = passed(&run(&w, &[&script], &[]), 1);
+    assert_eq!(count(&again, "boot cache: restored"), 2, "{again}");
+    assert_eq!(count(&again, "boot cache: saved"), 0, "{again}");
+    w.assert_clean();
+}
+
+#[test]
+fn args_naming_a_file_boot_without_the_cache_and_say_why() {
+    let w = World::new();
+    let blob = w.path().join("blob.bin");
+    std::fs::write(&blob, b"from the host").unwrap();
+    let script = w.script(
+        "suite/fw.rhai",
+        &format!(
+            r#"
+import "guest" as guest;
+let vm = guest::boot(#{{ args: ["-fw_cfg", "name=opt/vmscript/blob,file={}"] }});
+assert_eq(guest::run_ok(vm, "echo $((6*7))"), "42\n");
+"#,
+            blob.display()
+        ),
+    );
+    let out = passed(&run(&w, &[&script], &[]), 1);
+    assert_eq!(count(&out, "boot cache: not used: argument"), 1, "{out}");
+    assert!(
+        out.contains("names a file the cache cannot vouch for"),
+        "{out}"
+    );
+    assert!(entries(&w).is_empty(), "{out}");
+    w.assert_clean();
+}
