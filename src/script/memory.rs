@@ -7,6 +7,10 @@
 //! allocation and catches both. A single call that asks for a size at
 //! once (`s.pad(1 << 30, 'x')`) is checked before it allocates
 //! ([`register_growth`]).
+//!
+//! `GlobalAlloc` can only be implemented with `unsafe`: this is the only
+//! unsafe code outside the process module, and it only forwards to the
+//! system allocator.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
