@@ -79,36 +79,7 @@ case $mode in
         done
       done
     done
-    python3 - "$out" <<'EOF'
-import collections, statistics, sys
-# name -> (metric, value from (seconds_total, per_op_us)), as the harness's report.py
-METRICS = {
-    "launch": ("ms / launch", lambda s, u: u / 1e3),
-    "roundtrip": ("us / command", lambda s, u: u),
-    "events": ("us / event", lambda s, u: u),
-    "parallel": ("s total", lambda s, u: s),
-    "console_boot": ("s to marker", lambda s, u: s),
-    "console_stream": ("ms / MiB read", lambda s, u: u * 1024 / 1e3),
-    "command_loop": ("us / command", lambda s, u: u),
-}
-vals = collections.defaultdict(list)
-for line in open(sys.argv[1]):
-    who, _, name, n, secs, per_op = line.split()
-    if name in METRICS:
-        vals[(who, name)].append(METRICS[name][1](float(secs), float(per_op)))
-def fmt(v):
-    return f"{v:.0f}" if v >= 100 else f"{v:.1f}" if v >= 10 else f"{v:.2f}" if v >= 1 else f"{v:.3f}"
-def cell(v):
-    return f"{fmt(statistics.median(v))} ({fmt(min(v))}-{fmt(max(v))})"
-print("| workload | metric | Rust API | script (Rhai) | script / Rust |")
-print("|---|---|---|---|---|")
-for name, (metric, _) in METRICS.items():
-    r, s = vals.get(("rust", name), []), vals.get(("script", name), [])
-    if r and s:
-        print(f"| {name} | {metric} | {cell(r)} | {cell(s)} | "
-              f"{statistics.median(s) / statistics.median(r):.2f}x |")
-print(f"\nmedian (min-max) of interleaved runs; raw results: {sys.argv[1]}")
-EOF
+    python3 bench/lib/table.py "$out" rust script
     ;;
   idle)
     build
@@ -194,35 +165,7 @@ EOF
         done
       done
     done
-    python3 - "$out" <<'EOF'
-import collections, statistics, sys
-METRICS = {
-    "launch": ("ms / launch", lambda s, u: u / 1e3),
-    "roundtrip": ("us / command", lambda s, u: u),
-    "events": ("us / event", lambda s, u: u),
-    "parallel": ("s total", lambda s, u: s),
-    "console_boot": ("s to marker", lambda s, u: s),
-    "console_stream": ("ms / MiB read", lambda s, u: u * 1024 / 1e3),
-}
-vals = collections.defaultdict(list)
-for line in open(sys.argv[1]):
-    who, _, name, n, secs, per_op = line.split()[:6]
-    if name in METRICS:
-        vals[(who, name)].append(METRICS[name][1](float(secs), float(per_op)))
-def fmt(v):
-    return f"{v:.0f}" if v >= 100 else f"{v:.1f}" if v >= 10 else f"{v:.2f}" if v >= 1 else f"{v:.3f}"
-def cell(v):
-    return f"{fmt(statistics.median(v))} ({fmt(min(v))}-{fmt(max(v))})"
-print("| workload | metric | C floor | before | after | before / floor | after / floor |")
-print("|---|---|---|---|---|---|---|")
-for name, (metric, _) in METRICS.items():
-    f, b, a = (vals.get((w, name), []) for w in ("floor", "before", "after"))
-    if f and b and a:
-        mf = statistics.median(f)
-        print(f"| {name} | {metric} | {cell(f)} | {cell(b)} | {cell(a)} | "
-              f"{statistics.median(b) / mf:.2f}x | {statistics.median(a) / mf:.2f}x |")
-print(f"\nmedian (min-max) of interleaved runs; raw results: {sys.argv[1]}")
-EOF
+    python3 bench/lib/table.py "$out" floor before after
     ;;
   smoke)
     cargo build --release --bin vmscript >&2
