@@ -180,7 +180,23 @@ fn vmscript_report_makes_the_same_report_later_from_a_moved_artifacts_folder() {
     ] {
         assert!(later.contains(needle), "{needle:?} is not in the report");
     }
-    assert!(live == later, "the later report differs from the run's");
+    if live != later {
+        let at = live
+            .bytes()
+            .zip(later.bytes())
+            .position(|(a, b)| a != b)
+            .unwrap_or(live.len().min(later.len()));
+        let around = |s: &str| {
+            s.get(at.saturating_sub(200)..(at + 200).min(s.len()))
+                .unwrap_or("")
+                .to_string()
+        };
+        panic!(
+            "the later report differs from the run's at byte {at}:\nrun:   {}\nlater: {}",
+            around(&live),
+            around(&later)
+        );
+    }
     // Without -o, beside the results.
     let o = w.run(&["report", moved.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(0));
