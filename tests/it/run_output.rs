@@ -150,9 +150,15 @@ fn the_artifacts_of_a_killed_run_are_named_once_by_the_next_run() {
     w.script("quick.rhai", "print(1);\n");
     let mut run = w.spawn(&["run", "slow.rhai"]);
     let deadline = Instant::now() + Duration::from_secs(20);
+    // The log is created before the script runs: wait for its line, so
+    // the kill lands while the test is sleeping.
     let root = loop {
         let roots = artifact_roots(&w.tmp());
-        if let Some(r) = roots.iter().find(|r| r.join("slow/script.log").exists()) {
+        let printed = |r: &&PathBuf| {
+            std::fs::read_to_string(r.join("slow/script.log"))
+                .is_ok_and(|log| log.contains("was running"))
+        };
+        if let Some(r) = roots.iter().find(printed) {
             break r.clone();
         }
         assert!(Instant::now() < deadline, "no artifacts folder");
