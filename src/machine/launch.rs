@@ -415,6 +415,7 @@ impl Machine {
         self.interrupt_handle.set(Interrupters {
             qmp: connected.qmp.as_ref().map(qmp::Client::interrupter),
             console: connected.console.as_ref().map(Console::interrupter),
+            agent: connected.agent.as_ref().map(super::Agent::interrupter),
         });
         let running = self.running_mut().expect("launch made it running");
         running.launched.greeting = connected.greeting;

@@ -170,7 +170,8 @@ impl KillHandle {
 }
 
 /// Interrupts a machine's waits in progress (QMP replies and events, the
-/// console) from any thread, without its `Machine`; QEMU keeps running.
+/// console, the guest agent) from any thread, without its `Machine`; QEMU
+/// keeps running.
 ///
 /// The waits fail with [`Error::Interrupted`]; waits that start later are
 /// not affected, so a caller that must stop a whole sequence of waits keeps
@@ -184,6 +185,7 @@ pub struct InterruptHandle {
 struct Interrupters {
     qmp: Option<qmp::Interrupter>,
     console: Option<console::Interrupter>,
+    agent: Option<crate::sync::Interrupter>,
 }
 
 impl InterruptHandle {
@@ -195,6 +197,9 @@ impl InterruptHandle {
         }
         if let Some(c) = &t.console {
             c.interrupt();
+        }
+        if let Some(a) = &t.agent {
+            a.interrupt();
         }
     }
 

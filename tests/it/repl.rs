@@ -654,7 +654,7 @@ fn repl_tab_on_a_stopped_qemu_does_not_freeze_the_prompt() {
 }
 
 #[test]
-fn repl_says_a_machine_is_booting_while_boot_waits() {
+fn repl_says_a_machine_is_booting_and_ctrl_c_ends_a_guest_command() {
     let state = tempfile::tempdir().unwrap();
     let guest = crate::common::guest_dir();
     let t = Terminal::start(
@@ -673,6 +673,23 @@ fn repl_says_a_machine_is_booting_while_boot_waits() {
     t.wait_for_after(before, &format!("\n{PROMPT}"));
     let out = t.run(r#"guest::run_ok(vm, "echo up")"#, PROMPT);
     assert!(out.ends_with("\nup"), "{out}");
+
+    // Ctrl-C ends a command on the agent's channel at once; the guest
+    // finishes it, and the next command waits for that, then runs.
+    let before = t.screen().trim_end().len();
+    t.line(r#"guest::run(vm, "sleep 15; echo late", 60)"#);
+    std::thread::sleep(Duration::from_millis(500));
+    let pressed = Instant::now();
+    t.press("C-c");
+    let out = t.wait_for_after(before, &format!("\n{PROMPT}"));
+    let took = pressed.elapsed();
+    assert!(took < Duration::from_secs(10), "Ctrl-C took {took:?}");
+    assert!(
+        out.contains("Interrupted: interrupted while running `sleep 15; echo late` in the guest (it runs on there until its timeout, 60s)"),
+        "{out}"
+    );
+    let out = t.run(r#"guest::run_ok(vm, "echo again")"#, PROMPT);
+    assert!(out.ends_with("\nagain") && !out.contains("late"), "{out}");
     t.line(":quit");
     t.wait_for(EXIT_OK);
 }

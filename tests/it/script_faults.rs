@@ -768,3 +768,41 @@ try {
     );
     w.assert_clean();
 }
+
+#[test]
+fn the_test_timeout_ends_a_wait_on_the_guest_agent_at_once_naming_it() {
+    let w = World::new();
+    // A paused machine with the agent's port: nothing in it ever answers,
+    // so the first look for the agent waits (5 s) and the command (60 s)
+    // never gets a reply.
+    let agent = |call: &str| {
+        format!(
+            r#"let vm = machine();
+vm.add_args("-M", "pc", "-nodefaults", "-S");
+vm.set_guest_agent();
+vm.launch();
+{call};
+"#
+        )
+    };
+    w.script(
+        "t/first_look.rhai",
+        &agent(r#"vm.guest_agent_run("sleep 100", 200, 1000)"#),
+    );
+    let (code, out, err, _) = run_within(
+        &w,
+        &["run", "--no-capture", "--timeout", "2", "t"],
+        &[],
+        secs(60.0),
+    );
+    assert_eq!(code, Some(1), "{out}{err}");
+    let line = line_with(&out, "t/first_look.rhai:5:");
+    assert!(
+        line.contains(
+            "Timeout: the test timed out after 2s, waiting for the guest agent to answer"
+        ),
+        "{out}"
+    );
+    assert!(!out.contains("port closed"), "{out}");
+    w.assert_clean();
+}

@@ -9,19 +9,30 @@
 //! failed half-way leaves the stream somewhere unknown: the next one first
 //! sends `sync NONCE` and skips everything up to its echo.
 //!
+//! Every wait on the port (a reply, room to write) can be interrupted
+//! from another thread ([`Agent::interrupter`]): Ctrl-C in the REPL and a
+//! test's timeout end a long `run` at once. The request is then abandoned
+//! as a failed one is; the guest finishes it on its own.
+//!
 //! Knows nothing of the machine around it, nor of scripts; the machine
 //! adds the port to QEMU's command line (`args.rs`) and hands out the
 //! [`Agent`].
 
+use std::cell::Cell;
 use std::fs::File;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+
 use super::{Error, Result};
-use crate::sync::lock;
+use crate::sync::{lock, Interrupter, Interruptible, Look, Stop, Waitable};
 
 /// The port's name, which the agent looks for.
 pub const PORT_NAME: &str = "org.vmscript.agent";
@@ -50,14 +61,41 @@ pub struct RunOutput {
 #[derive(Debug, Clone)]
 pub struct Agent {
     conn: Arc<Mutex<Conn>>,
+    bell: Arc<Bell>,
 }
 
 #[derive(Debug)]
 struct Conn {
+    /// The socket, nonblocking: waits happen in [`Conn::wait_port`].
     writer: UnixStream,
     reader: BufReader<UnixStream>,
     state: Sync,
     nonce: u64,
+    /// Until when the guest may be busy with the last `run`: a resync
+    /// after an abandoned one waits for it to end there.
+    busy_until: Instant,
+    bell: Arc<Bell>,
+}
+
+/// What ends a wait on the port besides the port: an interrupt, which
+/// also pokes `wake` so that the waiter leaves `poll`.
+struct Bell {
+    waits: Waitable<()>,
+    wake: EventFd,
+}
+
+impl std::fmt::Debug for Bell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bell").finish_non_exhaustive()
+    }
+}
+
+impl Interruptible for Bell {
+    fn interrupt(&self) {
+        self.waits.interrupt();
+        // A full counter (EAGAIN) already means "wake up".
+        let _ = self.wake.write(1);
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -75,7 +113,12 @@ enum Sync {
 impl Agent {
     /// The agent on `stream`, our end of the port's chardev.
     pub fn new(stream: UnixStream) -> std::io::Result<Agent> {
+        stream.set_nonblocking(true)?;
         let reader = BufReader::with_capacity(CHUNK, stream.try_clone()?);
+        let bell = Arc::new(Bell {
+            waits: Waitable::new(()),
+            wake: EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?,
+        });
         let nonce = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64)
@@ -86,8 +129,18 @@ impl Agent {
                 reader,
                 state: Sync::Unknown,
                 nonce,
+                busy_until: Instant::now(),
+                bell: bell.clone(),
             })),
+            bell,
         })
+    }
+
+    /// A handle that ends the wait in progress (a reply, room to write)
+    /// from any thread with [`Error::Interrupted`]; the request is
+    /// abandoned, and the next one first brings the stream back in step.
+    pub fn interrupter(&self) -> Interrupter {
+        Interrupter::new(&self.bell)
     }
 
     /// Whether the guest answers on the port: the first call waits a few
@@ -107,14 +160,25 @@ impl Agent {
         let mut c = lock(&self.conn);
         c.require(&what)?;
         let secs = timeout.as_secs_f64().ceil().max(1.0) as u64;
-        let deadline = Instant::now() + Duration::from_secs(secs) + SLACK;
+        let busy_until = Instant::now() + Duration::from_secs(secs);
+        let deadline = busy_until + SLACK;
         c.state = Sync::Lost;
+        c.busy_until = busy_until;
+        // An interrupted command is not killed: the guest ends it at its
+        // timeout, and the next request waits for that.
+        let goes_on = |e: Error| match e {
+            Error::Interrupted { what } => Error::Interrupted {
+                what: format!("{what} (it runs on there until its timeout, {secs}s)"),
+            },
+            e => e,
+        };
         c.send(
             format!("run {secs} {max} {}\n", cmd.len()).as_bytes(),
             &what,
-        )?;
-        c.send(cmd.as_bytes(), &what)?;
-        let reply = c.line(deadline, &what)?;
+        )
+        .map_err(goes_on)?;
+        c.send(cmd.as_bytes(), &what).map_err(goes_on)?;
+        let reply = c.line(deadline, &what).map_err(goes_on)?;
         let f: Vec<&str> = reply.split(' ').collect();
         let num = |i: usize| f.get(i).and_then(|s| s.parse::<i64>().ok());
         let (Some("ran"), Some(status), Some(timed_out), Some(out), Some(err), Some(sent)) =
@@ -276,11 +340,11 @@ fn check_guest_path(path: &str, what: &str) -> Result<()> {
 impl Conn {
     /// Whether the agent answers, syncing the stream first when needed.
     fn ready(&mut self) -> Result<bool> {
-        let wait = match self.state {
+        let deadline = match self.state {
             Sync::InStep => return Ok(true),
             Sync::Absent => return Ok(false),
-            Sync::Unknown => FIRST_SYNC,
-            Sync::Lost => RESYNC,
+            Sync::Unknown => Instant::now() + FIRST_SYNC,
+            Sync::Lost => self.busy_until.max(Instant::now()) + RESYNC,
         };
         self.nonce = self
             .nonce
@@ -289,11 +353,11 @@ impl Conn {
         let token = format!("sync {:016x}", self.nonce);
         let what = "waiting for the guest agent to answer";
         self.send(format!("{token}\n").as_bytes(), what)?;
-        let deadline = Instant::now() + wait;
-        // Whatever an abandoned request left comes first: skip it.
+        // Whatever an abandoned request left comes first: skip it. Its
+        // last bytes may lack a newline, so the echo ends a line.
         loop {
             match self.line(deadline, what) {
-                Ok(l) if l == token => {
+                Ok(l) if l.ends_with(&token) => {
                     self.state = Sync::InStep;
                     return Ok(true);
                 }
@@ -319,34 +383,48 @@ impl Conn {
         }
     }
 
-    fn send(&mut self, bytes: &[u8], what: &str) -> Result<()> {
-        self.writer
-            .set_write_timeout(Some(SLACK))
-            .and_then(|_| self.writer.write_all(bytes))
-            .map_err(|e| self.io_error(what, e, SLACK))
+    /// Writes all of `bytes`, waiting up to [`SLACK`] at a time for the
+    /// guest to take more.
+    fn send(&mut self, mut bytes: &[u8], what: &str) -> Result<()> {
+        let mut deadline = Instant::now() + SLACK;
+        while !bytes.is_empty() {
+            match self.writer.write(bytes) {
+                Ok(0) => return Err(Error::host(what, "the guest agent's port closed")),
+                Ok(n) => {
+                    bytes = &bytes[n..];
+                    deadline = Instant::now() + SLACK;
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    self.wait_port(PollFlags::POLLOUT, deadline, what)?;
+                }
+                Err(e) => return Err(Error::host(what, e)),
+            }
+        }
+        Ok(())
     }
 
-    /// One line of reply, without its newline; lines past 64 KiB are cut
-    /// (they are not the agent's).
+    /// One line of reply, without its newline. Of a line past 64 KiB
+    /// (not the agent's) the end is kept: where an abandoned command's
+    /// output did not end in a newline, a sync's echo follows it on the
+    /// same line.
     fn line(&mut self, deadline: Instant, what: &str) -> Result<String> {
+        const KEEP: usize = 64 << 10;
         let mut line = Vec::new();
         loop {
-            let buf = self.some(64 << 10, deadline, what)?;
-            match buf.iter().position(|&b| b == b'\n') {
-                Some(i) => {
-                    if line.len() < 64 << 10 {
-                        line.extend_from_slice(&buf[..i]);
-                    }
-                    self.reader.consume(i + 1);
-                    return Ok(String::from_utf8_lossy(&line).into_owned());
-                }
-                None => {
-                    let n = buf.len();
-                    if line.len() < 64 << 10 {
-                        line.extend_from_slice(buf);
-                    }
-                    self.reader.consume(n);
-                }
+            let buf = self.some(KEEP, deadline, what)?;
+            let (part, end) = match buf.iter().position(|&b| b == b'\n') {
+                Some(i) => (&buf[..i], Some(i + 1)),
+                None => (buf, None),
+            };
+            line.extend_from_slice(part);
+            let used = end.unwrap_or(part.len());
+            self.reader.consume(used);
+            if line.len() > KEEP {
+                line.drain(..line.len() - KEEP);
+            }
+            if end.is_some() {
+                return Ok(String::from_utf8_lossy(&line).into_owned());
             }
         }
     }
@@ -367,17 +445,6 @@ impl Conn {
     /// for some; the caller consumes what it used.
     fn some(&mut self, max: usize, deadline: Instant, what: &str) -> Result<&[u8]> {
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(Error::Timeout {
-                    what: what.to_string(),
-                    after: SLACK,
-                    seen: Vec::new(),
-                });
-            }
-            if let Err(e) = self.reader.get_ref().set_read_timeout(Some(left)) {
-                return Err(Error::host(what, e));
-            }
             match self.reader.fill_buf() {
                 Ok([]) => {
                     return Err(Error::host(
@@ -387,7 +454,9 @@ impl Conn {
                 }
                 Ok(_) => break,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    self.wait_port(PollFlags::POLLIN, deadline, what)?;
+                }
                 Err(e) => return Err(Error::host(what, e)),
             }
         }
@@ -395,16 +464,67 @@ impl Conn {
         Ok(&buf[..buf.len().min(max)])
     }
 
-    fn io_error(&self, what: &str, e: std::io::Error, after: Duration) -> Error {
-        if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) {
-            Error::Timeout {
-                what: what.to_string(),
-                after,
-                seen: Vec::new(),
-            }
-        } else {
-            Error::host(what, e)
+    /// Waits until the port is ready for `flags` (or has hung up, which
+    /// the next read or write reports), until `deadline`
+    /// ([`Error::Timeout`]) or an interrupt ([`Error::Interrupted`]).
+    fn wait_port(&self, flags: PollFlags, deadline: Instant, what: &str) -> Result<()> {
+        let ready = Cell::new(None);
+        let looked = self.bell.waits.wait_until_with(
+            Some(deadline),
+            |_, _| ready.take().map_or(Look::NotYet, Look::Done),
+            |parked, until| {
+                let waits = parked.waitable();
+                // An interrupt takes the lock: not held in `poll`.
+                drop(parked);
+                ready.set(self.poll_port(flags, until, what));
+                waits.lock()
+            },
+        );
+        match looked {
+            Ok(r) => r,
+            Err(stopped) => Err(match stopped.why {
+                Stop::Deadline => Error::Timeout {
+                    what: what.to_string(),
+                    after: SLACK,
+                    seen: Vec::new(),
+                },
+                Stop::Interrupted => Error::Interrupted {
+                    what: what.to_string(),
+                },
+            }),
         }
+    }
+
+    /// One `poll` of the port and the bell, until `until`: `Some` when
+    /// the port is ready (or polling failed), `None` when the bell rang or
+    /// the time ran out.
+    fn poll_port(
+        &self,
+        flags: PollFlags,
+        until: Option<Instant>,
+        what: &str,
+    ) -> Option<Result<()>> {
+        let left = until.map_or(Duration::MAX, |t| {
+            t.saturating_duration_since(Instant::now())
+        });
+        // Rounded up, so that a wait never ends just before its deadline.
+        let ms = left.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as i32;
+        let ms = PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX);
+        let mut fds = [
+            PollFd::new(self.writer.as_fd(), flags),
+            PollFd::new(self.bell.wake.as_fd(), PollFlags::POLLIN),
+        ];
+        match nix::poll::poll(&mut fds, ms) {
+            Ok(_) => {}
+            Err(Errno::EINTR) => return None,
+            Err(e) => return Some(Err(Error::host(what, e))),
+        }
+        let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
+        if ready(&fds[1]) {
+            // Resets the counter; nonblocking, so it never waits.
+            let _ = self.bell.wake.read();
+        }
+        ready(&fds[0]).then_some(Ok(()))
     }
 
     fn protocol(&self, what: &str, reply: &str) -> Error {
@@ -417,3 +537,6 @@ impl Conn {
         )
     }
 }
+
+#[cfg(test)]
+mod tests;
