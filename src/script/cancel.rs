@@ -82,6 +82,17 @@ struct State {
     script_over: bool,
 }
 
+impl State {
+    /// Why an interrupt stops the script: the timeout when it is the
+    /// watchdog's (until the script is over), else Ctrl-C.
+    fn interrupt_reason(&self) -> Reason {
+        match (&self.expired, self.done || self.script_over) {
+            (Some(r), false) => r.clone(),
+            _ => Reason::Interrupt,
+        }
+    }
+}
+
 #[derive(Default)]
 struct Inner {
     cancelled: AtomicBool,
@@ -250,13 +261,13 @@ impl Cancel {
         self.inner.interrupted.load(Ordering::Relaxed)
     }
 
-    /// What should stop the script now: the cancellation reason, else
-    /// [`Reason::Interrupt`] when interrupted.
+    /// What should stop the script now: the cancellation reason, else,
+    /// when interrupted, why ([`State::interrupt_reason`]).
     pub fn stop_reason(&self) -> Option<Reason> {
         let st = self.lock();
         st.reason
             .clone()
-            .or_else(|| st.interrupted.then_some(Reason::Interrupt))
+            .or_else(|| st.interrupted.then(|| st.interrupt_reason()))
     }
 
     /// Sleeps for `d`, or less when the run is cancelled or interrupted
@@ -266,7 +277,7 @@ impl Cancel {
         let stopped = self.inner.state.wait_until(Some(deadline), |st, _| {
             match (&st.reason, st.interrupted) {
                 (Some(r), _) => Look::Done(r.clone()),
-                (None, true) => Look::Done(Reason::Interrupt),
+                (None, true) => Look::Done(st.interrupt_reason()),
                 (None, false) => Look::NotYet,
             }
         });
@@ -467,9 +478,11 @@ mod tests {
     fn a_keeping_watchdog_interrupts_at_the_deadline_and_kills_nothing() {
         let c = Cancel::new();
         let w = Watchdog::start_keeping(&c, Duration::from_millis(50)).unwrap();
-        assert_eq!(c.sleep(Duration::from_secs(10)), Err(Reason::Interrupt));
-        assert!(!c.is_cancelled());
         let timeout = Reason::Timeout(Duration::from_millis(50));
+        // Its interrupt stops the script for the timeout, not as Ctrl-C.
+        assert_eq!(c.sleep(Duration::from_secs(10)), Err(timeout.clone()));
+        assert_eq!(c.stop_reason(), Some(timeout.clone()));
+        assert!(!c.is_cancelled());
         assert_eq!(c.expired(), Some(timeout.clone()));
         assert_eq!(c.ended_by(), Some(timeout));
         // It keeps interrupting until the script is over.
@@ -477,6 +490,8 @@ mod tests {
         std::thread::sleep(Duration::from_millis(200));
         assert!(c.is_interrupted());
         c.finish();
+        // After the script (a debugger's REPL), an interrupt is Ctrl-C.
+        assert_eq!(c.stop_reason(), Some(Reason::Interrupt));
         drop(w);
         c.clear_interrupt();
         std::thread::sleep(Duration::from_millis(100));
@@ -488,7 +503,10 @@ mod tests {
         let c = Cancel::new();
         let w = Watchdog::start(&c, Duration::from_millis(50)).unwrap();
         let start = Instant::now();
-        assert_eq!(c.sleep(Duration::from_secs(30)), Err(Reason::Interrupt));
+        assert_eq!(
+            c.sleep(Duration::from_secs(30)),
+            Err(Reason::Timeout(Duration::from_millis(50)))
+        );
         assert!(!c.is_cancelled(), "killed at once");
         assert_eq!(
             c.expired(),

@@ -109,15 +109,25 @@ fn a_passing_test_leaves_nothing_behind() {
 fn the_timeout_stops_a_pure_rhai_loop() {
     let w = World::new();
     w.script("t.rhai", "let n = 0;\nloop { n += 1; }\n");
+    w.script(
+        "c.rhai",
+        "fn test_spin() {\n    let n = 0;\n    loop { n += 1; }\n}\n",
+    );
     let start = Instant::now();
-    let o = w.run(&["run", "--timeout", "2", "t.rhai"]);
+    let o = w.run(&["run", "--timeout", "2", "t.rhai", "c.rhai"]);
     assert!(start.elapsed() < Duration::from_secs(10));
     assert_eq!(o.status.code(), Some(1));
     let out = stdout(&o);
     assert!(
-        out.contains(": Timeout: the test timed out after 2s"),
+        out.contains("t.rhai:2:") && out.contains(": Timeout: the test timed out after 2s\n"),
         "{out}"
     );
+    assert!(
+        out.contains("c.rhai: Timeout: the test timed out after 2s\n      in test_spin\n"),
+        "{out}"
+    );
+    // The watchdog's interrupt is the timeout, not a Ctrl-C.
+    assert!(!out.contains("Ctrl-C"), "{out}");
 }
 
 #[test]
