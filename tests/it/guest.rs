@@ -176,19 +176,7 @@ old.shutdown();
 "#,
     );
     let art = w.dir("art");
-    let o = w
-        .command(&[
-            "run",
-            script.to_str().unwrap(),
-            "--timeout",
-            "600",
-            "--keep-artifacts",
-            "--artifacts",
-            art.to_str().unwrap(),
-        ])
-        .env("VMSCRIPT_GUEST", guest_dir())
-        .output()
-        .unwrap();
+    let o = run_on_the_guest(&w, &script, &art, &["--keep-artifacts"]);
     assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
     let art = only_entry(&art);
     let log = std::fs::read_to_string(art.join("script.log")).unwrap();
@@ -225,18 +213,7 @@ fail("on purpose");
 "#,
     );
     let art = w.dir("art");
-    let o = w
-        .command(&[
-            "run",
-            script.to_str().unwrap(),
-            "--timeout",
-            "600",
-            "--artifacts",
-            art.to_str().unwrap(),
-        ])
-        .env("VMSCRIPT_GUEST", guest_dir())
-        .output()
-        .unwrap();
+    let o = run_on_the_guest(&w, &script, &art, &[]);
     let out = format!("{}{}", stdout(&o), stderr(&o));
     assert!(
         out.contains("on purpose") && out.contains("1 failed"),
@@ -255,6 +232,29 @@ fail("on purpose");
 
 /// The one test folder in `dir` (a run's artifacts folder, which also
 /// holds the run's results.json).
+/// `vmscript run SCRIPT` on the test guest, with a long timeout, its
+/// artifacts in `art`, and `extra` arguments.
+fn run_on_the_guest(
+    w: &crate::common::world::World,
+    script: &std::path::Path,
+    art: &std::path::Path,
+    extra: &[&str],
+) -> std::process::Output {
+    let mut args = vec![
+        "run",
+        script.to_str().unwrap(),
+        "--timeout",
+        "600",
+        "--artifacts",
+        art.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    w.command(&args)
+        .env("VMSCRIPT_GUEST", guest_dir())
+        .output()
+        .unwrap()
+}
+
 fn only_entry(dir: &std::path::Path) -> std::path::PathBuf {
     let entries: Vec<_> = std::fs::read_dir(dir)
         .unwrap()

@@ -74,6 +74,12 @@ struct Conn {
     /// Until when the guest may be busy with the last `run`: a resync
     /// after an abandoned one waits for it to end there.
     busy_until: Instant,
+    /// Bytes of a request's payload that the agent still waits for: one
+    /// abandoned while sending (a copy interrupted) is completed with
+    /// zeros before the next sync, which the agent then reads as a
+    /// request. Not used for a `run`'s command, which no padding can
+    /// make harmless (and which is small enough never to wait).
+    owed: u64,
     bell: Arc<Bell>,
 }
 
@@ -130,6 +136,7 @@ impl Agent {
                 state: Sync::Unknown,
                 nonce,
                 busy_until: Instant::now(),
+                owed: 0,
                 bell: bell.clone(),
             })),
             bell,
@@ -236,7 +243,14 @@ impl Agent {
         c.require(&what)?;
         c.state = Sync::Lost;
         c.send(format!("put {size} {}\n", to.len()).as_bytes(), &what)?;
-        c.send(to.as_bytes(), &what)?;
+        c.owed = to.len() as u64 + size;
+        let zeros = |e: Error| match e {
+            Error::Interrupted { what } => Error::Interrupted {
+                what: format!("{what} (the rest of the guest's file becomes zeros)"),
+            },
+            e => e,
+        };
+        c.send(to.as_bytes(), &what).map_err(zeros)?;
         // Exactly `size` bytes go, whatever happens to the file meanwhile:
         // the agent reads that many before it answers.
         let mut buf = vec![0u8; CHUNK];
@@ -261,7 +275,7 @@ impl Agent {
                     }
                 }
             };
-            c.send(&buf[..n], &what)?;
+            c.send(&buf[..n], &what).map_err(zeros)?;
             left -= n as u64;
         }
         let reply = c.line(Instant::now() + SLACK, &what)?;
@@ -284,6 +298,7 @@ impl Agent {
         c.require(&what)?;
         c.state = Sync::Lost;
         c.send(format!("get {}\n", from.len()).as_bytes(), &what)?;
+        c.owed = from.len() as u64;
         c.send(from.as_bytes(), &what)?;
         let reply = c.line(Instant::now() + SLACK, &what)?;
         let size = match reply.split_once(' ') {
@@ -352,6 +367,7 @@ impl Conn {
             .wrapping_add(1442695040888963407);
         let token = format!("sync {:016x}", self.nonce);
         let what = "waiting for the guest agent to answer";
+        self.pay_owed(what)?;
         self.send(format!("{token}\n").as_bytes(), what)?;
         // Whatever an abandoned request left comes first: skip it. Its
         // last bytes may lack a newline, so the echo ends a line.
@@ -384,7 +400,7 @@ impl Conn {
     }
 
     /// Writes all of `bytes`, waiting up to [`SLACK`] at a time for the
-    /// guest to take more.
+    /// guest to take more; what goes pays off [`Conn::owed`] first.
     fn send(&mut self, mut bytes: &[u8], what: &str) -> Result<()> {
         let mut deadline = Instant::now() + SLACK;
         while !bytes.is_empty() {
@@ -392,6 +408,7 @@ impl Conn {
                 Ok(0) => return Err(Error::host(what, "the guest agent's port closed")),
                 Ok(n) => {
                     bytes = &bytes[n..];
+                    self.owed = self.owed.saturating_sub(n as u64);
                     deadline = Instant::now() + SLACK;
                 }
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
@@ -400,6 +417,16 @@ impl Conn {
                 }
                 Err(e) => return Err(Error::host(what, e)),
             }
+        }
+        Ok(())
+    }
+
+    /// Sends the zeros that complete an abandoned payload ([`Conn::owed`]).
+    fn pay_owed(&mut self, what: &str) -> Result<()> {
+        let zeros = vec![0u8; CHUNK.min(self.owed as usize)];
+        while self.owed > 0 {
+            let n = self.owed.min(zeros.len() as u64) as usize;
+            self.send(&zeros[..n], what)?;
         }
         Ok(())
     }

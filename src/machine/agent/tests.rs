@@ -116,25 +116,40 @@ fn an_interrupt_before_a_wait_does_not_end_it() {
 }
 
 #[test]
-fn an_interrupt_ends_a_copy_the_guest_does_not_take() {
+fn an_interrupted_copy_is_completed_with_zeros_and_the_channel_goes_on() {
     let (agent, mut fake) = pair();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("big");
     // Far more than a socket buffer holds: the sender must wait.
-    std::fs::write(&file, vec![7u8; 16 << 20]).unwrap();
+    let size = 16 << 20;
+    std::fs::write(&file, vec![7u8; size]).unwrap();
     let (stop, stopped) = std::sync::mpsc::channel::<()>();
     let guest = thread::spawn(move || {
         fake.echo_sync();
-        // Reads nothing more until the host has given up.
-        let _ = stopped.recv();
+        let head = fake.line();
+        assert_eq!(head, format!("put {size} 8"));
+        // Reads nothing more until the host has given up; then all it
+        // was promised, answers, and answers the sync.
+        stopped.recv().unwrap();
+        let mut got = vec![0u8; 8 + size];
+        fake.reader.read_exact(&mut got).unwrap();
+        fake.send("ok\n");
+        fake.echo_sync();
+        got
     });
     let err = interrupting(&agent, || agent.copy_to(&file, "/tmp/big")).unwrap_err();
     assert!(
-        matches!(&err, Error::Interrupted { what } if what.starts_with("copying ")),
+        matches!(&err, Error::Interrupted { what } if what.starts_with("copying ")
+            && what.ends_with("(the rest of the guest's file becomes zeros)")),
         "{err}"
     );
     stop.send(()).unwrap();
-    guest.join().unwrap();
+    assert!(agent.available().unwrap());
+    let got = guest.join().unwrap();
+    assert_eq!(&got[..8], b"/tmp/big");
+    let sent = got[8..].iter().take_while(|&&b| b == 7).count();
+    assert!(sent > 0 && sent < size, "{sent}");
+    assert!(got[8 + sent..].iter().all(|&b| b == 0));
 }
 
 #[test]
