@@ -39,9 +39,7 @@ fn launch_guest(ctx: &NativeCallContext, vm: &MachineRef, o: &Map) -> ScriptResu
         scratch: run.temp_dir(),
         log: &log,
     };
-    let _doing = run
-        .cancel()
-        .doing(format!("waiting for {ready:?} on the console"));
+    let _doing = run.doing(ctx, format!("waiting for {ready:?} on the console"));
     let outcome = bootcache::boot(&mut lock(vm.machine()), &req).map_err(errors::machine_error)?;
     if run.cancel().is_cancelled() {
         lock(vm.machine()).kill();

@@ -103,9 +103,27 @@ struct Inner {
     waits: Mutex<Vec<InterruptHandle>>,
     host: HostProcesses,
     /// What the script is doing now ([`Cancel::doing`]), for the runner's
-    /// SLOW announcements, oldest first, each with its id.
-    activity: Mutex<Vec<(u64, String)>>,
+    /// SLOW announcements, oldest first.
+    activity: Mutex<Vec<Activity>>,
     next_activity: std::sync::atomic::AtomicU64,
+    /// Where the script was stopped ([`Cancel::stopped_at`]).
+    stopped_at: Mutex<Option<Site>>,
+}
+
+struct Activity {
+    id: u64,
+    what: String,
+    site: Option<Site>,
+}
+
+/// A place in a script: the call that is waiting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Site {
+    /// The script's name as its AST has it (the path the run shows).
+    pub source: String,
+    pub line: usize,
+    /// Rhai's column, before any adjustment for rewritten source.
+    pub column: usize,
 }
 
 /// Marks an activity of the script until dropped; see [`Cancel::doing`].
@@ -116,7 +134,7 @@ pub struct Doing {
 
 impl Drop for Doing {
     fn drop(&mut self) {
-        lock(&self.cancel.inner.activity).retain(|(id, _)| *id != self.id);
+        lock(&self.cancel.inner.activity).retain(|a| a.id != self.id);
     }
 }
 
@@ -211,8 +229,18 @@ impl Cancel {
     /// for event STOP`) until the returned guard is dropped, so that a
     /// test running long can be announced with what it is doing.
     pub fn doing(&self, what: impl Into<String>) -> Doing {
+        self.doing_at(what, None)
+    }
+
+    /// [`Cancel::doing`] at `site`, the call that does it: should the
+    /// run be stopped meanwhile, [`Cancel::stopped_at`] says where.
+    pub fn doing_at(&self, what: impl Into<String>, site: Option<Site>) -> Doing {
         let id = self.inner.next_activity.fetch_add(1, Ordering::Relaxed);
-        lock(&self.inner.activity).push((id, what.into()));
+        lock(&self.inner.activity).push(Activity {
+            id,
+            what: what.into(),
+            site,
+        });
         Doing {
             cancel: self.clone(),
             id,
@@ -223,8 +251,28 @@ impl Cancel {
     pub fn activity(&self) -> Vec<String> {
         lock(&self.inner.activity)
             .iter()
-            .map(|(_, w)| w.clone())
+            .map(|a| a.what.clone())
             .collect()
+    }
+
+    /// Records where a stop (a timeout, a signal) ended the script: the
+    /// site of the innermost activity that has one. The first record
+    /// stays; a stop with no such activity records nothing.
+    pub fn note_stopped_here(&self) {
+        let site = lock(&self.inner.activity)
+            .iter()
+            .rev()
+            .find_map(|a| a.site.clone());
+        if let Some(site) = site {
+            lock(&self.inner.stopped_at).get_or_insert(site);
+        }
+    }
+
+    /// Where the script was stopped, as [`Cancel::note_stopped_here`]
+    /// recorded it: Rhai itself keeps only the outermost call of an
+    /// error that ends a script.
+    pub fn stopped_at(&self) -> Option<Site> {
+        lock(&self.inner.stopped_at).clone()
     }
 
     /// Adds a machine whose waits [`Cancel::interrupt`] ends.
@@ -522,6 +570,30 @@ mod tests {
         assert!(start.elapsed() >= TIMEOUT_GRACE);
         assert_eq!(c.reason(), Some(timeout));
         drop(w);
+    }
+
+    #[test]
+    fn a_stop_is_placed_at_the_innermost_activity_with_a_site_and_the_first_stays() {
+        let c = Cancel::new();
+        let site = |line| Site {
+            source: "t.rhai".into(),
+            line,
+            column: 5,
+        };
+        c.note_stopped_here();
+        assert_eq!(c.stopped_at(), None);
+        let outer = c.doing_at("in a helper", Some(site(3)));
+        let step = c.doing("in step boot");
+        let wait = c.doing_at("waiting for event X", Some(site(7)));
+        drop(step);
+        c.note_stopped_here();
+        drop(wait);
+        drop(outer);
+        // A later stop (a teardown's) does not move it.
+        let _later = c.doing_at("sleeping 1s", Some(site(9)));
+        c.note_stopped_here();
+        assert_eq!(c.stopped_at(), Some(site(7)));
+        assert!(c.activity() == ["sleeping 1s"]);
     }
 
     #[test]

@@ -352,9 +352,13 @@ impl Driver {
             }
         } else {
             // Passed straight through (a skip, a timeout): its position is
-            // the driver's, which is nowhere in the file.
-            f.line = None;
-            f.column = None;
+            // the driver's, which is nowhere in the file; a stop says
+            // where it was.
+            let site = self.run.cancel().stopped_at();
+            if !site.is_some_and(|s| f.kind != errors::SKIPPED && f.point_at(&s)) {
+                f.line = None;
+                f.column = None;
+            }
         }
         if f.kind != errors::SKIPPED {
             f.context.push(label());

@@ -13,6 +13,7 @@ use rhai::{Array, Dynamic, Engine, NativeCallContext, INT};
 use crate::machine::{self, Console};
 
 use super::args;
+use super::cancel::Doing;
 use super::docs::func;
 use super::errors::{self, ScriptResult};
 use super::machine_api::{opt_string, MachineRef};
@@ -37,6 +38,11 @@ fn remaining(ctx: &NativeCallContext) -> ScriptResult<Duration> {
     Run::of(ctx).map(|r| r.remaining())
 }
 
+/// Marks the call as waiting for `what` on the console ([`Run::doing`]).
+fn waiting(ctx: &NativeCallContext, what: impl std::fmt::Display) -> ScriptResult<Doing> {
+    Ok(Run::of(ctx)?.doing(ctx, format!("waiting for {what} on the console")))
+}
+
 /// Registers the `Console` type, its methods and the console helpers on
 /// `Machine`.
 pub fn register(e: &mut Engine) {
@@ -54,6 +60,7 @@ pub fn register(e: &mut Engine) {
     )
     .register_into_engine(e, |ctx: NativeCallContext, vm: &mut MachineRef, s: &str| {
         let t = remaining(&ctx)?;
+        let _doing = waiting(&ctx, format!("{s:?}"))?;
         vm.with(|m| m.wait_for_console_pattern(s, None, t))
     });
     func(
@@ -65,6 +72,7 @@ pub fn register(e: &mut Engine) {
         |ctx: NativeCallContext, vm: &mut MachineRef, s: &str, f: Dynamic| {
             let f = opt_string(&f, "failure")?;
             let t = remaining(&ctx)?;
+            let _doing = waiting(&ctx, format!("{s:?}"))?;
             vm.with(|m| m.wait_for_console_pattern(s, f.as_deref(), t))
         },
     );
@@ -75,11 +83,15 @@ pub fn register(e: &mut Engine) {
         ),
         "Waits up to `timeout` for `success`; seeing `failure` first throws.",
     )
-    .register_into_engine(e, |vm: &mut MachineRef, s: &str, f: Dynamic, t: Dynamic| {
-        let f = opt_string(&f, "failure")?;
-        let t = args::secs(&t, "timeout")?;
-        vm.with(|m| m.wait_for_console_pattern(s, f.as_deref(), t))
-    });
+    .register_into_engine(
+        e,
+        |ctx: NativeCallContext, vm: &mut MachineRef, s: &str, f: Dynamic, t: Dynamic| {
+            let f = opt_string(&f, "failure")?;
+            let t = args::secs(&t, "timeout")?;
+            let _doing = waiting(&ctx, format!("{s:?}"))?;
+            vm.with(|m| m.wait_for_console_pattern(s, f.as_deref(), t))
+        },
+    );
     func(
         "exec_command(vm: Machine, cmd: String)",
         "Types `cmd` and Enter on the console.",
@@ -95,6 +107,7 @@ pub fn register(e: &mut Engine) {
         e,
         |ctx: NativeCallContext, vm: &mut MachineRef, c: &str, s: &str| {
             let t = remaining(&ctx)?;
+            let _doing = waiting(&ctx, format!("{s:?}"))?;
             vm.with(|m| m.exec_command_and_wait_for_pattern(c, s, None, t))
         },
     );
@@ -110,6 +123,7 @@ pub fn register(e: &mut Engine) {
         |ctx: NativeCallContext, vm: &mut MachineRef, c: &str, s: &str, f: Dynamic| {
             let f = opt_string(&f, "failure")?;
             let t = remaining(&ctx)?;
+            let _doing = waiting(&ctx, format!("{s:?}"))?;
             vm.with(|m| m.exec_command_and_wait_for_pattern(c, s, f.as_deref(), t))
         },
     );
@@ -119,6 +133,7 @@ pub fn register(e: &mut Engine) {
     )
     .register_into_engine(e, |ctx: NativeCallContext, vm: &mut MachineRef, p: &str| {
         let t = remaining(&ctx)?;
+        let _doing = waiting(&ctx, format!("{p:?}"))?;
         vm.with(|m| m.interrupt_interactive_console_until_pattern(p, "\r", t))
     });
     func(
@@ -132,6 +147,7 @@ pub fn register(e: &mut Engine) {
         e,
         |ctx: NativeCallContext, vm: &mut MachineRef, p: &str, i: &str| {
             let t = remaining(&ctx)?;
+            let _doing = waiting(&ctx, format!("{p:?}"))?;
             vm.with(|m| m.interrupt_interactive_console_until_pattern(p, i, t))
         },
     );
@@ -164,16 +180,21 @@ pub fn register(e: &mut Engine) {
     )
     .register_into_engine(e, |ctx: NativeCallContext, c: &mut ConsoleRef, t: &str| {
         let left = remaining(&ctx)?;
+        let _doing = waiting(&ctx, format!("{t:?}"))?;
         c.with(|c| c.wait_for(t, left))
     });
     func(
         "wait_for(con: Console, text: String, timeout: secs) -> String",
         "Waits up to `timeout` for `text`; returns the output up to and including it.",
     )
-    .register_into_engine(e, |c: &mut ConsoleRef, t: &str, d: Dynamic| {
-        let d = args::secs(&d, "timeout")?;
-        c.with(|c| c.wait_for(t, d))
-    });
+    .register_into_engine(
+        e,
+        |ctx: NativeCallContext, c: &mut ConsoleRef, t: &str, d: Dynamic| {
+            let d = args::secs(&d, "timeout")?;
+            let _doing = waiting(&ctx, format!("{t:?}"))?;
+            c.with(|c| c.wait_for(t, d))
+        },
+    );
     let captures = |v: Vec<Option<String>>| -> Array {
         v.into_iter()
             .map(|g| g.map_or(Dynamic::UNIT, Dynamic::from))
@@ -187,6 +208,7 @@ pub fn register(e: &mut Engine) {
         e,
         move |ctx: NativeCallContext, c: &mut ConsoleRef, re: &str| {
             let t = remaining(&ctx)?;
+            let _doing = waiting(&ctx, format!("/{re}/"))?;
             c.with(|c| c.wait_for_regex(re, t)).map(captures)
         },
     );
@@ -194,12 +216,17 @@ pub fn register(e: &mut Engine) {
         "wait_for_regex(con: Console, re: String, timeout: secs) -> Array",
         "Waits up to `timeout` for a regex match; returns the captures (0: the whole match).",
     )
-    .register_into_engine(e, move |c: &mut ConsoleRef, re: &str, d: Dynamic| {
-        let d = args::secs(&d, "timeout")?;
-        c.with(|c| c.wait_for_regex(re, d)).map(captures)
-    });
-    let expect = |c: &ConsoleRef, p: Array, d: Duration| -> ScriptResult<INT> {
+    .register_into_engine(
+        e,
+        move |ctx: NativeCallContext, c: &mut ConsoleRef, re: &str, d: Dynamic| {
+            let d = args::secs(&d, "timeout")?;
+            let _doing = waiting(&ctx, format!("/{re}/"))?;
+            c.with(|c| c.wait_for_regex(re, d)).map(captures)
+        },
+    );
+    let expect = |ctx: &NativeCallContext, c: &ConsoleRef, p: Array, d: Duration| {
         let p = args::strings(&Dynamic::from_array(p), "expect patterns")?;
+        let _doing = waiting(ctx, format!("any of {p:?}"))?;
         let p: Vec<&str> = p.iter().map(String::as_str).collect();
         c.with(|c| c.expect(&p, d)).map(|i| i as INT)
     };
@@ -209,15 +236,20 @@ pub fn register(e: &mut Engine) {
     )
     .register_into_engine(
         e,
-        move |ctx: NativeCallContext, c: &mut ConsoleRef, p: Array| expect(c, p, remaining(&ctx)?),
+        move |ctx: NativeCallContext, c: &mut ConsoleRef, p: Array| {
+            expect(&ctx, c, p, remaining(&ctx)?)
+        },
     );
     func(
         "expect(con: Console, patterns: Array, timeout: secs) -> int",
         "Waits up to `timeout` for any of the texts; returns the index of the first to appear.",
     )
-    .register_into_engine(e, move |c: &mut ConsoleRef, p: Array, d: Dynamic| {
-        expect(c, p, args::secs(&d, "timeout")?)
-    });
+    .register_into_engine(
+        e,
+        move |ctx: NativeCallContext, c: &mut ConsoleRef, p: Array, d: Dynamic| {
+            expect(&ctx, c, p, args::secs(&d, "timeout")?)
+        },
+    );
     func(
         "output(con: Console) -> String",
         "The whole console transcript.",

@@ -99,9 +99,7 @@ pub fn register(e: &mut Engine) {
             let timeout = args::secs(&timeout, "guest_agent_run: timeout")?;
             let max = u64::try_from(max)
                 .map_err(|_| errors::misuse(format!("guest_agent_run: max {max} is negative")))?;
-            let _doing = Run::of(&ctx)?
-                .cancel()
-                .doing(format!("running `{cmd}` in the guest"));
+            let _doing = Run::of(&ctx)?.doing(&ctx, format!("running `{cmd}` in the guest"));
             let Some(a) = agent(&ctx, vm)? else {
                 return Ok(Dynamic::UNIT);
             };
@@ -116,9 +114,7 @@ pub fn register(e: &mut Engine) {
     .register_into_engine(
         e,
         |ctx: NativeCallContext, vm: &mut MachineRef, from: &str, to: &str| {
-            let _doing = Run::of(&ctx)?
-                .cancel()
-                .doing(format!("copying {from} to {to} in the guest"));
+            let _doing = Run::of(&ctx)?.doing(&ctx, format!("copying {from} to {to} in the guest"));
             need(&ctx, vm, "guest::copy_to")?
                 .copy_to(&PathBuf::from(from), to)
                 .map_err(errors::machine_error)
@@ -131,9 +127,7 @@ pub fn register(e: &mut Engine) {
     .register_into_engine(
         e,
         |ctx: NativeCallContext, vm: &mut MachineRef, from: &str, to: &str| {
-            let _doing = Run::of(&ctx)?
-                .cancel()
-                .doing(format!("copying {from} in the guest to {to}"));
+            let _doing = Run::of(&ctx)?.doing(&ctx, format!("copying {from} in the guest to {to}"));
             need(&ctx, vm, "guest::copy_from")?
                 .copy_from(from, &PathBuf::from(to))
                 .map_err(errors::machine_error)

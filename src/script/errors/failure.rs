@@ -6,6 +6,7 @@ use rhai::{Dynamic, EvalAltResult, Map, Position};
 
 use super::catching::{lock_closures, true_column};
 use super::{convert, SCRIPT_ERROR, SKIPPED};
+use crate::script::cancel::Site;
 
 /// What ended a script other than success, for the report.
 #[derive(Debug, Clone, PartialEq)]
@@ -113,6 +114,18 @@ impl Failure {
             value,
             context,
         }
+    }
+
+    /// Points the failure at `site` when it is in the failure's own file:
+    /// for an error whose position Rhai did not keep (a stop passes
+    /// through every function, each putting its own call there instead).
+    pub fn point_at(&mut self, site: &Site) -> bool {
+        if site.source != self.file {
+            return false;
+        }
+        self.line = Some(site.line);
+        self.column = Some(true_column(&self.file, site.line, site.column));
+        true
     }
 
     /// A failure outside any script position (setup, cleanup).

@@ -103,8 +103,21 @@ pub fn skipped(reason: &str) -> Box<EvalAltResult> {
 
 /// Ends the script with `kind`; not catchable.
 pub fn terminated(kind: &str, message: impl Into<String>) -> Box<EvalAltResult> {
+    if kind != SKIPPED {
+        note_stopped_here();
+    }
     EvalAltResult::ErrorTerminated(error_map(kind, message, Vec::new()).into(), Position::NONE)
         .into()
+}
+
+/// Records where this thread's run was stopped ([`Cancel::stopped_at`]),
+/// as Rhai will not keep it.
+fn note_stopped_here() {
+    RUN.with(|r| {
+        if let Some(c) = r.borrow().as_ref() {
+            c.note_stopped_here();
+        }
+    });
 }
 
 thread_local! {
@@ -144,6 +157,7 @@ pub fn machine_error(err: machine::Error) -> Box<EvalAltResult> {
 /// map: what it awaited, and, when `show`, the error itself: an
 /// interrupt that the stop itself caused says nothing more).
 fn cancelled(reason: &Reason, saw: Map, show: bool) -> Box<EvalAltResult> {
+    note_stopped_here();
     let mut fields = Vec::new();
     if let Some(what) = saw.get("what") {
         fields.push(("what", what.clone()));

@@ -402,6 +402,13 @@ fn register_files(e: &mut Engine) {
     });
 }
 
+/// `sleep`, marked as what the script is doing ([`Run::doing`]).
+fn sleep(ctx: &NativeCallContext, d: Duration) -> ScriptResult<()> {
+    let run = Run::of(ctx)?;
+    let _doing = run.doing(ctx, format!("sleeping {}s", d.as_secs_f64()));
+    run.sleep(d)
+}
+
 fn register_processes(e: &mut Engine) {
     // Typed, so that they are chosen over Rhai's own (blocking) sleep.
     func(
@@ -409,14 +416,14 @@ fn register_processes(e: &mut Engine) {
         "Sleeps for `secs` seconds; a timeout or Ctrl-C ends it early.",
     )
     .register_into_engine(e, |ctx: NativeCallContext, s: INT| {
-        Run::of(&ctx)?.sleep(args::plain_secs(&s.into(), "sleep")?)
+        sleep(&ctx, args::plain_secs(&s.into(), "sleep")?)
     });
     func(
         "sleep(secs: float)",
         "Sleeps for `secs` seconds; a timeout or Ctrl-C ends it early.",
     )
     .register_into_engine(e, |ctx: NativeCallContext, s: FLOAT| {
-        Run::of(&ctx)?.sleep(args::plain_secs(&s.into(), "sleep")?)
+        sleep(&ctx, args::plain_secs(&s.into(), "sleep")?)
     });
     func(
         "run_host(argv: Array) -> Map",

@@ -193,9 +193,7 @@ pub(super) fn register_events(e: &mut Engine) {
                 name: &str,
                 t: Duration,
                 filter: Option<Value>| {
-        let _doing = Run::of(ctx)?
-            .cancel()
-            .doing(format!("waiting for event {name}"));
+        let _doing = Run::of(ctx)?.doing(ctx, format!("waiting for event {name}"));
         vm.with(|m| m.event_wait(name, t, filter.as_ref()))
             .map(json_or_unit)
     };

@@ -48,7 +48,7 @@ use rhai::NativeCallContext;
 
 use crate::machine::{self, Machine, MachineOptions};
 
-use super::cancel::Cancel;
+use super::cancel::{Cancel, Doing, Site};
 use super::errors::{self, ScriptResult};
 use super::temp::OwnedTempDir;
 
@@ -197,6 +197,19 @@ impl Run {
     /// clock: the time it took is given back afterwards).
     pub fn set_remaining(&self, left: Duration) {
         *lock(&self.deadline) = Instant::now() + left;
+    }
+
+    /// Records that the call `ctx` is doing `what` until the guard is
+    /// dropped ([`Cancel::doing_at`]): SLOW lines name it, and a stop
+    /// meanwhile is reported at the call.
+    pub fn doing(&self, ctx: &NativeCallContext, what: impl Into<String>) -> Doing {
+        let p = ctx.call_position();
+        let site = p.line().map(|line| Site {
+            source: ctx.call_source().unwrap_or_default().to_string(),
+            line,
+            column: p.position().unwrap_or(1),
+        });
+        self.cancel.doing_at(what, site)
     }
 
     /// Fails when the run was cancelled.
