@@ -32,10 +32,10 @@ impl ConsoleRef {
     }
 }
 
-/// The time left before the test's timeout: how long a wait without a
-/// timeout argument lasts.
+/// How long a wait without a timeout argument lasts: until the test's
+/// timeout ends it ([`Run::until_timeout`]).
 fn remaining(ctx: &NativeCallContext) -> ScriptResult<Duration> {
-    Run::of(ctx).map(|r| r.remaining())
+    Run::of(ctx).map(|r| r.until_timeout())
 }
 
 /// Marks the call as waiting for `what` on the console ([`Run::doing`]).

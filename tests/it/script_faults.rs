@@ -745,8 +745,17 @@ try {
     print("caught");
 }
 "#;
+    // Without a timeout of its own, a wait lasts until the test's timeout
+    // ends it: the report names the timeout, not the wait's end as well.
+    let until_timeout = r#"let vm = machine();
+vm.add_args("-M", "none");
+vm.set_console();
+vm.launch();
+vm.wait_for_console_pattern("never");
+"#;
     w.script("t/event.rhai", event);
     w.script("t/console.rhai", console);
+    w.script("t/until_timeout.rhai", until_timeout);
     let (code, out, err, took) = run_within(
         &w,
         &["run", "--no-capture", "--timeout", "3", "t"],
@@ -766,6 +775,12 @@ try {
         line.contains("Timeout: the test timed out after 3s, waiting for"),
         "{out}"
     );
+    let line = line_with(&out, "t/until_timeout.rhai:5:");
+    assert!(
+        line.contains("Timeout: the test timed out after 3s, waiting for \"never\" on the console"),
+        "{out}"
+    );
+    assert!(!out.contains("the call it stopped"), "{out}");
     w.assert_clean();
 }
 

@@ -46,7 +46,7 @@ impl HostCommand {
         }
         let timeout = match options.get("timeout") {
             Some(t) => args::secs(t, "timeout")?,
-            None => run.remaining(),
+            None => run.until_timeout(),
         };
         let cwd = options
             .get("cwd")

@@ -193,6 +193,13 @@ impl Run {
         lock(&self.deadline).saturating_duration_since(Instant::now())
     }
 
+    /// How long a wait "until the test's timeout" lasts: a second past
+    /// it, so that the timeout itself ends the wait, and the report names
+    /// the timeout and what was awaited, not also the wait's own end.
+    pub fn until_timeout(&self) -> Duration {
+        self.remaining().saturating_add(Duration::from_secs(1))
+    }
+
     /// Moves the run's timeout to `left` from now (a debugger stops the
     /// clock: the time it took is given back afterwards).
     pub fn set_remaining(&self, left: Duration) {
