@@ -169,6 +169,20 @@ fn wait_gone(pid: i32) {
     }
 }
 
+/// Enters `line`, presses Ctrl-C half a second later, and returns what
+/// the REPL showed until its next prompt, which must come within 10 s.
+fn ctrl_c_during(t: &Terminal, line: &str) -> String {
+    let before = t.screen().trim_end().len();
+    t.line(line);
+    std::thread::sleep(Duration::from_millis(500));
+    let pressed = Instant::now();
+    t.press("C-c");
+    let out = t.wait_for_after(before, &format!("\n{PROMPT}"));
+    let took = pressed.elapsed();
+    assert!(took < Duration::from_secs(10), "Ctrl-C took {took:?}");
+    out
+}
+
 #[test]
 fn repl_session_from_launch_to_quit() {
     let state = tempfile::tempdir().unwrap();
@@ -214,14 +228,7 @@ fn repl_session_from_launch_to_quit() {
     t.run(r#"vm.command("stop")"#, PROMPT);
 
     // Ctrl-C ends a 60 s wait at once; the machine keeps running.
-    let before = t.screen().trim_end().len();
-    t.line(r#"vm.event_wait("NEVER", 60)"#);
-    std::thread::sleep(Duration::from_millis(500));
-    let pressed = Instant::now();
-    t.press("C-c");
-    let out = t.wait_for_after(before, &format!("\n{PROMPT}"));
-    let took = pressed.elapsed();
-    assert!(took < Duration::from_secs(10), "Ctrl-C took {took:?}");
+    let out = ctrl_c_during(&t, r#"vm.event_wait("NEVER", 60)"#);
     assert!(
         out.contains("Interrupted: interrupted while waiting for event NEVER"),
         "{out}"
@@ -676,14 +683,7 @@ fn repl_says_a_machine_is_booting_and_ctrl_c_ends_a_guest_command() {
 
     // Ctrl-C ends a command on the agent's channel at once; the guest
     // finishes it, and the next command waits for that, then runs.
-    let before = t.screen().trim_end().len();
-    t.line(r#"guest::run(vm, "sleep 15; echo late", 60)"#);
-    std::thread::sleep(Duration::from_millis(500));
-    let pressed = Instant::now();
-    t.press("C-c");
-    let out = t.wait_for_after(before, &format!("\n{PROMPT}"));
-    let took = pressed.elapsed();
-    assert!(took < Duration::from_secs(10), "Ctrl-C took {took:?}");
+    let out = ctrl_c_during(&t, r#"guest::run(vm, "sleep 15; echo late", 60)"#);
     assert!(
         out.contains("Interrupted: interrupted while running `sleep 15; echo late` in the guest (it runs on there until its timeout, 60s)"),
         "{out}"
