@@ -17,7 +17,7 @@ use super::cancel::Doing;
 use super::docs::func;
 use super::errors::{self, ScriptResult};
 use super::machine_api::{opt_string, MachineRef};
-use super::run::Run;
+use super::run::{self, Run};
 
 /// A script's `Console`.
 #[derive(Clone)]
@@ -38,9 +38,9 @@ fn remaining(ctx: &NativeCallContext) -> ScriptResult<Duration> {
     Run::of(ctx).map(|r| r.until_timeout())
 }
 
-/// Marks the call as waiting for `what` on the console ([`Run::doing`]).
-fn waiting(ctx: &NativeCallContext, what: impl std::fmt::Display) -> ScriptResult<Doing> {
-    Ok(Run::of(ctx)?.doing(ctx, format!("waiting for {what} on the console")))
+/// Marks the call as waiting for `what` on the console ([`run::doing`]).
+fn waiting(ctx: &NativeCallContext, what: impl std::fmt::Display) -> Option<Doing> {
+    run::doing(ctx, format!("waiting for {what} on the console"))
 }
 
 /// Registers the `Console` type, its methods and the console helpers on
@@ -60,7 +60,7 @@ pub fn register(e: &mut Engine) {
     )
     .register_into_engine(e, |ctx: NativeCallContext, vm: &mut MachineRef, s: &str| {
         let t = remaining(&ctx)?;
-        let _doing = waiting(&ctx, format!("{s:?}"))?;
+        let _doing = waiting(&ctx, format!("{s:?}"));
         vm.with(|m| m.wait_for_console_pattern(s, None, t))
     });
     func(
@@ -72,7 +72,7 @@ pub fn register(e: &mut Engine) {
         |ctx: NativeCallContext, vm: &mut MachineRef, s: &str, f: Dynamic| {
             let f = opt_string(&f, "failure")?;
             let t = remaining(&ctx)?;
-            let _doing = waiting(&ctx, format!("{s:?}"))?;
+            let _doing = waiting(&ctx, format!("{s:?}"));
             vm.with(|m| m.wait_for_console_pattern(s, f.as_deref(), t))
         },
     );
@@ -88,7 +88,7 @@ pub fn register(e: &mut Engine) {
         |ctx: NativeCallContext, vm: &mut MachineRef, s: &str, f: Dynamic, t: Dynamic| {
             let f = opt_string(&f, "failure")?;
             let t = args::secs(&t, "timeout")?;
-            let _doing = waiting(&ctx, format!("{s:?}"))?;
+            let _doing = waiting(&ctx, format!("{s:?}"));
             vm.with(|m| m.wait_for_console_pattern(s, f.as_deref(), t))
         },
     );
@@ -107,7 +107,7 @@ pub fn register(e: &mut Engine) {
         e,
         |ctx: NativeCallContext, vm: &mut MachineRef, c: &str, s: &str| {
             let t = remaining(&ctx)?;
-            let _doing = waiting(&ctx, format!("{s:?}"))?;
+            let _doing = waiting(&ctx, format!("{s:?}"));
             vm.with(|m| m.exec_command_and_wait_for_pattern(c, s, None, t))
         },
     );
@@ -123,7 +123,7 @@ pub fn register(e: &mut Engine) {
         |ctx: NativeCallContext, vm: &mut MachineRef, c: &str, s: &str, f: Dynamic| {
             let f = opt_string(&f, "failure")?;
             let t = remaining(&ctx)?;
-            let _doing = waiting(&ctx, format!("{s:?}"))?;
+            let _doing = waiting(&ctx, format!("{s:?}"));
             vm.with(|m| m.exec_command_and_wait_for_pattern(c, s, f.as_deref(), t))
         },
     );
@@ -133,7 +133,7 @@ pub fn register(e: &mut Engine) {
     )
     .register_into_engine(e, |ctx: NativeCallContext, vm: &mut MachineRef, p: &str| {
         let t = remaining(&ctx)?;
-        let _doing = waiting(&ctx, format!("{p:?}"))?;
+        let _doing = waiting(&ctx, format!("{p:?}"));
         vm.with(|m| m.interrupt_interactive_console_until_pattern(p, "\r", t))
     });
     func(
@@ -147,7 +147,7 @@ pub fn register(e: &mut Engine) {
         e,
         |ctx: NativeCallContext, vm: &mut MachineRef, p: &str, i: &str| {
             let t = remaining(&ctx)?;
-            let _doing = waiting(&ctx, format!("{p:?}"))?;
+            let _doing = waiting(&ctx, format!("{p:?}"));
             vm.with(|m| m.interrupt_interactive_console_until_pattern(p, i, t))
         },
     );
@@ -180,7 +180,7 @@ pub fn register(e: &mut Engine) {
     )
     .register_into_engine(e, |ctx: NativeCallContext, c: &mut ConsoleRef, t: &str| {
         let left = remaining(&ctx)?;
-        let _doing = waiting(&ctx, format!("{t:?}"))?;
+        let _doing = waiting(&ctx, format!("{t:?}"));
         c.with(|c| c.wait_for(t, left))
     });
     func(
@@ -191,7 +191,7 @@ pub fn register(e: &mut Engine) {
         e,
         |ctx: NativeCallContext, c: &mut ConsoleRef, t: &str, d: Dynamic| {
             let d = args::secs(&d, "timeout")?;
-            let _doing = waiting(&ctx, format!("{t:?}"))?;
+            let _doing = waiting(&ctx, format!("{t:?}"));
             c.with(|c| c.wait_for(t, d))
         },
     );
@@ -208,7 +208,7 @@ pub fn register(e: &mut Engine) {
         e,
         move |ctx: NativeCallContext, c: &mut ConsoleRef, re: &str| {
             let t = remaining(&ctx)?;
-            let _doing = waiting(&ctx, format!("/{re}/"))?;
+            let _doing = waiting(&ctx, format!("/{re}/"));
             c.with(|c| c.wait_for_regex(re, t)).map(captures)
         },
     );
@@ -220,13 +220,13 @@ pub fn register(e: &mut Engine) {
         e,
         move |ctx: NativeCallContext, c: &mut ConsoleRef, re: &str, d: Dynamic| {
             let d = args::secs(&d, "timeout")?;
-            let _doing = waiting(&ctx, format!("/{re}/"))?;
+            let _doing = waiting(&ctx, format!("/{re}/"));
             c.with(|c| c.wait_for_regex(re, d)).map(captures)
         },
     );
     let expect = |ctx: &NativeCallContext, c: &ConsoleRef, p: Array, d: Duration| {
         let p = args::strings(&Dynamic::from_array(p), "expect patterns")?;
-        let _doing = waiting(ctx, format!("any of {p:?}"))?;
+        let _doing = waiting(ctx, format!("any of {p:?}"));
         let p: Vec<&str> = p.iter().map(String::as_str).collect();
         c.with(|c| c.expect(&p, d)).map(|i| i as INT)
     };

@@ -12,7 +12,7 @@ use super::args;
 use super::docs::{func, getter};
 use super::errors::{self, ScriptResult};
 use super::machine_api::MachineRef;
-use super::run::{lock, Run};
+use super::run::{self, lock, Run};
 
 /// The agent of `vm` when it has one that answers; the first time a
 /// machine turns out to have none, the run's log says so.
@@ -99,7 +99,7 @@ pub fn register(e: &mut Engine) {
             let timeout = args::secs(&timeout, "guest_agent_run: timeout")?;
             let max = u64::try_from(max)
                 .map_err(|_| errors::misuse(format!("guest_agent_run: max {max} is negative")))?;
-            let _doing = Run::of(&ctx)?.doing(&ctx, format!("running `{cmd}` in the guest"));
+            let _doing = run::doing(&ctx, format!("running `{cmd}` in the guest"));
             let Some(a) = agent(&ctx, vm)? else {
                 return Ok(Dynamic::UNIT);
             };
@@ -114,7 +114,7 @@ pub fn register(e: &mut Engine) {
     .register_into_engine(
         e,
         |ctx: NativeCallContext, vm: &mut MachineRef, from: &str, to: &str| {
-            let _doing = Run::of(&ctx)?.doing(&ctx, format!("copying {from} to {to} in the guest"));
+            let _doing = run::doing(&ctx, format!("copying {from} to {to} in the guest"));
             need(&ctx, vm, "guest::copy_to")?
                 .copy_to(&PathBuf::from(from), to)
                 .map_err(errors::machine_error)
@@ -127,7 +127,7 @@ pub fn register(e: &mut Engine) {
     .register_into_engine(
         e,
         |ctx: NativeCallContext, vm: &mut MachineRef, from: &str, to: &str| {
-            let _doing = Run::of(&ctx)?.doing(&ctx, format!("copying {from} in the guest to {to}"));
+            let _doing = run::doing(&ctx, format!("copying {from} in the guest to {to}"));
             need(&ctx, vm, "guest::copy_from")?
                 .copy_from(from, &PathBuf::from(to))
                 .map_err(errors::machine_error)

@@ -102,6 +102,12 @@ impl std::fmt::Debug for Run {
     }
 }
 
+/// [`Run::doing`] in the run of the call `ctx`, when its engine has one
+/// (a bare engine's calls are not marked).
+pub fn doing(ctx: &NativeCallContext, what: impl Into<String>) -> Option<Doing> {
+    Run::of(ctx).ok().map(|r| r.doing(ctx, what))
+}
+
 impl Run {
     /// The run a script call belongs to. [`super::engine`] puts the run in
     /// the engine's tag, so a binding takes it from the call instead of
