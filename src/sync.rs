@@ -1,5 +1,6 @@
 //! Waiting with a deadline, an interrupt and several waiters, written once;
-//! knows nothing of sockets, QEMU or scripts.
+//! knows nothing of sockets, QEMU or scripts. [`poll_until`] is the one
+//! wait on file descriptors that the parkers of the socket readers share.
 //!
 //! A [`Waitable`] is a value behind a mutex, with a condition variable for
 //! the threads that wait for it to change. [`Waitable::wait_until`] looks
@@ -22,6 +23,9 @@ use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, TryLockError, Weak};
 use std::time::Instant;
 
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollTimeout};
+
 /// Locks `m`, also after a panic elsewhere (see the module documentation).
 pub fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -35,6 +39,30 @@ pub fn try_lock<T: ?Sized>(m: &Mutex<T>) -> Option<MutexGuard<'_, T>> {
         Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
         Err(TryLockError::WouldBlock) => None,
     }
+}
+
+/// Waits until one of `fds` is ready or `until` passes (`None`: no
+/// limit); false when none was, also when a signal cut the wait short.
+/// The time is rounded up, so a wait never ends just short of `until`.
+pub fn poll_until(fds: &mut [PollFd<'_>], until: Option<Instant>) -> nix::Result<bool> {
+    let timeout = match until {
+        None => PollTimeout::NONE,
+        Some(t) => {
+            let micros = t.saturating_duration_since(Instant::now()).as_micros();
+            PollTimeout::try_from(micros.div_ceil(1000)).unwrap_or(PollTimeout::MAX)
+        }
+    };
+    match nix::poll::poll(fds, timeout) {
+        Ok(n) => Ok(n > 0),
+        Err(Errno::EINTR) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether `poll` found `fd` ready (or hung up, or failed: the next read
+/// or write says which).
+pub fn is_ready(fd: &PollFd<'_>) -> bool {
+    fd.revents().is_some_and(|r| !r.is_empty())
 }
 
 /// A value that threads wait on; see the module documentation.

@@ -3,14 +3,14 @@
 
 use std::io::Read;
 use std::os::fd::AsFd;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use nix::errno::Errno;
-use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::poll::{PollFd, PollFlags};
 use nix::sys::eventfd::EventFd;
 use serde_json::Value;
 
 use super::{Direction, Error, Observer, Shared, Stream};
+use crate::sync::{is_ready, poll_until};
 
 /// Bounds on what a peer can make the reader hold in memory.
 #[derive(Debug, Clone, Copy)]
@@ -68,21 +68,15 @@ impl ReadSide {
         wake: &EventFd,
         timeout: Duration,
     ) -> Result<bool, Error> {
-        // Rounded up, so that a wait never ends just before its deadline.
-        let ms = timeout.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as i32;
-        let ms = PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX);
         let (socket, woken) = {
             let mut fds = [
                 PollFd::new(self.stream.as_fd(), PollFlags::POLLIN),
                 PollFd::new(wake.as_fd(), PollFlags::POLLIN),
             ];
-            match nix::poll::poll(&mut fds, ms) {
-                Ok(_) => {}
-                Err(Errno::EINTR) => return Ok(false),
-                Err(e) => return Err(Error::io("waiting for the socket", e.into())),
+            if let Err(e) = poll_until(&mut fds, Instant::now().checked_add(timeout)) {
+                return Err(Error::io("waiting for the socket", e.into()));
             }
-            let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
-            (ready(&fds[0]), ready(&fds[1]))
+            (is_ready(&fds[0]), is_ready(&fds[1]))
         };
         if woken {
             // Resets the counter; nonblocking, so it never waits.

@@ -27,12 +27,11 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use nix::errno::Errno;
-use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::poll::{PollFd, PollFlags};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
 use super::{Error, Result};
-use crate::sync::{lock, Interrupter, Interruptible, Look, Stop, Waitable};
+use crate::sync::{is_ready, lock, poll_until, Interrupter, Interruptible, Look, Stop, Waitable};
 
 /// The port's name, which the agent looks for.
 pub const PORT_NAME: &str = "org.vmscript.agent";
@@ -173,19 +172,14 @@ impl Agent {
         c.busy_until = busy_until;
         // An interrupted command is not killed: the guest ends it at its
         // timeout, and the next request waits for that.
-        let goes_on = |e: Error| match e {
-            Error::Interrupted { what } => Error::Interrupted {
-                what: format!("{what} (it runs on there until its timeout, {secs}s)"),
-            },
-            e => e,
-        };
+        let goes_on = interrupted_leaves(format!("it runs on there until its timeout, {secs}s"));
         c.send(
             format!("run {secs} {max} {}\n", cmd.len()).as_bytes(),
             &what,
         )
-        .map_err(goes_on)?;
-        c.send(cmd.as_bytes(), &what).map_err(goes_on)?;
-        let reply = c.line(deadline, &what).map_err(goes_on)?;
+        .map_err(&goes_on)?;
+        c.send(cmd.as_bytes(), &what).map_err(&goes_on)?;
+        let reply = c.line(deadline, &what).map_err(&goes_on)?;
         let f: Vec<&str> = reply.split(' ').collect();
         let num = |i: usize| f.get(i).and_then(|s| s.parse::<i64>().ok());
         let (Some("ran"), Some(status), Some(timed_out), Some(out), Some(err), Some(sent)) =
@@ -244,13 +238,8 @@ impl Agent {
         c.state = Sync::Lost;
         c.send(format!("put {size} {}\n", to.len()).as_bytes(), &what)?;
         c.owed = to.len() as u64 + size;
-        let zeros = |e: Error| match e {
-            Error::Interrupted { what } => Error::Interrupted {
-                what: format!("{what} (the rest of the guest's file becomes zeros)"),
-            },
-            e => e,
-        };
-        c.send(to.as_bytes(), &what).map_err(zeros)?;
+        let zeros = interrupted_leaves("the rest of the guest's file becomes zeros".into());
+        c.send(to.as_bytes(), &what).map_err(&zeros)?;
         // Exactly `size` bytes go, whatever happens to the file meanwhile:
         // the agent reads that many before it answers.
         let mut buf = vec![0u8; CHUNK];
@@ -275,7 +264,7 @@ impl Agent {
                     }
                 }
             };
-            c.send(&buf[..n], &what).map_err(zeros)?;
+            c.send(&buf[..n], &what).map_err(&zeros)?;
             left -= n as u64;
         }
         let reply = c.line(Instant::now() + SLACK, &what)?;
@@ -336,6 +325,17 @@ impl Agent {
             (_, Some(e)) => Err(Error::host(what, e)),
             (Ok(_), None) => Ok(()),
         }
+    }
+}
+
+/// Adds to an interrupt's error what the abandoned request leaves behind
+/// in the guest; other errors pass as they are.
+fn interrupted_leaves(behind: String) -> impl Fn(Error) -> Error {
+    move |e| match e {
+        Error::Interrupted { what } => Error::Interrupted {
+            what: format!("{what} ({behind})"),
+        },
+        e => e,
     }
 }
 
@@ -531,27 +531,18 @@ impl Conn {
         until: Option<Instant>,
         what: &str,
     ) -> Option<Result<()>> {
-        let left = until.map_or(Duration::MAX, |t| {
-            t.saturating_duration_since(Instant::now())
-        });
-        // Rounded up, so that a wait never ends just before its deadline.
-        let ms = left.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as i32;
-        let ms = PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX);
         let mut fds = [
             PollFd::new(self.writer.as_fd(), flags),
             PollFd::new(self.bell.wake.as_fd(), PollFlags::POLLIN),
         ];
-        match nix::poll::poll(&mut fds, ms) {
-            Ok(_) => {}
-            Err(Errno::EINTR) => return None,
-            Err(e) => return Some(Err(Error::host(what, e))),
+        if let Err(e) = poll_until(&mut fds, until) {
+            return Some(Err(Error::host(what, e)));
         }
-        let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
-        if ready(&fds[1]) {
+        if is_ready(&fds[1]) {
             // Resets the counter; nonblocking, so it never waits.
             let _ = self.bell.wake.read();
         }
-        ready(&fds[0]).then_some(Ok(()))
+        is_ready(&fds[0]).then_some(Ok(()))
     }
 
     fn protocol(&self, what: &str, reply: &str) -> Error {

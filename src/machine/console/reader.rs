@@ -12,7 +12,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::poll::{PollFd, PollFlags};
 use nix::sys::socket::{recv, MsgFlags};
 
 use super::timed::TimedLog;
@@ -171,18 +171,5 @@ pub(super) fn poll_until(
     events: PollFlags,
     until: Option<Instant>,
 ) -> nix::Result<bool> {
-    let timeout = match until {
-        None => PollTimeout::NONE,
-        Some(t) => {
-            // Rounded up, so a wait never ends just short of its deadline.
-            let micros = t.saturating_duration_since(Instant::now()).as_micros();
-            PollTimeout::try_from(micros.div_ceil(1000)).unwrap_or(PollTimeout::MAX)
-        }
-    };
-    let mut fds = [PollFd::new(fd, events)];
-    match nix::poll::poll(&mut fds, timeout) {
-        Ok(n) => Ok(n > 0),
-        Err(Errno::EINTR) => Ok(false),
-        Err(e) => Err(e),
-    }
+    crate::sync::poll_until(&mut [PollFd::new(fd, events)], until)
 }
